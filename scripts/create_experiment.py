@@ -1,0 +1,384 @@
+# /// script
+# requires-python = ">=3.11"
+# dependencies = [
+#     "mlflow>=3.17,<3.18",
+# ]
+# ///
+"""Create an MLflow experiment, or make sure it exists (idempotent).
+
+Usage (as an agent types it; `mise x --` loads credentials from .env.local):
+  uv run scripts/create_experiment.py --name momentum
+  uv run scripts/create_experiment.py --name momentum --description "12-1 momentum on S&P 500" \\
+      --tag team=quant --tag asset_class=equity
+  uv run scripts/create_experiment.py --name momentum --tags '{"team": "quant"}' --format json
+  uv run scripts/create_experiment.py --name momentum --restore      # bring back a deleted experiment
+  mise x -- uv run scripts/create_experiment.py --name momentum      # tracking server from .env.local
+
+An active experiment of that name is not an error: it is reported with "created": false, and a given
+description or tags are applied to it. A deleted one is exit 3 unless --restore is given.
+
+Output (JSON when stdout is not a terminal, a table when it is; --format overrides): one object with
+experiment_id, name, created, restored, lifecycle_stage, artifact_location, description, tags,
+tracking_uri (credentials masked) and url (http(s) servers only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import traceback
+from pathlib import Path
+
+# ---- shared preamble: identical in all four scripts (tests/test_conventions.py checks) ----
+EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_AUTH, EXIT_UNREACHABLE = 0, 1, 2, 3, 4, 5
+EXIT_CODES_HELP = """exit codes:
+  0  ok
+  1  unexpected error (rerun with --debug for the traceback)
+  2  bad usage or bad input (nothing was written)
+  3  not found: experiment, run or metric
+  4  authentication or permission: MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN
+  5  tracking server unreachable, timed out or failing: MLFLOW_TRACKING_URI"""
+# MLflow's own HTTP defaults retry 7 times with backoff (~4 minutes on a refused port). Ours fail in seconds;
+# a value the user set in the environment always wins.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+SECRET_ENV_VARS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+KEY_PATTERN = re.compile(r"^[/\w.\- :]*$")  # what MLflow accepts in metric, param and tag keys
+MAX_KEY_LENGTH = 250
+
+
+class CliError(Exception):
+    """An expected failure: a one-line message for stderr and the exit code."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (exit 2) instead of usage text plus error."""
+
+    def error(self, message: str):
+        raise CliError(EXIT_USAGE, f"{message} (see --help)")
+
+
+def mask_uri(uri: str) -> str:
+    """Hide credentials in a URI: user:password@host -> ***@host."""
+    return re.sub(r"(?<=://)[^/@\s]+@", "***@", uri or "")
+
+
+def redact(text: str) -> str:
+    """Mask URI credentials and the values of secret env vars in text that will be shown or stored."""
+    text = re.sub(r"(?<=://)[^/@\s'\"]+@", "***@", str(text))
+    for var in SECRET_ENV_VARS:
+        value = os.environ.get(var, "")
+        if len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+def resolve_tracking_uri(cli_uri: str | None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the embedded local store ./mlflow.db (absolute)."""
+    uri = (cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or "").strip()
+    if not uri:
+        # MLflow >= 3.7 defaults to sqlite:///mlflow.db in the working directory, but a leftover ./mlruns
+        # switches it to the file store, which raises. Spelling the default out avoids that and tells the
+        # user which file holds their runs.
+        uri = "sqlite:///" + str(Path.cwd() / "mlflow.db")
+    return uri
+
+
+def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str | None:
+    """The MLflow UI address of an experiment or run, for http(s) tracking servers only."""
+    if not tracking_uri.lower().startswith(("http://", "https://")):
+        return None
+    base = re.sub(r"(?<=://)[^/@\s]+@", "", tracking_uri).rstrip("/")
+    return f"{base}/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+
+
+def connect(tracking_uri: str, debug: bool = False):
+    """Configure bounded HTTP retries and quiet logging, then return an MlflowClient (imports mlflow)."""
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if not debug:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+        import logging
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        for name in ("mlflow", "alembic", "urllib3", "sqlalchemy"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.MlflowClient(tracking_uri)
+
+
+def classify_error(exc: BaseException) -> tuple[int, str]:
+    """Map an exception from MLflow, requests or the OS to (exit code, one-line message)."""
+    text = " ".join(str(exc).split())
+    code_name = str(getattr(exc, "error_code", ""))
+    status = re.search(r"error code (\d{3})", text)
+    status = int(status.group(1)) if status else None
+    if code_name in ("UNAUTHENTICATED", "PERMISSION_DENIED") or status in (401, 403):
+        what = "permission denied (403)" if code_name == "PERMISSION_DENIED" or status == 403 else "401"
+        return EXIT_AUTH, (
+            f"tracking server refused the request: {what}. Check MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) and that this user may do this"
+        )
+    unreachable = (
+        r"Max retries exceeded|Connection refused|timed out|Timeout|NewConnectionError|Failed to establish"
+        r"|Name or service not known|Connection aborted|RemoteDisconnected|ConnectionError|ResponseError"
+    )
+    if (status and status >= 500) or re.search(unreachable, text):
+        return EXIT_UNREACHABLE, (
+            f"tracking server unreachable or failing ({text[:160]}). Check MLFLOW_TRACKING_URI and that "
+            "the server is up; MLFLOW_HTTP_REQUEST_TIMEOUT / MLFLOW_HTTP_REQUEST_MAX_RETRIES tune waiting"
+        )
+    if code_name == "RESOURCE_DOES_NOT_EXIST":
+        return EXIT_NOT_FOUND, text[:300]
+    if code_name in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_ALREADY_EXISTS"):
+        return EXIT_USAGE, text[:300]
+    return EXIT_UNEXPECTED, f"{type(exc).__name__}: {text[:300]} (rerun with --debug for the traceback)"
+
+
+def run_cli(action, debug: bool) -> int:
+    """Run action(); turn every failure into one redacted line on stderr and a documented exit code."""
+    try:
+        return action() or EXIT_OK
+    except CliError as exc:
+        message, code = str(exc), exc.code
+    except KeyboardInterrupt:
+        message, code = "interrupted", 130
+    except Exception as exc:  # noqa: BLE001 - the one place every unexpected failure is reported
+        code, message = classify_error(exc)
+    if debug and code != 130:
+        traceback.print_exc()
+    print(f"error: {redact(message)}", file=sys.stderr)
+    return code
+
+
+def output_format(requested: str | None) -> str:
+    """--format if given, else a table for a person at a terminal and JSON for a program."""
+    return requested or ("table" if sys.stdout.isatty() else "json")
+
+
+def json_safe(value):
+    """Non-finite floats become null (valid JSON for agents); everything else passes through."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def flat_rows(data) -> list[dict]:
+    """Rows for table/csv: a list of objects, or one object as key/value rows; nested objects get dotted keys."""
+
+    def flatten(obj: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in obj.items():
+            if isinstance(value, dict) and value:
+                out.update(flatten(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    if isinstance(data, dict):
+        return [{"key": k, "value": v} for k, v in flatten(data).items()]
+    return [flatten(row) if isinstance(row, dict) else {"value": row} for row in data]
+
+
+def cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list | dict):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def emit(data, fmt: str) -> None:
+    """Print data to stdout as json, table or csv. stdout carries data only."""
+    data = json_safe(data)
+    if fmt == "json":
+        sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+        return
+    rows = flat_rows(data)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    if fmt == "csv":
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({c: cell(row.get(c)) for c in columns} for row in rows)
+        return
+    table = [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in table]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in table]
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+# ---- end of shared preamble ----
+
+DESCRIPTION_TAG = "mlflow.note.content"  # the experiment description the MLflow UI shows
+MAX_EXPERIMENT_NAME_LENGTH = 500  # mlflow.utils.validation
+MAX_EXPERIMENT_TAG_VALUE_LENGTH = 20000
+
+
+def parse_tags(pairs: list[str], tags_json: str | None) -> dict[str, str]:
+    """--tag KEY=VALUE (repeatable) merged over --tags JSON; every key and value checked as MLflow would."""
+    tags: dict[str, str] = {}
+    if tags_json:
+        try:
+            loaded = json.loads(tags_json)
+        except json.JSONDecodeError as exc:
+            raise CliError(EXIT_USAGE, f"--tags is not valid JSON ({exc.msg} at char {exc.pos})") from None
+        if not isinstance(loaded, dict):
+            raise CliError(EXIT_USAGE, '--tags must be a JSON object, e.g. \'{"team": "quant"}\'')
+        for key, value in loaded.items():
+            if isinstance(value, dict | list):
+                raise CliError(EXIT_USAGE, f"--tags value for {key!r} must be a string or number, not JSON")
+            tags[key] = "" if value is None else str(value)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise CliError(EXIT_USAGE, f"--tag {pair!r} is not KEY=VALUE")
+        tags[key.strip()] = value
+    for key, value in tags.items():
+        if not key or len(key) > MAX_KEY_LENGTH or not KEY_PATTERN.match(key):
+            raise CliError(
+                EXIT_USAGE,
+                f"tag key {key[:60]!r} is invalid: 1-{MAX_KEY_LENGTH} characters of letters, digits, "
+                "and _ - . / : or space",
+            )
+        if key.startswith("mlflow."):
+            raise CliError(EXIT_USAGE, f"tag key {key!r} is reserved by MLflow (use --description)")
+        if len(value) > MAX_EXPERIMENT_TAG_VALUE_LENGTH:
+            raise CliError(EXIT_USAGE, f"tag {key!r} value is longer than {MAX_EXPERIMENT_TAG_VALUE_LENGTH}")
+    return tags
+
+
+def validate_request(args) -> tuple[str, dict[str, str]]:
+    """Everything checked before MLflow is imported or the store touched. Returns (name, tags to set)."""
+    name = args.name.strip()
+    if not name:
+        raise CliError(EXIT_USAGE, "--name is empty: give the experiment a name")
+    if len(name) > MAX_EXPERIMENT_NAME_LENGTH:
+        raise CliError(EXIT_USAGE, f"--name is longer than {MAX_EXPERIMENT_NAME_LENGTH} characters")
+    if any(ord(ch) < 32 for ch in name):
+        raise CliError(EXIT_USAGE, "--name contains control characters (newline, tab, ...)")
+    tags = parse_tags(args.tag, args.tags)
+    if args.description is not None:
+        if len(args.description) > MAX_EXPERIMENT_TAG_VALUE_LENGTH:
+            raise CliError(EXIT_USAGE, f"--description is longer than {MAX_EXPERIMENT_TAG_VALUE_LENGTH}")
+        tags[DESCRIPTION_TAG] = args.description
+    return name, tags
+
+
+def ensure_experiment(client, name: str, tags: dict[str, str], artifact_location: str | None, restore: bool):
+    """Create, restore or reuse the experiment, apply tags; returns (experiment, created, restored)."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    created = restored = False
+    if experiment is None:
+        try:
+            experiment_id = client.create_experiment(name, artifact_location=artifact_location, tags=tags)
+            created = True
+        except MlflowException as exc:  # created by someone else between our lookup and our create
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment_id = client.get_experiment_by_name(name).experiment_id
+        experiment = client.get_experiment(experiment_id)
+    elif experiment.lifecycle_stage == "deleted":
+        if not restore:
+            raise CliError(
+                EXIT_NOT_FOUND,
+                f"experiment {name!r} (id {experiment.experiment_id}) is deleted: rerun with --restore to "
+                "bring it back, or choose another --name",
+            )
+        client.restore_experiment(experiment.experiment_id)
+        restored = True
+    if not created:
+        if artifact_location and artifact_location != experiment.artifact_location:
+            print(
+                f"warning: experiment exists with artifact location {experiment.artifact_location}; "
+                "--artifact-location applies only when creating",
+                file=sys.stderr,
+            )
+        for key, value in tags.items():
+            if experiment.tags.get(key) != value:
+                client.set_experiment_tag(experiment.experiment_id, key, value)
+        experiment = client.get_experiment(experiment.experiment_id)
+    return experiment, created, restored
+
+
+def describe(experiment, created: bool, restored: bool, tracking_uri: str) -> dict:
+    tags = {k: v for k, v in experiment.tags.items() if not k.startswith("mlflow.")}
+    return {
+        "experiment_id": experiment.experiment_id,
+        "name": experiment.name,
+        "created": created,
+        "restored": restored,
+        "lifecycle_stage": experiment.lifecycle_stage,
+        "artifact_location": redact(experiment.artifact_location),
+        "description": experiment.tags.get(DESCRIPTION_TAG),
+        "tags": tags,
+        "tracking_uri": mask_uri(tracking_uri),
+        "url": ui_url(tracking_uri, experiment.experiment_id),
+    }
+
+
+def build_parser() -> CliParser:
+    parser = CliParser(
+        prog="create_experiment.py",
+        description="Create an MLflow experiment, or make sure it exists (idempotent).",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--name", required=True, help="experiment name")
+    parser.add_argument("--description", help="shown on the experiment page of the MLflow UI")
+    parser.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="repeatable")
+    parser.add_argument("--tags", metavar="JSON", help='tags as a JSON object, e.g. \'{"team": "quant"}\'')
+    parser.add_argument("--artifact-location", metavar="URI", help="where runs store artifacts (create only)")
+    parser.add_argument("--restore", action="store_true", help="restore a deleted experiment of that name")
+    parser.add_argument("--format", choices=["json", "table"], help="default: table at a terminal, else json")
+    parser.add_argument("--tracking-uri", metavar="URI", help="overrides MLFLOW_TRACKING_URI")
+    parser.add_argument("--debug", action="store_true", help="tracebacks and MLflow logging on stderr")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+
+    def action() -> int:
+        args = build_parser().parse_args(argv)
+        name, tags = validate_request(args)
+        tracking_uri = resolve_tracking_uri(args.tracking_uri)
+        client = connect(tracking_uri, debug)
+        experiment, created, restored = ensure_experiment(
+            client, name, tags, args.artifact_location, args.restore
+        )
+        emit(describe(experiment, created, restored, tracking_uri), output_format(args.format))
+        return EXIT_OK
+
+    return run_cli(action, debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Fixtures: one real tracking server per test session (per xdist worker), a fresh local store per test."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+from harness import SCRIPTS, STRICT, MlflowServer
+
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> MlflowServer:
+    """A real `mlflow server --app-name basic-auth` with proxied artifacts and three users:
+    admin; `alice`, an ordinary user (default permission READ, MANAGE on what she creates);
+    `reader`, READ only on the shared experiment `shared-readonly`."""
+    server = MlflowServer(tmp_path_factory.mktemp("server")).start()
+    server.alice = server.create_user("alice")
+    server.reader = server.create_user("reader")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def local_store(tmp_path, monkeypatch) -> dict[str, str]:
+    """Environment for a script on a fresh embedded sqlite store in this test's own folder."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return {"MLFLOW_TRACKING_URI": uri}
+
+
+@pytest.fixture(params=["local", "server"])
+def store(request, tmp_path) -> dict[str, str]:
+    """Run the test against both kinds of store: a fresh local sqlite file and the real server (admin)."""
+    if request.param == "local":
+        return {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    return request.getfixturevalue("mlflow_server").env()
+
+
+def load_script(name: str):
+    """Import scripts/NAME.py as a module, to unit-test its pure functions."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def scripts():
+    """The four scripts as modules, loaded on first use: scripts.create_experiment, ..."""
+
+    class Loader:
+        def __getattr__(self, name):
+            module = sys.modules.get(name) or load_script(name)
+            setattr(self, name, module)
+            return module
+
+    return Loader()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """In CI nothing may be skipped: a skipped test turns a green run red."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if STRICT and reporter is not None and reporter.stats.get("skipped") and exitstatus == 0:
+        reporter.write_line("CI=true: skipped tests are failures here", red=True)
+        session.exitstatus = 1

@@ -1,0 +1,232 @@
+"""Test harness: a real MLflow tracking server with basic auth, real local stores, scripts run as users run them.
+
+Imported by conftest.py (fixtures) and by tests that need a server of their own (fault tests kill theirs).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+SCRIPT_NAMES = ("log_backtest", "query_experiments", "create_experiment", "get_metric_history")
+# CI=true: a missing tool (mise, uv) is a failure, never a skip; conftest also fails a CI run with skips.
+STRICT = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# Variables a user may have set that would leak into the scripts under test.
+MLFLOW_ENV_VARS = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_EXPERIMENT_ID",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    "MLFLOW_RUN_ID",
+)
+
+
+def require_tool(name: str) -> str:
+    """Path of a command-line tool; skip without it locally, fail without it in CI."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (.ci/run installs it)"
+        if STRICT:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def strong_password() -> str:
+    # MLflow >= 3.16.1 refuses weak admin passwords: mix classes and keep it long.
+    return "Pw-" + secrets.token_urlsafe(18) + "-9aZ"
+
+
+@dataclass
+class User:
+    username: str
+    password: str
+
+
+@dataclass
+class MlflowServer:
+    """A real `mlflow server --app-name basic-auth` on 127.0.0.1 with sqlite and proxied artifacts."""
+
+    root: Path
+    port: int = field(default_factory=free_port)
+    admin: User = field(default_factory=lambda: User("admin", strong_password()))
+    process: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 180) -> MlflowServer:
+        self.root.mkdir(parents=True, exist_ok=True)
+        auth_ini = self.root / "basic_auth.ini"
+        auth_ini.write_text(
+            "[mlflow]\n"
+            "default_permission = READ\n"
+            f"database_uri = sqlite:///{self.root / 'basic_auth.db'}\n"
+            "admin_username = admin\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+        env = clean_env()
+        env.update(
+            MLFLOW_AUTH_CONFIG_PATH=str(auth_ini),
+            MLFLOW_AUTH_ADMIN_PASSWORD=self.admin.password,
+            MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(32),
+        )
+        self.log_path = self.root / "server.log"
+        command = [
+            sys.executable, "-m", "mlflow", "server",
+            "--app-name", "basic-auth",
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination", str(self.root / "artifacts"),
+            "--workers", "2",
+        ]  # fmt: skip
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                command, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited early:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"mlflow server did not answer /health within {timeout}s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+    def kill(self) -> None:
+        """Die abruptly, as a crashed server does."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def api(self, method: str, path: str, body: dict | None = None, user: User | None = None) -> dict:
+        """Call the server's REST API as a user (admin by default)."""
+        user = user or self.admin
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"{self.url}{path}", data=data, method=method)
+        token = base64.b64encode(f"{user.username}:{user.password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+        request.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            text = response.read().decode()
+        return json.loads(text) if text.strip() else {}
+
+    def create_user(self, username: str) -> User:
+        user = User(username, strong_password())
+        self.api("POST", "/api/2.0/mlflow/users/create", {"username": user.username, "password": user.password})
+        return user
+
+    def env(self, user: User | None = None) -> dict[str, str]:
+        """Environment for a script talking to this server as a user (admin by default)."""
+        user = user or self.admin
+        return {
+            "MLFLOW_TRACKING_URI": self.url,
+            "MLFLOW_TRACKING_USERNAME": user.username,
+            "MLFLOW_TRACKING_PASSWORD": user.password,
+        }
+
+    def client(self, user: User | None = None):
+        """An MlflowClient in the test process, authenticated as a user (admin by default)."""
+        from mlflow import MlflowClient
+
+        os.environ.update(self.env(user))
+        return MlflowClient(self.url)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test process's environment without any MLflow settings a developer may have exported."""
+    env = {k: v for k, v in os.environ.items() if k not in MLFLOW_ENV_VARS}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    def json(self):
+        return json.loads(self.stdout)
+
+
+def run_script(
+    name: str, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 600
+) -> Result:
+    """Run `uv run scripts/NAME.py ARGS` exactly as a user would; stdout is a pipe, so output is JSON."""
+    uv = require_tool("uv")
+    command = [uv, "run", "--quiet", str(SCRIPTS / f"{name}.py"), *args]
+    started = time.monotonic()
+    completed = subprocess.run(
+        command,
+        cwd=cwd or ROOT,
+        env=clean_env(**(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    return Result(completed.returncode, completed.stdout, completed.stderr, time.monotonic() - started)
+
+
+def assert_clean_error(result: Result, code: int, *needles: str) -> None:
+    """A failure the way our contract says: the exit code, one line on stderr, no traceback, empty stdout."""
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines, "no error message on stderr"
+    error_lines = [line for line in lines if line.startswith("error: ")]
+    assert len(error_lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stdout == "", result.stdout
+    for needle in needles:
+        assert needle.lower() in error_lines[0].lower(), (needle, error_lines[0])
