@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 from harness import SCRIPTS, STRICT, MlflowServer
-
 
 
 @pytest.fixture(scope="session")

@@ -162,8 +162,20 @@ class MlflowServer:
 
     def create_user(self, username: str) -> User:
         user = User(username, strong_password())
-        self.api("POST", "/api/2.0/mlflow/users/create", {"username": user.username, "password": user.password})
+        self.api(
+            "POST", "/api/2.0/mlflow/users/create", {"username": user.username, "password": user.password}
+        )
         return user
+
+    def grant(self, user: User, experiment_id: str, permission: str = "READ") -> None:
+        """Give a user a permission (READ, USE, EDIT, MANAGE) on one experiment (MLflow 3.17 API)."""
+        body = {
+            "username": user.username,
+            "resource_type": "experiment",
+            "resource_id": str(experiment_id),
+            "permission": permission,
+        }
+        self.api("POST", "/api/3.0/mlflow/users/permissions/grant", body)
 
     def env(self, user: User | None = None) -> dict[str, str]:
         """Environment for a script talking to this server as a user (admin by default)."""

@@ -1,0 +1,145 @@
+"""The rules every script and the bundle keep: shared preamble, locks, light --help, valid skill, no secrets."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+from harness import ROOT, SCRIPT_NAMES, SCRIPTS, assert_clean_error, require_tool, run_script
+
+PREAMBLE_START = (
+    "# ---- shared preamble: identical in all four scripts (tests/test_conventions.py checks) ----"
+)
+PREAMBLE_END = "# ---- end of shared preamble ----"
+HEAVY_MODULES = ("mlflow", "quantstats", "pandas", "numpy", "matplotlib", "scipy", "pyarrow")
+
+
+def script_path(name: str) -> Path:
+    return SCRIPTS / f"{name}.py"
+
+
+def preamble(name: str) -> str:
+    text = script_path(name).read_text()
+    assert text.count(PREAMBLE_START) == 1 and text.count(PREAMBLE_END) == 1, f"{name}: preamble markers"
+    return text.split(PREAMBLE_START, 1)[1].split(PREAMBLE_END, 1)[0]
+
+
+def pep723(name: str) -> dict:
+    block = re.search(r"(?ms)^# /// script\n(.*?)^# ///$", script_path(name).read_text())
+    assert block, f"{name}: no PEP 723 block"
+    return tomllib.loads("".join(line[2:] + "\n" for line in block.group(1).splitlines()))
+
+
+def test_the_four_scripts_exist():
+    assert sorted(p.stem for p in SCRIPTS.glob("*.py")) == sorted(SCRIPT_NAMES)
+
+
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_shared_preamble_is_identical(name):
+    assert preamble(name) == preamble("create_experiment")
+
+
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_scripts_import_nothing_of_each_other(name):
+    text = script_path(name).read_text()
+    for other in SCRIPT_NAMES:
+        assert not re.search(rf"^\s*(from|import)\s+{other}\b", text, re.M), f"{name} imports {other}"
+
+
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_pep723_metadata_and_lockfile_is_current(name):
+    meta = pep723(name)
+    assert meta["requires-python"] == ">=3.11"
+    assert any(dep.startswith("mlflow") for dep in meta["dependencies"])
+    lock = Path(f"{script_path(name)}.lock")
+    assert lock.is_file(), f"run: uv lock --script scripts/{name}.py"
+    uv = require_tool("uv")
+    check = subprocess.run(
+        [uv, "lock", "--script", str(script_path(name)), "--check"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert check.returncode == 0, check.stderr
+    # The test server and in-process checks run the same mlflow the scripts are locked to.
+    locked = re.search(r'\[\[package\]\]\nname = "mlflow"\nversion = "([^"]+)"', lock.read_text())
+    assert locked and locked.group(1) == version("mlflow"), (locked and locked.group(1), version("mlflow"))
+
+
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_help_imports_nothing_heavy_and_lists_exit_codes(name):
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = [{str(script_path(name))!r}, '--help']\n"
+        "try:\n"
+        f"    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code in (0, None), exc.code\n"
+        f"print('HEAVY:', sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip().endswith("HEAVY: []"), done.stdout[-300:]
+    help_text = done.stdout
+    for code in range(6):
+        assert re.search(rf"^\s+{code}\s+\S", help_text, re.M), f"exit code {code} missing from --help"
+    assert "--format" in help_text and "--tracking-uri" in help_text and "--debug" in help_text
+
+
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_usage_error_is_one_line_exit_2(name):
+    result = run_script(name, "--no-such-flag")
+    assert_clean_error(result, 2, "--no-such-flag", "--help")
+
+
+def test_skill_md_is_valid_per_agent_skills_spec(tmp_path):
+    skill = tmp_path / "mlflow-python"
+    skill.mkdir()
+    shutil.copy(ROOT / "SKILL.md", skill / "SKILL.md")
+    validator = shutil.which("agentskills", path=str(Path(sys.executable).parent)) or require_tool(
+        "agentskills"
+    )
+    done = subprocess.run([validator, "validate", str(skill)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    front = (ROOT / "SKILL.md").read_text().split("---")[1]
+    description = re.search(r"^description: (.+)$", front, re.M).group(1)
+    assert len(description) <= 1024
+    for phrase in (
+        "log backtest", "MLflow metrics", "experiment tracking", "search runs", "mlflow query",
+        "metric history", "create experiment",
+    ):  # fmt: skip
+        assert phrase.lower() in description.lower(), phrase
+    allowed = re.search(r"^allowed-tools: (.+)$", front, re.M).group(1)
+    assert "," not in allowed and len(allowed.split()) >= 2  # the spec's space-separated form
+
+
+def test_bundle_layout():
+    for path in ("SKILL.md", ".mise.toml", ".env.local.example", "README.md", ".gitignore", ".ci/run"):
+        assert (ROOT / path).is_file(), path
+    for folder in ("scripts", "references", "tests"):
+        assert (ROOT / folder).is_dir(), folder
+
+
+def test_gitignore_keeps_secrets_and_stores_out():
+    git = require_tool("git")
+    for path in (".env.local", "mlflow.db", "mlruns/0/meta.yaml", "mlartifacts/x", ".venv/bin/python"):
+        done = subprocess.run([git, "check-ignore", "-q", path], cwd=ROOT)
+        assert done.returncode == 0, f"{path} is not git-ignored"
+    tracked = subprocess.run([git, "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    assert not [p for p in tracked if p.endswith((".env.local", "mlflow.db")) or p.startswith("mlruns/")]
+
+
+def test_env_example_has_placeholders_only():
+    text = (ROOT / ".env.local.example").read_text()
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                "MLFLOW_TRACKING_TOKEN", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):  # fmt: skip
+        assert var in text, var
+    values = dict(
+        line.lstrip("# ").split("=", 1) for line in text.splitlines() if re.match(r"^#? ?MLFLOW_\w+=", line)
+    )
+    for key in ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        assert values[key].startswith("your-"), f"{key} must be a placeholder"
