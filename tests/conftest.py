@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 
+import harness
 import pytest
 from harness import SCRIPTS, STRICT, MlflowServer
 
@@ -59,8 +60,21 @@ def scripts():
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """In CI nothing may be skipped: a skipped test turns a green run red."""
+    """Two checks over the whole session. In CI nothing may be skipped: a skipped test turns a green run red.
+    And no secret the suite made (server passwords, canaries) may appear in anything a script printed, in
+    any file under pytest's temp folders (stores, artifacts, server logs), or in the git tree."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    write = reporter.write_line if reporter is not None else print
     if STRICT and reporter is not None and reporter.stats.get("skipped") and exitstatus == 0:
-        reporter.write_line("CI=true: skipped tests are failures here", red=True)
+        write("CI=true: skipped tests are failures here", red=True)
+        session.exitstatus = 1
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    roots = [factory.getbasetemp()] if factory is not None and factory._basetemp is not None else []
+    leaks, scanned = harness.scan_for_secrets(roots)
+    write(
+        f"secret scan: {len(harness.SECRETS)} secrets, {len(harness.OUTPUTS)} script outputs, "
+        f"{scanned} files, {len(leaks)} leaks"
+    )
+    if leaks:
+        write("SECRETS LEAKED in: " + ", ".join(leaks[:20]), red=True)
         session.exitstatus = 1

@@ -24,6 +24,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
+DATA = ROOT / "tests" / "data"
 SCRIPT_NAMES = ("log_backtest", "query_experiments", "create_experiment", "get_metric_history")
 # CI=true: a missing tool (mise, uv) is a failure, never a skip; conftest also fails a CI run with skips.
 STRICT = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -40,6 +41,12 @@ MLFLOW_ENV_VARS = (
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
     "MLFLOW_RUN_ID",
 )
+
+
+# Every secret the suite makes (registered where it is made) and every script output, for the secret scan
+# that conftest.py runs when the session ends.
+SECRETS: set[str] = set()
+OUTPUTS: list[str] = []
 
 
 def require_tool(name: str) -> str:
@@ -61,7 +68,9 @@ def free_port() -> int:
 
 def strong_password() -> str:
     # MLflow >= 3.16.1 refuses weak admin passwords: mix classes and keep it long.
-    return "Pw-" + secrets.token_urlsafe(18) + "-9aZ"
+    password = "Pw-" + secrets.token_urlsafe(18) + "-9aZ"
+    SECRETS.add(password)
+    return password
 
 
 @dataclass
@@ -228,7 +237,30 @@ def run_script(
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+    OUTPUTS.append(completed.stdout + completed.stderr)
     return Result(completed.returncode, completed.stdout, completed.stderr, time.monotonic() - started)
+
+
+def scan_for_secrets(roots: list[Path]) -> tuple[list[str], int]:
+    """Where any registered secret appears: script outputs, files under roots, the git tree.
+    Files that hold a secret by design (.env.local written by the mise tests) are not scanned."""
+    leaks: list[str] = []
+    needles = [s.encode() for s in SECRETS]
+    for i, text in enumerate(OUTPUTS):
+        leaks += [f"script output #{i}" for n in needles if n.decode() in text]
+    scanned = 0
+    for root in roots:
+        for path in root.rglob("*") if root.exists() else []:
+            if not path.is_file() or path.is_symlink() or path.name == ".env.local":
+                continue
+            scanned += 1
+            data = path.read_bytes()
+            leaks += [str(path) for n in needles if n in data]
+    for secret in SECRETS:
+        found = subprocess.run(["git", "grep", "-q", "-F", secret], cwd=ROOT, capture_output=True)
+        if found.returncode == 0:
+            leaks.append("git tree")
+    return sorted(set(leaks)), scanned
 
 
 def assert_clean_error(result: Result, code: int, *needles: str) -> None:
@@ -242,3 +274,66 @@ def assert_clean_error(result: Result, code: int, *needles: str) -> None:
     assert result.stdout == "", result.stdout
     for needle in needles:
         assert needle.lower() in error_lines[0].lower(), (needle, error_lines[0])
+
+
+class BlackHoleServer:
+    """Accepts TCP connections on 127.0.0.1 and never answers: a hung tracking server."""
+
+    def __init__(self):
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.accepted: list[float] = []  # monotonic time of each accepted connection
+        self._connections: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(time.monotonic())
+            self._connections.append(connection)
+
+    def close(self) -> None:
+        for connection in self._connections:
+            connection.close()
+        self.sock.close()
+
+
+class StatusServer:
+    """An HTTP server on 127.0.0.1 that answers every request with one status (e.g. 503), counting them."""
+
+    def __init__(self, status: int = 503):
+        import http.server
+        import threading
+
+        outer = self
+        self.requests: list[str] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's naming
+                outer.requests.append(f"{self.command} {self.path}")
+                body = b"upstream failure"
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
