@@ -1,0 +1,466 @@
+"""Benchmarks: the skill's scripts against what a user would write by hand, side by side in one run.
+
+    uv run python bench/run.py                 # full run: medians of 3 alternating repetitions, writes RESULTS.md
+    uv run python bench/run.py --quick         # tiny sizes, one repetition: checks every case runs (CI)
+    uv run python bench/run.py --only sweep    # one case: help, log, sweep, large, history, query
+
+Every command is run as a user runs it (`uv run scripts/x.py …`, `uv run bench/baseline_x.py …`), so
+interpreter start-up and imports count on both sides. Each run gets its own copy of a pre-migrated sqlite
+store, so neither side pays MLflow's first-use migrations. Data is generated here with a fixed seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+sys.path.insert(0, str(ROOT / "tests"))
+from harness import MlflowServer, clean_env  # noqa: E402 - the test harness's real server
+
+SEED = 20261123
+
+
+@dataclass
+class Sample:
+    seconds: float
+    peak_rss_mb: float
+    returncode: int
+    stderr: str
+
+
+def run(command: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> Sample:
+    """Run a command; wall time and the peak summed RSS of its process tree (sampled every 20 ms)."""
+    started = time.monotonic()
+    process = psutil.Popen(
+        command, cwd=cwd, env=clean_env(**(env or {})), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    peak = 0
+    while process.poll() is None:
+        try:
+            tree = [process, *process.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.02)
+    seconds = time.monotonic() - started
+    stderr = process.stderr.read().decode(errors="replace")
+    return Sample(seconds, peak / 2**20, process.returncode, stderr)
+
+
+def uv_run(script: str, *args: str) -> list[str]:
+    return ["uv", "run", "--quiet", str(ROOT / script), *args]
+
+
+def checked(sample: Sample, what: str) -> Sample:
+    if sample.returncode != 0:
+        raise SystemExit(f"bench: {what} failed (exit {sample.returncode}): {sample.stderr.strip()[-500:]}")
+    return sample
+
+
+class Stores:
+    """Fresh copies of one pre-migrated sqlite store."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.template = workdir / "template.db"
+        from mlflow import MlflowClient
+
+        MlflowClient(f"sqlite:///{self.template}").search_experiments()  # runs the migrations once
+        self.count = 0
+
+    def fresh(self) -> dict[str, str]:
+        self.count += 1
+        path = self.workdir / f"store-{self.count}.db"
+        shutil.copy(self.template, path)
+        return {"MLFLOW_TRACKING_URI": f"sqlite:///{path}"}
+
+
+def daily_returns(years: int, columns: int = 1) -> pd.DataFrame:
+    rng = np.random.default_rng(SEED)
+    index = pd.bdate_range("2005-01-03", periods=252 * years, name="date")
+    data = rng.normal(0.0004, 0.011, (len(index), columns))
+    return pd.DataFrame(data, index=index, columns=[f"strategy_{i}" for i in range(columns)])
+
+
+def alternate(reps: int, ours, theirs) -> tuple[list[Sample], list[Sample]]:
+    """ours, theirs, ours, theirs, … so that drift on the machine hits both sides alike."""
+    a, b = [], []
+    for _ in range(reps):
+        a.append(ours())
+        b.append(theirs())
+    return a, b
+
+
+def median(samples: list[Sample]) -> float:
+    return statistics.median(s.seconds for s in samples)
+
+
+ROWS: list[dict] = []
+
+
+def record(case: str, ours: float, baseline: float | None, goal: str, met: bool, note: str = "") -> None:
+    ratio = ours / baseline if baseline else None
+    ROWS.append(
+        {
+            "case": case,
+            "ours_s": ours,
+            "baseline_s": baseline,
+            "ratio": ratio,
+            "goal": goal,
+            "met": met,
+            "note": note,
+        }
+    )
+    shown = f"{ratio:.2f}x" if ratio is not None else "-"
+    base = f"{baseline:.2f}s" if baseline is not None else "-"
+    print(
+        f"  {case:<44} ours {ours:7.2f}s  baseline {base:>8}  {shown:>6}  goal {goal:<10} {'met' if met else 'MISSED'}"
+    )
+
+
+# ---- cases -----------------------------------------------------------------------------------------------
+
+
+def case_help(args, work: Path, stores: Stores) -> None:
+    python = shutil.which("python", path=str(Path(sys.executable).parent)) or sys.executable
+    for name in ("log_backtest", "query_experiments", "create_experiment", "get_metric_history"):
+        ours, base = alternate(
+            args.reps,
+            lambda n=name: checked(run(uv_run(f"scripts/{n}.py", "--help")), f"{n} --help"),
+            lambda: checked(run([python, "-c", "import mlflow"]), "import mlflow"),
+        )
+        ratio = median(ours) / median(base)
+        record(f"{name} --help vs import mlflow", median(ours), median(base), "<= 0.25x", ratio <= 0.25)
+
+
+def case_log(args, work: Path, stores: Stores) -> None:
+    years = 1 if args.quick else 20
+    path = work / "daily.csv"
+    daily_returns(years).to_csv(path)
+    for label, extra, goal_ratio in (("no tearsheet", ["--no-tearsheet"], 1.0), ("with tearsheet", [], 1.5)):
+        ours, base = alternate(
+            args.reps,
+            lambda extra=extra: checked(
+                run(uv_run("scripts/log_backtest.py", "--returns", str(path), *extra), stores.fresh()),
+                "log_backtest",
+            ),
+            lambda: checked(
+                run(uv_run("bench/baseline_log_backtest.py", str(path)), stores.fresh()), "baseline"
+            ),
+        )
+        ratio = median(ours) / median(base)
+        record(
+            f"log_backtest {years}y daily, {label}",
+            median(ours),
+            median(base),
+            f"<= {goal_ratio}x",
+            ratio <= goal_ratio,
+        )
+
+
+def case_sweep(args, work: Path, stores: Stores) -> None:
+    columns, years = (3, 1) if args.quick else (10, 20)
+    frame = daily_returns(years, columns)
+    path = work / "sweep.csv"
+    frame.to_csv(path)
+
+    def ten_baselines() -> Sample:
+        env = stores.fresh()
+        samples = [
+            checked(run(uv_run("bench/baseline_log_backtest.py", str(path), col), env), "baseline")
+            for col in frame
+        ]
+        return Sample(sum(s.seconds for s in samples), max(s.peak_rss_mb for s in samples), 0, "")
+
+    def ten_ours() -> Sample:
+        env = stores.fresh()
+        samples = [
+            checked(
+                run(
+                    uv_run(
+                        "scripts/log_backtest.py", "--returns", str(path), "--column", col, "--no-tearsheet"
+                    ),
+                    env,
+                ),
+                "log_backtest --column",
+            )
+            for col in frame
+        ]
+        return Sample(sum(s.seconds for s in samples), max(s.peak_rss_mb for s in samples), 0, "")
+
+    def sweep() -> Sample:
+        return checked(
+            run(uv_run("scripts/log_backtest.py", "--returns", str(path), "--no-tearsheet"), stores.fresh()),
+            "sweep",
+        )
+
+    ours, base = alternate(args.reps, sweep, ten_baselines)
+    ratio = median(ours) / median(base)
+    record(
+        f"sweep {columns} columns vs {columns} baseline calls",
+        median(ours),
+        median(base),
+        "<= 0.2x",
+        ratio <= 0.2,
+    )
+    ours, separate = alternate(args.reps, sweep, ten_ours)
+    ratio = median(ours) / median(separate)
+    record(
+        f"sweep {columns} columns vs {columns} log_backtest calls",
+        median(ours),
+        median(separate),
+        "<= 0.2x",
+        ratio <= 0.2,
+    )
+
+
+def case_large(args, work: Path, stores: Stores) -> None:
+    bars = 20_000 if args.quick else 1_000_000
+    rng = np.random.default_rng(SEED)
+    index = pd.date_range("2024-01-01", periods=bars, freq="min", name="timestamp")
+    pd.DataFrame({"strategy": rng.normal(0, 4e-4, bars)}, index=index).to_parquet(work / "minute.parquet")
+    pd.DataFrame({"benchmark": rng.normal(0, 3e-4, bars)}, index=index).to_parquet(
+        work / "bench_minute.parquet"
+    )
+    samples = [
+        checked(
+            run(
+                uv_run(
+                    "scripts/log_backtest.py",
+                    "--returns",
+                    str(work / "minute.parquet"),
+                    "--benchmark",
+                    str(work / "bench_minute.parquet"),
+                ),  # fmt: skip
+                stores.fresh(),
+            ),
+            "log_backtest 1M bars",
+        )
+        for _ in range(args.reps)
+    ]
+    wall = median(samples)
+    rss = max(s.peak_rss_mb for s in samples)
+    record(f"{bars:,} minute bars + benchmark: wall", wall, None, "<= 30 s", wall <= 30)
+    ROWS.append(
+        {"case": f"{bars:,} minute bars + benchmark: peak RSS (MB)", "ours_s": None, "baseline_s": None,
+         "ratio": None, "goal": "<= 1536 MB", "met": rss <= 1536, "note": f"{rss:.0f} MB"}
+    )  # fmt: skip
+    print(f"  {'peak RSS':<44} {rss:7.0f} MB  goal <= 1536 MB {'met' if rss <= 1536 else 'MISSED'}")
+
+
+def seed_histories(client, experiment: str, runs: int, points: int) -> None:
+    from mlflow.entities import Metric
+
+    experiment_id = client.create_experiment(experiment)
+    start = int(dt.datetime(2005, 1, 3, tzinfo=dt.UTC).timestamp() * 1000)
+    rng = np.random.default_rng(SEED)
+    for i in range(runs):
+        run_id = client.create_run(experiment_id, run_name=f"run-{i}").info.run_id
+        equity = np.cumprod(1 + rng.normal(0.0004, 0.01, points))
+        drawdown = equity / np.maximum.accumulate(equity) - 1
+        metrics = [
+            Metric(name, float(v), start + step * 86_400_000, step)
+            for name, series in (("equity", equity), ("drawdown", drawdown))
+            for step, v in enumerate(series)
+        ]
+        for chunk in range(0, len(metrics), 1000):
+            client.log_batch(run_id, metrics=metrics[chunk : chunk + 1000])
+        client.set_terminated(run_id)
+
+
+def case_history(args, work: Path, stores: Stores) -> None:
+    runs, points = (3, 200) if args.quick else (50, 5000)
+    server = MlflowServer(work / "server").start()
+    try:
+        env = server.env()
+        seed_histories(server.client(), "history-bench", runs, points)
+        out = work / "history.parquet"
+        ours, base = alternate(
+            args.reps,
+            lambda: checked(
+                run(
+                    uv_run(
+                        "scripts/get_metric_history.py",
+                        "--experiment",
+                        "history-bench",
+                        "--max-runs",
+                        str(runs),
+                        "--metrics",
+                        "equity,drawdown",
+                        "--output",
+                        str(out),
+                    ),  # fmt: skip
+                    env,
+                ),
+                "get_metric_history",
+            ),
+            lambda: checked(
+                run(uv_run("bench/baseline_metric_history.py", "history-bench", "equity,drawdown"), env),
+                "baseline",
+            ),
+        )
+        rows = len(pd.read_parquet(out))
+        if rows != runs * 2 * points:
+            raise SystemExit(f"bench: get_metric_history wrote {rows} rows, expected {runs * 2 * points}")
+    finally:
+        server.stop()
+    ratio = median(ours) / median(base)
+    record(
+        f"history {runs} runs x 2 x {points} pts (server)",
+        median(ours),
+        median(base),
+        "<= 0.3x",
+        ratio <= 0.3,
+    )
+
+
+def case_query(args, work: Path, stores: Stores) -> None:
+    runs = 100 if args.quick else 5000
+    cache = BENCH / "out" / f"query-{runs}.db"
+    if not cache.exists():
+        from mlflow import MlflowClient
+        from mlflow.entities import Metric, Param
+
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(stores.template, cache)
+        client = MlflowClient(f"sqlite:///{cache}")
+        experiment_id = client.create_experiment("query-bench")
+        rng = np.random.default_rng(SEED)
+        now = int(time.time() * 1000)
+        for i in range(runs):
+            run_id = client.create_run(experiment_id, run_name=f"run-{i}").info.run_id
+            names = ("sharpe", "sortino", "cagr", "max_drawdown", "volatility")
+            values = dict(zip(names, rng.normal(size=len(names)), strict=True))
+            client.log_batch(
+                run_id,
+                metrics=[Metric(k, float(v), now, 0) for k, v in values.items()],
+                params=[Param("window", str(10 + i % 50)), Param("universe", "sp500")],
+            )
+            client.set_terminated(run_id)
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{cache}"}
+    ours, base = alternate(
+        args.reps,
+        lambda: checked(
+            run(
+                uv_run(
+                    "scripts/query_experiments.py",
+                    "runs",
+                    "--experiment",
+                    "query-bench",
+                    "--order-by",
+                    "metrics.sharpe DESC",
+                    "--max-results",
+                    "20",
+                    "--format",
+                    "json",
+                ),  # fmt: skip
+                env,
+            ),
+            "query_experiments",
+        ),
+        lambda: checked(run(uv_run("bench/baseline_search_runs.py", "query-bench"), env), "baseline"),
+    )
+    ratio = median(ours) / median(base)
+    record(f"top-20 by sharpe of {runs} runs (sqlite)", median(ours), median(base), "<= 0.5x", ratio <= 0.5)
+
+
+CASES = {
+    "help": case_help,
+    "log": case_log,
+    "sweep": case_sweep,
+    "large": case_large,
+    "history": case_history,
+    "query": case_query,
+}
+
+
+def warm_up() -> None:
+    """First runs download and build each script's environment: do that outside the measurements."""
+    for script in [*sorted(p.relative_to(ROOT) for p in (ROOT / "scripts").glob("*.py"))]:
+        checked(run(uv_run(str(script), "--help")), f"warm-up {script}")
+    for script in sorted((BENCH).glob("baseline_*.py")):
+        subprocess.run(["uv", "sync", "--script", str(script), "--quiet"], check=True, cwd=ROOT)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    models = (
+        [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
+        if cpuinfo.exists()
+        else []
+    )
+    cpu = models[0] if models else cpu
+    memory = psutil.virtual_memory().total / 2**30
+    return f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, Python {platform.python_version()}, {platform.system()}"
+
+
+def write_results(path: Path, started: dt.datetime, seconds: float) -> None:
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Date: {started:%Y-%m-%d %H:%M} UTC. Machine: {machine()}. Command: `uv run python bench/run.py` "
+        f"({seconds / 60:.1f} min). Times are medians of 3 alternating repetitions, each a whole command as a "
+        "user runs it (`uv run …`), start-up and imports included.",
+        "",
+        "| case | ours (s) | baseline (s) | ratio | goal | met |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    for row in ROWS:
+        ours = f"{row['ours_s']:.2f}" if row["ours_s"] is not None else row["note"]
+        base = f"{row['baseline_s']:.2f}" if row["baseline_s"] is not None else "-"
+        ratio = f"{row['ratio']:.2f}x" if row["ratio"] is not None else "-"
+        lines.append(
+            f"| {row['case']} | {ours} | {base} | {ratio} | {row['goal']} | {'yes' if row['met'] else 'NO'} |"
+        )
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition, no RESULTS.md (CI)")
+    parser.add_argument("--reps", type=int, help="repetitions per side (default 3, quick 1)")
+    parser.add_argument("--only", choices=list(CASES), action="append", help="run only these cases")
+    parser.add_argument("--results", type=Path, default=BENCH / "RESULTS.md", help="where the table goes")
+    args = parser.parse_args()
+    args.reps = args.reps or (1 if args.quick else 3)
+    started = dt.datetime.now(dt.UTC)
+    clock = time.monotonic()
+    warm_up()
+    with tempfile.TemporaryDirectory(prefix="mlflow-python-bench-") as tmp:
+        work = Path(tmp)
+        stores = Stores(work)
+        for name in args.only or CASES:
+            print(f"{name}:", flush=True)
+            CASES[name](args, work, stores)
+    seconds = time.monotonic() - clock
+    print(f"{len(ROWS)} rows in {seconds:.0f} s; goals met: {sum(r['met'] for r in ROWS)}/{len(ROWS)}")
+    if not args.quick and not args.only:
+        write_results(args.results, started, seconds)
+        print(f"wrote {args.results.relative_to(ROOT)}")
+    (BENCH / "out").mkdir(exist_ok=True)
+    (BENCH / "out" / "last.json").write_text(json.dumps(ROWS, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
