@@ -59,22 +59,21 @@ def scripts():
     return Loader()
 
 
-def pytest_sessionfinish(session, exitstatus):
-    """Two checks over the whole session. In CI nothing may be skipped: a skipped test turns a green run red.
-    And no secret the suite made (server passwords, canaries) may appear in anything a script printed, in
-    any file under pytest's temp folders (stores, artifacts, server logs), or in the git tree."""
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    write = reporter.write_line if reporter is not None else print
-    if STRICT and reporter is not None and reporter.stats.get("skipped") and exitstatus == 0:
-        write("CI=true: skipped tests are failures here", red=True)
-        session.exitstatus = 1
-    factory = getattr(session.config, "_tmp_path_factory", None)
-    roots = [factory.getbasetemp()] if factory is not None and factory._basetemp is not None else []
-    leaks, scanned = harness.scan_for_secrets(roots)
-    write(
-        f"secret scan: {len(harness.SECRETS)} secrets, {len(harness.OUTPUTS)} script outputs, "
-        f"{scanned} files, {len(leaks)} leaks"
-    )
+@pytest.fixture(scope="session", autouse=True)
+def secret_scan(tmp_path_factory):
+    """When the session (or xdist worker) ends: no secret the suite made (server passwords, canaries) may
+    appear in anything a script printed, in any file under pytest's temp folders (stores, artifacts, server
+    logs), or in the git tree. A leak fails the run as an error at teardown."""
+    yield
+    leaks, scanned = harness.scan_for_secrets([tmp_path_factory.getbasetemp()])
+    assert scanned > 0 or not harness.OUTPUTS, "the secret scan read no files"
     if leaks:
-        write("SECRETS LEAKED in: " + ", ".join(leaks[:20]), red=True)
+        pytest.fail(f"secrets leaked into: {', '.join(leaks[:20])}", pytrace=False)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """In CI nothing may be skipped: a skipped test turns a green run red (checked where results gather)."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if STRICT and reporter is not None and reporter.stats.get("skipped") and exitstatus == 0:
+        reporter.write_line("CI=true: skipped tests are failures here", red=True)
         session.exitstatus = 1
