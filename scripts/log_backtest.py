@@ -1,0 +1,1816 @@
+# /// script
+# requires-python = ">=3.11"
+# dependencies = [
+#     "mlflow>=3.17,<3.18",
+#     "quantstats==0.0.86",
+#     "pandas>=2.2",
+#     "pyarrow>=15",
+# ]
+# ///
+"""Log a trading backtest to MLflow: every QuantStats metric, equity and drawdown curves, the returns as a
+dataset, a tearsheet and a readable description, in one run (or a parent run with one child per column).
+
+Usage (as an agent types it; `mise x --` loads credentials from .env.local):
+  uv run scripts/log_backtest.py --returns returns.csv
+  uv run scripts/log_backtest.py --returns returns.csv --benchmark spy.csv --experiment momentum \\
+      --run-name mom-12-1 --param lookback=252 --params '{"universe": {"size": 500}}' --tag stage=research
+  uv run scripts/log_backtest.py --returns equity.parquet --prices --rf 0.04 --no-tearsheet
+  uv run scripts/log_backtest.py --returns sweep.csv               # several numeric columns -> a sweep
+  uv run scripts/log_backtest.py --returns returns.csv --dry-run   # compute and print, touch no store
+
+Input: CSV or Parquet. The timestamp column is the one named date, datetime, timestamp or time, else the
+first column when it is not numeric. Each other column is one strategy's returns (decimal: 0.01 = 1 %);
+--prices converts prices/equity, --percent divides percent values by 100. Several columns make a sweep
+unless --column picks one. A file without timestamps needs --periods-per-year.
+
+Output (JSON when stdout is not a terminal, a table when it is; --format overrides): run_id, run_name,
+experiment_id, experiment, tracking_uri (credentials masked), url, deduplicated, periods_per_year,
+frequency, n_bars, start, end, metrics, undefined_metrics, artifacts, warnings, fingerprint, benchmark.
+A sweep prints {"parent_run_id", ..., "runs": [...]} where each run carries its key metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# ---- shared preamble: identical in all four scripts (tests/test_conventions.py checks) ----
+EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_AUTH, EXIT_UNREACHABLE = 0, 1, 2, 3, 4, 5
+EXIT_CODES_HELP = """exit codes:
+  0  ok
+  1  unexpected error (rerun with --debug for the traceback)
+  2  bad usage or bad input (nothing was written)
+  3  not found: experiment, run or metric
+  4  authentication or permission: MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN
+  5  tracking server unreachable, timed out or failing: MLFLOW_TRACKING_URI"""
+# MLflow's own HTTP defaults retry 7 times with backoff (~4 minutes on a refused port). Ours fail in seconds;
+# a value the user set in the environment always wins.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+SECRET_ENV_VARS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+KEY_PATTERN = re.compile(r"^[/\w.\- :]*$")  # what MLflow accepts in metric, param and tag keys
+MAX_KEY_LENGTH = 250
+
+
+class CliError(Exception):
+    """An expected failure: a one-line message for stderr and the exit code."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (exit 2) instead of usage text plus error."""
+
+    def error(self, message: str):
+        raise CliError(EXIT_USAGE, f"{message} (see --help)")
+
+
+def mask_uri(uri: str) -> str:
+    """Hide credentials in a URI: user:password@host -> ***@host."""
+    return re.sub(r"(?<=://)[^/@\s]+@", "***@", uri or "")
+
+
+def redact(text: str) -> str:
+    """Mask URI credentials and the values of secret env vars in text that will be shown or stored."""
+    text = re.sub(r"(?<=://)[^/@\s'\"]+@", "***@", str(text))
+    for var in SECRET_ENV_VARS:
+        value = os.environ.get(var, "")
+        if len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+def resolve_tracking_uri(cli_uri: str | None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the embedded local store ./mlflow.db (absolute)."""
+    uri = (cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or "").strip()
+    if not uri:
+        # MLflow >= 3.7 defaults to sqlite:///mlflow.db in the working directory, but a leftover ./mlruns
+        # switches it to the file store, which raises. Spelling the default out avoids that and tells the
+        # user which file holds their runs.
+        uri = "sqlite:///" + str(Path.cwd() / "mlflow.db")
+    return uri
+
+
+def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str | None:
+    """The MLflow UI address of an experiment or run, for http(s) tracking servers only."""
+    if not tracking_uri.lower().startswith(("http://", "https://")):
+        return None
+    base = re.sub(r"(?<=://)[^/@\s]+@", "", tracking_uri).rstrip("/")
+    return f"{base}/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+
+
+def connect(tracking_uri: str, debug: bool = False):
+    """Configure bounded HTTP retries and quiet logging, then return an MlflowClient (imports mlflow)."""
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if not debug:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+        import logging
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        for name in ("mlflow", "alembic", "urllib3", "sqlalchemy"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.MlflowClient(tracking_uri)
+
+
+def classify_error(exc: BaseException) -> tuple[int, str]:
+    """Map an exception from MLflow, requests or the OS to (exit code, one-line message)."""
+    text = " ".join(str(exc).split())
+    code_name = str(getattr(exc, "error_code", ""))
+    status = re.search(r"error code (\d{3})", text)
+    status = int(status.group(1)) if status else None
+    if code_name in ("UNAUTHENTICATED", "PERMISSION_DENIED") or status in (401, 403):
+        what = "permission denied (403)" if code_name == "PERMISSION_DENIED" or status == 403 else "401"
+        return EXIT_AUTH, (
+            f"tracking server refused the request: {what}. Check MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) and that this user may do this"
+        )
+    unreachable = (
+        r"Max retries exceeded|Connection refused|timed out|Timeout|NewConnectionError|Failed to establish"
+        r"|Name or service not known|Connection aborted|RemoteDisconnected|ConnectionError|ResponseError"
+    )
+    if (status and status >= 500) or re.search(unreachable, text):
+        return EXIT_UNREACHABLE, (
+            f"tracking server unreachable or failing ({text[:160]}). Check MLFLOW_TRACKING_URI and that "
+            "the server is up; MLFLOW_HTTP_REQUEST_TIMEOUT / MLFLOW_HTTP_REQUEST_MAX_RETRIES tune waiting"
+        )
+    if code_name == "RESOURCE_DOES_NOT_EXIST":
+        return EXIT_NOT_FOUND, text[:300]
+    if code_name in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_ALREADY_EXISTS"):
+        return EXIT_USAGE, text[:300]
+    return EXIT_UNEXPECTED, f"{type(exc).__name__}: {text[:300]} (rerun with --debug for the traceback)"
+
+
+def run_cli(action, debug: bool) -> int:
+    """Run action(); turn every failure into one redacted line on stderr and a documented exit code."""
+    try:
+        return action() or EXIT_OK
+    except CliError as exc:
+        message, code = str(exc), exc.code
+    except KeyboardInterrupt:
+        message, code = "interrupted", 130
+    except Exception as exc:  # noqa: BLE001 - the one place every unexpected failure is reported
+        code, message = classify_error(exc)
+    if debug and code != 130:
+        traceback.print_exc()
+    print(f"error: {redact(message)}", file=sys.stderr)
+    return code
+
+
+def output_format(requested: str | None) -> str:
+    """--format if given, else a table for a person at a terminal and JSON for a program."""
+    return requested or ("table" if sys.stdout.isatty() else "json")
+
+
+def json_safe(value):
+    """Non-finite floats become null (valid JSON for agents); everything else passes through."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def flat_rows(data) -> list[dict]:
+    """Rows for table/csv: a list of objects, or one object as key/value rows; nested objects get dotted keys."""
+
+    def flatten(obj: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in obj.items():
+            if isinstance(value, dict) and value:
+                out.update(flatten(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    if isinstance(data, dict):
+        return [{"key": k, "value": v} for k, v in flatten(data).items()]
+    return [flatten(row) if isinstance(row, dict) else {"value": row} for row in data]
+
+
+def cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list | dict):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def emit(data, fmt: str) -> None:
+    """Print data to stdout as json, table or csv. stdout carries data only."""
+    data = json_safe(data)
+    if fmt == "json":
+        sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+        return
+    rows = flat_rows(data)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    if fmt == "csv":
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({c: cell(row.get(c)) for c in columns} for row in rows)
+        return
+    table = [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in table]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in table]
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+# ---- end of shared preamble ----
+
+SKILL_NAME = "mlflow-python"
+SKILL_VERSION = "0.1.0"
+DEFAULT_EXPERIMENT = "backtests"
+DEFAULT_MAX_HISTORY_POINTS = 5000
+PARQUET_ARTIFACT_MIN_BARS = 100_000  # the normalised returns are stored as Parquet from this many bars on
+# The tearsheet of an intraday series this long is drawn from daily compounded returns: QuantStats' report
+# on 1M minute bars takes minutes (rolling apply, one drawdown row per episode, 1M-point SVG paths) and
+# its calendar tables are daily/monthly anyway. The metrics are always computed on the bars themselves.
+TEARSHEET_MAX_INTRADAY_BARS = 20_000
+TIMESTAMP_COLUMNS = ("date", "datetime", "timestamp", "time")
+DESCRIPTION_TAG = "mlflow.note.content"  # the markdown the MLflow UI shows on the run page
+PARENT_TAG = "mlflow.parentRunId"
+FINGERPRINT_TAG = "backtest.fingerprint"
+UNDEFINED_TAG = "backtest.undefined_metrics"
+VERSION_TAG = "backtest.skill_version"
+SWEEP_TAG = "backtest.sweep"
+RESERVED_TAG_PREFIXES = ("mlflow.", "backtest.")
+MAX_PARAM_VALUE_LENGTH = 6000  # mlflow.utils.validation
+MAX_TAG_VALUE_LENGTH = 8000
+MAX_DESCRIPTION_LENGTH = 4000  # leaves room in mlflow.note.content for the generated summary
+MAX_RF = 0.5  # an annual rate above 50 % is almost surely given in percent
+KEY_METRICS = (
+    "sharpe", "sortino", "cagr", "total_return", "max_drawdown", "volatility", "calmar", "win_rate",
+    "profit_factor",
+)  # fmt: skip
+
+
+# ---- the metric table: the one place that says what each metric is --------------------------------------
+# `call` is evaluated as written (it IS the code that computes the metric), in a namespace where:
+#   qs          quantstats;  r  the normalised returns (pandas Series, UTC DatetimeIndex, decimal units)
+#   rf          annual risk-free rate (--rf);  periods  bars per year;  compounded  False with --simple
+#   dd          qs.stats.to_drawdown_series(r), computed once
+#   total(x)    qs.stats.comp(x) when compounded, else x.sum()   (QuantStats' report does the same)
+#   since(x, months=N | period="mtd"/"ytd")  the bars of the last N months / month / year to date, counted
+#               back from the last bar as QuantStats' report does
+#   dd_details(dd)  a vectorised copy of qs.stats.drawdown_details(dd) (same columns and numbers; the
+#               original loops over every drawdown episode and takes minutes on 1M bars)
+#   rp, bp      strategy and benchmark aligned on common timestamps, positionally indexed (see
+#               benchmark_namespace: QuantStats' own alignment compares Python sets of timestamps)
+# prepare_returns=False skips QuantStats' re-cleaning of r where the function allows it: r is already what
+# _prepare_returns would return (validated: no prices, no inf, no NaN; tests check the identity).
+# `guard`: when true, the metric is undefined (QuantStats would return 0 or a meaningless number there).
+# `calendar`: needs real timestamps (a bare column of numbers has none: such metrics are undefined).
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    call: str
+    meaning: str
+    units: str
+    higher_is_better: bool | None  # None: descriptive, no better direction
+    guard: str | None = None
+    calendar: bool = False
+    benchmark: bool = False
+
+
+NO_NONZERO_BAR = "(r != 0).sum() == 0"
+FLAT_BENCHMARK = "bp.var() == 0"
+NP = "prepare_returns=False"
+METRICS: tuple[MetricSpec, ...] = (
+    # ratios
+    MetricSpec("sharpe", "qs.stats.sharpe(r, rf, periods)",
+               "Annualised Sharpe ratio: mean excess return per bar / sample std x sqrt(periods)", "ratio",
+               True),
+    MetricSpec("smart_sharpe", "qs.stats.smart_sharpe(r, rf, periods)",
+               "Sharpe ratio penalised for autocorrelation of returns", "ratio", True),
+    MetricSpec("sortino", "qs.stats.sortino(r, rf, periods)",
+               "Annualised Sortino ratio: mean excess return / downside deviation", "ratio", True),
+    MetricSpec("smart_sortino", "qs.stats.smart_sortino(r, rf, periods)",
+               "Sortino ratio penalised for autocorrelation of returns", "ratio", True),
+    MetricSpec("adjusted_sortino", "qs.stats.adjusted_sortino(r, rf, periods)",
+               "Sortino / sqrt(2) (Jack Schwager), comparable with Sharpe", "ratio", True),
+    MetricSpec("smart_adjusted_sortino", "qs.stats.adjusted_sortino(r, rf, periods, smart=True)",
+               "Adjusted Sortino penalised for autocorrelation", "ratio", True),
+    MetricSpec("probabilistic_sharpe_ratio", "qs.stats.probabilistic_sharpe_ratio(r, rf, periods)",
+               "Probability that the true (per-bar) Sharpe ratio is above 0, given skew and kurtosis",
+               "probability", True),
+    MetricSpec("probabilistic_smart_sharpe_ratio",
+               "qs.stats.probabilistic_sharpe_ratio(r, rf, periods, smart=True)",
+               "Probabilistic Sharpe ratio with the autocorrelation penalty", "probability", True),
+    MetricSpec("probabilistic_sortino_ratio", "qs.stats.probabilistic_sortino_ratio(r, rf, periods)",
+               "Probability that the true (per-bar) Sortino ratio is above 0", "probability", True),
+    MetricSpec("probabilistic_adjusted_sortino_ratio",
+               "qs.stats.probabilistic_adjusted_sortino_ratio(r, rf, periods)",
+               "Probability that the true adjusted Sortino ratio is above 0", "probability", True),
+    MetricSpec("omega", "qs.stats.omega(r, rf, 0.0, periods)",
+               "Omega ratio at a 0 threshold: sum of excess gains / sum of excess losses", "ratio", True),
+    MetricSpec("calmar", f"qs.stats.calmar(r, {NP}, compounded=compounded, periods=periods)",
+               "CAGR / |max drawdown|", "ratio", True),
+    MetricSpec("risk_return_ratio", f"qs.stats.risk_return_ratio(r, {NP})",
+               "Mean / std of bar returns (per-bar Sharpe without rf)", "ratio", True),
+    MetricSpec("gain_to_pain_ratio", "qs.stats.gain_to_pain_ratio(r, rf)",
+               "Sum of daily returns / |sum of losing days| (Jack Schwager)", "ratio", True, calendar=True),
+    MetricSpec("gain_to_pain_ratio_monthly", "qs.stats.gain_to_pain_ratio(r, rf, 'ME')",
+               "Gain-to-pain ratio on monthly sums", "ratio", True, calendar=True),
+    MetricSpec("ulcer_performance_index", "qs.stats.ulcer_performance_index(r, rf)",
+               "(Total compounded return - rf) / ulcer index", "ratio", True),
+    MetricSpec("serenity_index", "qs.stats.serenity_index(r, rf)",
+               "(Sum of returns - rf) / (ulcer index x pitfall), KeyQuant", "ratio", True),
+    MetricSpec("recovery_factor", f"qs.stats.recovery_factor(r, {NP})",
+               "|Sum of returns| / |max drawdown|", "ratio", True),
+    MetricSpec("risk_adjusted_return", "qs.stats.rar(r, rf, periods, compounded)",
+               "CAGR / exposure (time in market)", "fraction per year", True),
+    # returns
+    MetricSpec("total_return", "total(r)",
+               "Total return over the period: qs.stats.comp(r), or r.sum() with --simple", "fraction", True),
+    MetricSpec("cagr", "qs.stats.cagr(r, rf, compounded, periods)",
+               "Compound annual growth rate; years = bars / periods", "fraction per year", True),
+    MetricSpec("expected_return", f"qs.stats.expected_return(r, compounded=compounded, {NP})",
+               "Geometric mean return per bar", "fraction per bar", True),
+    MetricSpec("expected_return_monthly",
+               f"qs.stats.expected_return(r, aggregate='ME', compounded=compounded, {NP})",
+               "Geometric mean monthly return", "fraction per month", True, calendar=True),
+    MetricSpec("expected_return_yearly",
+               f"qs.stats.expected_return(r, aggregate='YE', compounded=compounded, {NP})",
+               "Geometric mean calendar-year return", "fraction per year", True, calendar=True),
+    MetricSpec("avg_return", f"qs.stats.avg_return(r, {NP})", "Mean of non-zero bar returns",
+               "fraction per bar", True),
+    MetricSpec("avg_win", f"qs.stats.avg_win(r, {NP})", "Mean of positive bar returns", "fraction per bar",
+               True),
+    MetricSpec("avg_loss", f"qs.stats.avg_loss(r, {NP})", "Mean of negative bar returns (< 0)",
+               "fraction per bar", True),
+    MetricSpec("avg_up_month", f"qs.stats.avg_win(r, aggregate='ME', compounded=compounded, {NP})",
+               "Mean of positive monthly returns", "fraction per month", True, calendar=True),
+    MetricSpec("avg_down_month", f"qs.stats.avg_loss(r, aggregate='ME', compounded=compounded, {NP})",
+               "Mean of negative monthly returns (< 0)", "fraction per month", True, calendar=True),
+    MetricSpec("best", f"qs.stats.best(r, {NP})", "Best single bar", "fraction per bar", True),
+    MetricSpec("worst", f"qs.stats.worst(r, {NP})", "Worst single bar", "fraction per bar", True),
+    MetricSpec("best_month", f"qs.stats.best(r, aggregate='ME', compounded=compounded, {NP})",
+               "Best calendar month", "fraction", True, calendar=True),
+    MetricSpec("worst_month", f"qs.stats.worst(r, aggregate='ME', compounded=compounded, {NP})",
+               "Worst calendar month", "fraction", True, calendar=True),
+    MetricSpec("best_quarter", f"qs.stats.best(r, aggregate='QE', compounded=compounded, {NP})",
+               "Best calendar quarter", "fraction", True, calendar=True),
+    MetricSpec("worst_quarter", f"qs.stats.worst(r, aggregate='QE', compounded=compounded, {NP})",
+               "Worst calendar quarter", "fraction", True, calendar=True),
+    MetricSpec("best_year", f"qs.stats.best(r, aggregate='YE', compounded=compounded, {NP})",
+               "Best calendar year", "fraction", True, calendar=True),
+    MetricSpec("worst_year", f"qs.stats.worst(r, aggregate='YE', compounded=compounded, {NP})",
+               "Worst calendar year", "fraction", True, calendar=True),
+    MetricSpec("returns_mtd", "total(since(r, period='mtd'))", "Return month to date (of the last bar)",
+               "fraction", True, calendar=True),
+    MetricSpec("returns_3m", "total(since(r, months=3))", "Return over the last 3 months", "fraction", True,
+               calendar=True),
+    MetricSpec("returns_6m", "total(since(r, months=6))", "Return over the last 6 months", "fraction", True,
+               calendar=True),
+    MetricSpec("returns_ytd", "total(since(r, period='ytd'))", "Return year to date (of the last bar)",
+               "fraction", True, calendar=True),
+    MetricSpec("returns_1y", "total(since(r, months=12))", "Return over the last 12 months", "fraction", True,
+               calendar=True),
+    MetricSpec("cagr_3y", "qs.stats.cagr(since(r, months=35), 0.0, compounded, periods)",
+               "CAGR of the last 3 years (35 months back, as QuantStats' report)", "fraction per year", True,
+               calendar=True),
+    MetricSpec("cagr_5y", "qs.stats.cagr(since(r, months=59), 0.0, compounded, periods)",
+               "CAGR of the last 5 years (59 months back)", "fraction per year", True, calendar=True),
+    MetricSpec("cagr_10y", "qs.stats.cagr(since(r, months=119), 0.0, compounded, periods)",
+               "CAGR of the last 10 years (119 months back)", "fraction per year", True, calendar=True),
+    # trade-style (computed from bars, not from discrete trades)
+    MetricSpec("win_rate", f"qs.stats.win_rate(r, {NP})", "Share of non-zero bars that are positive",
+               "fraction", True, guard=NO_NONZERO_BAR),
+    MetricSpec("win_rate_month", f"qs.stats.win_rate(r, aggregate='ME', compounded=compounded, {NP})",
+               "Share of non-zero months that are positive", "fraction", True, guard=NO_NONZERO_BAR,
+               calendar=True),
+    MetricSpec("win_rate_quarter", f"qs.stats.win_rate(r, aggregate='QE', compounded=compounded, {NP})",
+               "Share of non-zero quarters that are positive", "fraction", True, guard=NO_NONZERO_BAR,
+               calendar=True),
+    MetricSpec("win_rate_year", f"qs.stats.win_rate(r, aggregate='YE', compounded=compounded, {NP})",
+               "Share of non-zero years that are positive", "fraction", True, guard=NO_NONZERO_BAR,
+               calendar=True),
+    MetricSpec("profit_factor", f"qs.stats.profit_factor(r, {NP})",
+               "Sum of bars >= 0 / |sum of bars < 0|; undefined without a losing bar", "ratio", True,
+               guard="(r < 0).sum() == 0"),
+    MetricSpec("payoff_ratio", f"qs.stats.payoff_ratio(r, {NP})", "Average win / |average loss| per bar",
+               "ratio", True),
+    MetricSpec("profit_ratio", f"qs.stats.profit_ratio(r, {NP})",
+               "(Mean win / win count) / (mean loss / loss count), absolute", "ratio", True),
+    MetricSpec("common_sense_ratio", f"qs.stats.common_sense_ratio(r, {NP})", "Profit factor x tail ratio",
+               "ratio", True),
+    MetricSpec("cpc_index", f"qs.stats.cpc_index(r, {NP})", "Profit factor x win rate x payoff ratio",
+               "ratio", True),
+    MetricSpec("kelly_criterion", f"qs.stats.kelly_criterion(r, {NP})",
+               "Kelly fraction p - (1 - p) / payoff ratio, from bar win rate and payoff",
+               "fraction of capital", True),
+    MetricSpec("consecutive_wins", f"qs.stats.consecutive_wins(r, {NP})", "Longest run of positive bars",
+               "bars", True),
+    MetricSpec("consecutive_losses", f"qs.stats.consecutive_losses(r, {NP})", "Longest run of negative bars",
+               "bars", False),
+    MetricSpec("exposure", f"qs.stats.exposure(r, {NP})",
+               "Time in market: share of bars with a non-zero return, rounded up to 1 %", "fraction", None),
+    # risk and tail
+    MetricSpec("volatility", f"qs.stats.volatility(r, periods, {NP})",
+               "Annualised volatility: sample std x sqrt(periods)", "fraction per year", False),
+    MetricSpec("max_drawdown", "qs.stats.max_drawdown(r)",
+               "Deepest peak-to-trough fall of the equity curve (<= 0; closer to 0 is better)", "fraction",
+               True),
+    MetricSpec("avg_drawdown", "dd_details(dd)['max drawdown'].mean() / 100",
+               "Mean depth of the drawdown episodes (<= 0)", "fraction", True),
+    MetricSpec("longest_drawdown_days", "dd_details(dd)['days'].max()",
+               "Longest drawdown episode, calendar days from start to recovery", "days", False,
+               calendar=True),
+    MetricSpec("avg_drawdown_days", "dd_details(dd)['days'].mean()",
+               "Mean drawdown episode length in calendar days", "days", False, calendar=True),
+    MetricSpec("ulcer_index", "qs.stats.ulcer_index(r)", "Root mean square of the drawdown series",
+               "fraction", False),
+    MetricSpec("value_at_risk", f"qs.stats.value_at_risk(r, {NP})",
+               "Parametric 95 % value at risk of one bar (normal with the bars' mean and std; < 0)",
+               "fraction per bar", True),
+    MetricSpec("conditional_value_at_risk", f"qs.stats.conditional_value_at_risk(r, {NP})",
+               "Parametric 95 % expected shortfall of one bar (< 0)", "fraction per bar", True),
+    MetricSpec("tail_ratio", f"qs.stats.tail_ratio(r, {NP})", "|95th / 5th percentile| of bar returns",
+               "ratio", True),
+    MetricSpec("outlier_win_ratio", f"qs.stats.outlier_win_ratio(r, {NP})",
+               "99th percentile bar / mean of bars >= 0", "ratio", None),
+    MetricSpec("outlier_loss_ratio", f"qs.stats.outlier_loss_ratio(r, {NP})",
+               "1st percentile bar / mean of losing bars", "ratio", None),
+    MetricSpec("risk_of_ruin", f"qs.stats.risk_of_ruin(r, {NP})",
+               "((1 - win rate) / (1 + win rate)) ** bars", "probability", False),
+    MetricSpec("skew", f"qs.stats.skew(r, {NP})", "Skewness of bar returns", "unitless", True),
+    MetricSpec("kurtosis", f"qs.stats.kurtosis(r, {NP})", "Excess kurtosis of bar returns (normal = 0)",
+               "unitless", False),
+    MetricSpec("autocorr_penalty", "qs.stats.autocorr_penalty(r)",
+               "Lag-1 autocorrelation penalty used by the smart ratios (>= 1)", "unitless", None),
+    # against the benchmark (--benchmark)
+    MetricSpec("alpha", f"qs.stats.greeks(rp, bp, periods, {NP})['alpha']",
+               "Annualised alpha: (mean - beta x benchmark mean) x periods", "fraction per year", True,
+               guard=FLAT_BENCHMARK, benchmark=True),
+    MetricSpec("beta", f"qs.stats.greeks(rp, bp, periods, {NP})['beta']",
+               "Beta: cov(strategy, benchmark) / var(benchmark)", "ratio", None, guard=FLAT_BENCHMARK,
+               benchmark=True),
+    MetricSpec("correlation", "bp.corr(rp)", "Pearson correlation with the benchmark (QuantStats' report)",
+               "unitless", None, benchmark=True),
+    MetricSpec("r_squared", f"qs.stats.r_squared(rp, bp, {NP})", "R^2 of the regression on the benchmark",
+               "unitless", None, guard=FLAT_BENCHMARK, benchmark=True),
+    MetricSpec("information_ratio", f"qs.stats.information_ratio(rp, bp, {NP})",
+               "Mean active return / tracking error, per bar (not annualised)", "ratio", True,
+               guard="(rp - bp).std() == 0", benchmark=True),
+    MetricSpec("treynor_ratio", "qs.stats.treynor_ratio(rp, bp, periods, rf)",
+               "(Total compounded return - rf) / beta", "ratio", True, guard=FLAT_BENCHMARK, benchmark=True),
+)  # fmt: skip
+METRIC_NAMES = tuple(spec.name for spec in METRICS)
+
+
+def metric_table_markdown() -> str:
+    """The metric table as markdown, for references/quantstats-metrics.md (generated, never hand-edited)."""
+    direction = {True: "higher", False: "lower", None: "-"}
+    lines = [
+        "| metric | QuantStats call | meaning | units | better | notes |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for spec in METRICS:
+        notes = []
+        if spec.benchmark:
+            notes.append("needs --benchmark")
+        if spec.calendar:
+            notes.append("needs timestamps")
+        if spec.guard:
+            notes.append(f"undefined when `{spec.guard}`")
+        call = spec.call.replace("|", "\\|")
+        lines.append(
+            f"| `{spec.name}` | `{call}` | {spec.meaning} | {spec.units} | "
+            f"{direction[spec.higher_is_better]} | {'; '.join(notes)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ---- request: arguments checked before any data is read or any heavy module imported ---------------------
+@dataclass
+class Request:
+    returns_path: Path
+    benchmark_path: Path | None
+    column: str | None
+    benchmark_column: str | None
+    prices: bool
+    percent: bool
+    experiment: str
+    run_name: str | None
+    params: dict[str, str]
+    tags: dict[str, str]
+    description: str | None
+    rf: float
+    periods_per_year: float | None
+    compounded: bool
+    tearsheet: bool
+    dry_run: bool
+    force: bool
+    max_history_points: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def warn(message: str, sink: list[str] | None = None) -> None:
+    """A warning on stderr (and in the output's `warnings` when a sink is given)."""
+    print(f"warning: {message}", file=sys.stderr)
+    if sink is not None:
+        sink.append(message)
+
+
+_T0 = time.monotonic()
+DEBUG_TIMES = "--debug" in sys.argv
+
+
+def phase(label: str) -> None:
+    """With --debug: how long since the process started, per phase (where the time goes)."""
+    if DEBUG_TIMES:
+        print(f"debug: {time.monotonic() - _T0:7.2f}s {label}", file=sys.stderr)
+
+
+def check_key(kind: str, key: str) -> None:
+    if not key or len(key) > MAX_KEY_LENGTH or not KEY_PATTERN.match(key):
+        raise CliError(
+            EXIT_USAGE,
+            f"{kind} key {key[:60]!r} is invalid: 1-{MAX_KEY_LENGTH} characters of letters, digits, "
+            "and _ - . / : or space",
+        )
+
+
+def param_text(value) -> str:
+    """A param value as MLflow stores it: strings as is, numbers as Python prints them, the rest as JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or value is None or isinstance(value, list):
+        return json.dumps(value)
+    return str(value)
+
+
+def flatten_params(obj: dict, prefix: str = "") -> dict[str, str]:
+    """{"a": {"b": 1}} -> {"a.b": "1"}; lists and scalars become one param each."""
+    out: dict[str, str] = {}
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten_params(value, f"{name}."))
+        else:
+            out[name] = param_text(value if not isinstance(value, dict) else "{}")
+    return out
+
+
+def parse_params(params_json: str | None, pairs: list[str]) -> dict[str, str]:
+    """--params JSON (nested objects flattened with dots) merged with --param KEY=VALUE (which wins)."""
+    params: dict[str, str] = {}
+    if params_json:
+        try:
+            loaded = json.loads(params_json)
+        except json.JSONDecodeError as exc:
+            raise CliError(EXIT_USAGE, f"--params is not valid JSON ({exc.msg} at char {exc.pos})") from None
+        if not isinstance(loaded, dict):
+            raise CliError(EXIT_USAGE, "--params must be a JSON object, e.g. '{\"lookback\": 20}'")
+        params.update(flatten_params(loaded))
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise CliError(EXIT_USAGE, f"--param {pair!r} is not KEY=VALUE")
+        params[key.strip()] = value
+    for key, value in params.items():
+        check_key("param", key)
+        if key in RESERVED_PARAMS:
+            raise CliError(
+                EXIT_USAGE, f"param {key!r} is set by log_backtest itself; rename yours (e.g. strategy.{key})"
+            )
+        if len(value) > MAX_PARAM_VALUE_LENGTH:
+            raise CliError(
+                EXIT_USAGE, f"param {key!r} value is longer than {MAX_PARAM_VALUE_LENGTH} characters"
+            )
+    return params
+
+
+def parse_tags(pairs: list[str]) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise CliError(EXIT_USAGE, f"--tag {pair!r} is not KEY=VALUE")
+        key = key.strip()
+        check_key("tag", key)
+        if key.startswith(RESERVED_TAG_PREFIXES):
+            raise CliError(EXIT_USAGE, f"tag key {key!r} is reserved (mlflow.* and backtest.* are set by us)")
+        if len(value) > MAX_TAG_VALUE_LENGTH:
+            raise CliError(EXIT_USAGE, f"tag {key!r} value is longer than {MAX_TAG_VALUE_LENGTH} characters")
+        tags[key] = value
+    return tags
+
+
+def check_input_path(path_text: str, flag: str) -> Path:
+    path = Path(path_text).expanduser()
+    if not path.exists():
+        raise CliError(EXIT_USAGE, f"{flag} {path_text}: no such file")
+    if path.is_dir():
+        raise CliError(EXIT_USAGE, f"{flag} {path_text} is a directory: give a CSV or Parquet file")
+    if not os.access(path, os.R_OK):
+        raise CliError(EXIT_USAGE, f"{flag} {path_text} is not readable (check its permissions)")
+    return path
+
+
+def build_request(args) -> Request:
+    """Everything in the arguments checked, before pandas is imported or any data read."""
+    if not args.returns:
+        raise CliError(
+            EXIT_USAGE, "--returns PATH is required: a CSV or Parquet file of returns (see --help)"
+        )
+    if args.prices and args.percent:
+        raise CliError(EXIT_USAGE, "--prices and --percent exclude each other")
+    if not math.isfinite(args.rf) or args.rf < 0:
+        raise CliError(
+            EXIT_USAGE, f"--rf {args.rf} must be a finite annual rate >= 0 (QuantStats ignores < 0)"
+        )
+    if args.rf > MAX_RF:
+        raise CliError(
+            EXIT_USAGE, f"--rf {args.rf} looks like percent: give a decimal annual rate, e.g. 0.04"
+        )
+    if args.periods_per_year is not None and not (
+        math.isfinite(args.periods_per_year) and args.periods_per_year > 0
+    ):
+        raise CliError(
+            EXIT_USAGE, "--periods-per-year must be a positive number (252 daily, 12 monthly, ...)"
+        )
+    if args.max_history_points < 3:
+        raise CliError(EXIT_USAGE, "--max-history-points must be at least 3 (first, last and deepest bar)")
+    experiment = (args.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT).strip()
+    if not experiment or any(ord(ch) < 32 for ch in experiment):
+        raise CliError(EXIT_USAGE, "--experiment is empty or contains control characters")
+    if args.run_name is not None and (not args.run_name.strip() or len(args.run_name) > MAX_KEY_LENGTH):
+        raise CliError(EXIT_USAGE, f"--run-name must be 1-{MAX_KEY_LENGTH} characters")
+    if args.description is not None and len(args.description) > MAX_DESCRIPTION_LENGTH:
+        raise CliError(EXIT_USAGE, f"--description is longer than {MAX_DESCRIPTION_LENGTH} characters")
+    return Request(
+        returns_path=check_input_path(args.returns, "--returns"),
+        benchmark_path=check_input_path(args.benchmark, "--benchmark") if args.benchmark else None,
+        column=args.column,
+        benchmark_column=args.benchmark_column,
+        prices=args.prices,
+        percent=args.percent,
+        experiment=experiment,
+        run_name=args.run_name.strip() if args.run_name else None,
+        params=parse_params(args.params, args.param),
+        tags=parse_tags(args.tag),
+        description=args.description,
+        rf=float(args.rf),
+        periods_per_year=args.periods_per_year,
+        compounded=not args.simple,
+        tearsheet=not args.no_tearsheet,
+        dry_run=args.dry_run,
+        force=args.force,
+        max_history_points=args.max_history_points,
+    )
+
+
+RESERVED_PARAMS = frozenset(
+    {"start", "end", "n_bars", "periods_per_year", "rf", "compounded", "frequency", "source_file", "column",
+     "benchmark", "benchmark_column", "returns_kind"}
+)  # fmt: skip
+
+
+# ---- loading and checking the data (pandas) ----------------------------------------------------------------
+@dataclass
+class Series:
+    """One validated return series, ready for QuantStats."""
+
+    name: str
+    returns: object  # pandas Series: float64, UTC-naive DatetimeIndex (or synthetic one when bare)
+    has_timestamps: bool
+    benchmark: object | None = None  # aligned benchmark returns, same index
+    benchmark_info: dict | None = None
+
+
+def read_table(path: Path, flag: str):
+    """CSV or Parquet -> DataFrame, each failure a one-line input error."""
+    import pandas as pd
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+            if isinstance(frame.index, pd.DatetimeIndex):
+                frame = frame.reset_index(names=frame.index.name or "timestamp")
+        else:
+            frame = pd.read_csv(path, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise CliError(EXIT_USAGE, f"{flag} {path.name} is empty: expected a header and rows") from None
+    except (UnicodeDecodeError, pd.errors.ParserError, ValueError, OSError) as exc:
+        kind = "Parquet" if suffix in (".parquet", ".pq") else "CSV"
+        reason = " ".join(str(exc).split())[:160]
+        raise CliError(EXIT_USAGE, f"{flag} {path.name} is not a readable {kind} file ({reason})") from None
+    except Exception as exc:  # pyarrow raises its own error types for corrupt files
+        reason = " ".join(str(exc).split())[:160]
+        raise CliError(EXIT_USAGE, f"{flag} {path.name} could not be read ({reason})") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    if frame.empty or len(frame.columns) == 0:
+        raise CliError(EXIT_USAGE, f"{flag} {path.name} has no data rows (header only?)")
+    return frame
+
+
+def line_of(position: int) -> int:
+    """File line of a data row (the header is line 1)."""
+    return position + 2
+
+
+def parse_timestamps(column, flag: str, path: Path, warnings: list[str]):
+    """A column of dates/times (strings, datetimes or epoch numbers) -> UTC-naive DatetimeIndex."""
+    import pandas as pd
+
+    name = column.name
+    missing = column.isna().to_numpy()
+    if missing.any():
+        first = int(missing.argmax())
+        raise CliError(
+            EXIT_USAGE, f"{flag} {path.name}: missing timestamp in column {name!r} at line {line_of(first)}"
+        )
+    aware = False
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        magnitude = float(column.abs().max())
+        unit = "s" if magnitude < 1e11 else "ms" if magnitude < 1e14 else "us" if magnitude < 1e17 else "ns"
+        parsed = pd.to_datetime(column, unit=unit, utc=True, errors="coerce")
+    elif isinstance(column.dtype, pd.DatetimeTZDtype):
+        aware = True
+        parsed = column.dt.tz_convert("UTC")
+    elif pd.api.types.is_datetime64_any_dtype(column):
+        parsed = column.dt.tz_localize("UTC")
+    else:
+        text = column.astype(str).str.strip()
+        try:
+            parsed = pd.to_datetime(text, utc=True)
+        except (ValueError, TypeError, OverflowError):
+            parsed = pd.to_datetime(text, utc=True, errors="coerce", format="mixed")
+        aware = bool(re.search(r"(Z|[+-]\d\d:?\d\d)$", text.iloc[0]))
+    bad = parsed.isna().to_numpy()
+    if bad.any():
+        first = int(bad.argmax())
+        raise CliError(
+            EXIT_USAGE,
+            f"{flag} {path.name}: unparseable timestamp {str(column.iloc[first])[:40]!r} in column {name!r} "
+            f"at line {line_of(first)} (use ISO 8601, e.g. 2024-01-31 or 2024-01-31T15:30:00Z)",
+        )
+    if aware:
+        warn(f"{path.name}: time-zone-aware timestamps converted to UTC", warnings)
+    return pd.DatetimeIndex(parsed).tz_localize(None).as_unit("ns")
+
+
+def split_frame(frame, path: Path, flag: str, pick: str | None, pick_flag: str, bare_ok: bool, warnings):
+    """-> (DatetimeIndex or None, {column: float Series}): timestamp column found, values checked."""
+    import pandas as pd
+
+    lowered = {c.lower(): c for c in frame.columns}
+    ts_col = next((lowered[n] for n in TIMESTAMP_COLUMNS if n in lowered), None)
+    first = frame.columns[0]
+    if ts_col is None and not pd.api.types.is_numeric_dtype(frame[first]):
+        ts_col = first
+    value_cols = [c for c in frame.columns if c != ts_col]
+    if not value_cols:
+        raise CliError(EXIT_USAGE, f"{flag} {path.name} has a timestamp column but no value column")
+    if pick is not None:
+        if pick not in value_cols:
+            raise CliError(
+                EXIT_USAGE,
+                f"{pick_flag} {pick!r} is not a column of {path.name}; "
+                f"columns: {', '.join(value_cols)[:200]}",
+            )
+        value_cols = [pick]
+    if ts_col is None and not bare_ok:
+        raise CliError(
+            EXIT_USAGE,
+            f"{flag} {path.name} has no timestamp column (date, datetime, timestamp or time): add one, or "
+            "pass --periods-per-year N to treat the rows as consecutive bars",
+        )
+    values = {}
+    for col in value_cols:
+        raw = frame[col]
+        if pd.api.types.is_bool_dtype(raw):
+            raise CliError(EXIT_USAGE, f"{flag} {path.name}: column {col!r} holds true/false, not numbers")
+        if pd.api.types.is_numeric_dtype(raw):
+            numeric = raw.astype("float64")
+        else:
+            numeric = pd.to_numeric(raw, errors="coerce")
+            text_cells = numeric.isna() & raw.notna() & (raw.astype(str).str.strip() != "")
+            if text_cells.any():
+                at = int(text_cells.to_numpy().argmax())
+                hint = f" (pick one column with {pick_flag})" if pick is None and len(value_cols) > 1 else ""
+                raise CliError(
+                    EXIT_USAGE,
+                    f"{flag} {path.name}: non-numeric value {str(raw.iloc[at])[:40]!r} in column {col!r} "
+                    f"at line {line_of(at)}{hint}",
+                )
+            numeric = numeric.astype("float64")
+        values[col] = numeric.reset_index(drop=True)
+    index = parse_timestamps(frame[ts_col].reset_index(drop=True), flag, path, warnings) if ts_col else None
+    return index, values
+
+
+def order_index(index, path: Path, flag: str, warnings: list[str]):
+    """Sort order for the rows (warned when the file is unsorted); duplicate timestamps are an error."""
+    import numpy as np
+
+    order = None
+    if not index.is_monotonic_increasing:
+        order = np.argsort(index.asi8, kind="stable")
+        index = index[order]
+        warn(f"{path.name}: timestamps were not in order; sorted them", warnings)
+    duplicated = index.duplicated()
+    if duplicated.any():
+        dups = list(dict.fromkeys(str(t) for t in index[duplicated][:3]))
+        raise CliError(
+            EXIT_USAGE,
+            f"{flag} {path.name}: {int(duplicated.sum())} duplicate timestamps, e.g. {', '.join(dups)}: "
+            "one row per bar (aggregate or drop the duplicates)",
+        )
+    return index, order
+
+
+def to_returns(values, index, name: str, path: Path, flag: str, prices: bool, percent: bool, warnings):
+    """Raw column -> decimal returns Series with the checks of the contract (all before any write)."""
+    import numpy as np
+    import pandas as pd
+
+    where = f"{flag} {path.name} column {name!r}"
+    series = pd.Series(values.to_numpy(), index=index, name=name)
+    if series.isna().all():
+        raise CliError(EXIT_USAGE, f"{where} has no numbers (all empty/NaN)")
+    n_nan = int(series.isna().sum())
+    if n_nan:
+        series = series.dropna()
+        warn(f"{path.name} column {name!r}: dropped {n_nan} empty/NaN rows", warnings)
+    infinite = ~np.isfinite(series.to_numpy())
+    if infinite.any():
+        at = series.index[int(infinite.argmax())]
+        raise CliError(EXIT_USAGE, f"{where} has an infinite value at {at}: fix or drop that row")
+    if prices:
+        if (series <= 0).any():
+            at = series.index[int((series <= 0).to_numpy().argmax())]
+            raise CliError(EXIT_USAGE, f"{where}: --prices needs prices > 0, found {series[at]} at {at}")
+        series = series.pct_change(fill_method=None).iloc[1:]
+    elif percent:
+        series = series / 100.0
+    if len(series) < 2:
+        raise CliError(EXIT_USAGE, f"{where} has {len(series)} usable observations: need at least 2")
+    values_np = series.to_numpy()
+    if not prices:
+        lo, hi = float(values_np.min()), float(values_np.max())
+        median_abs = float(np.median(np.abs(values_np)))
+        # QuantStats itself re-reads a series with min >= 0 and max > 1 as prices: never let it guess.
+        if lo >= 0 and (hi > 1 or median_abs > 0.1):
+            raise CliError(
+                EXIT_USAGE,
+                f"{where} looks like prices or equity (all >= 0, median {median_abs:.4g}, max {hi:.4g}): "
+                "pass --prices to convert them to returns, or --percent if they are percent returns",
+            )
+        if not percent and lo < 0 and (np.mean(np.abs(values_np) >= 1) > 0.01 or median_abs > 0.1):
+            raise CliError(
+                EXIT_USAGE,
+                f"{where} looks like percent units (median |value| {median_abs:.4g}, "
+                f"{int(np.sum(np.abs(values_np) >= 1))} values beyond +-1): pass --percent, or give decimal "
+                "returns (0.01 = 1 %)",
+            )
+    ruin = values_np <= -1
+    if ruin.any():
+        at = series.index[int(ruin.argmax())]
+        raise CliError(
+            EXIT_USAGE,
+            f"{where} has a return of {series[at]:.4g} (-100 % or worse) at {at}: a strategy cannot lose "
+            "more than everything; check the units (--percent, --prices)",
+        )
+    return series.astype("float64")
+
+
+def load_series(path: Path, flag: str, pick: str | None, pick_flag: str, req: Request, bare_ok: bool):
+    """A returns file -> (has_timestamps, {column: returns Series})."""
+    import pandas as pd
+
+    frame = read_table(path, flag)
+    index, values = split_frame(frame, path, flag, pick, pick_flag, bare_ok, req.warnings)
+    has_timestamps = index is not None
+    if has_timestamps:
+        index, order = order_index(index, path, flag, req.warnings)
+        if order is not None:
+            values = {k: v.iloc[order].reset_index(drop=True) for k, v in values.items()}
+    else:
+        # Bare numbers: bar i is day i of a synthetic calendar, only so that QuantStats functions that need a
+        # DatetimeIndex run; metrics marked `calendar` are reported undefined instead of made up.
+        index = pd.date_range("1970-01-01", periods=len(frame), freq="D").as_unit("ns")
+    out = {}
+    for col, raw in values.items():
+        out[col] = to_returns(raw, index, col, path, flag, req.prices, req.percent, req.warnings)
+    return has_timestamps, out
+
+
+def align(strategy, benchmark, name: str, warnings: list[str]):
+    """Inner join on timestamps, done in pandas once (QuantStats' own alignment takes seconds per call)."""
+    common = strategy.index.intersection(benchmark.index)
+    info = {
+        "common_bars": int(len(common)),
+        "strategy_bars_dropped": int(len(strategy) - len(common)),
+        "benchmark_bars_dropped": int(len(benchmark) - len(common)),
+    }
+    if len(common) < 2:
+        raise CliError(
+            EXIT_USAGE,
+            f"--benchmark shares {len(common)} timestamps with column {name!r}: need at least 2 common bars",
+        )
+    if info["strategy_bars_dropped"]:
+        warn(
+            f"column {name!r}: {info['strategy_bars_dropped']} bars without a benchmark bar were dropped; "
+            f"metrics use the {len(common)} common bars",
+            warnings,
+        )
+    return strategy.loc[common], benchmark.loc[common], info
+
+
+def load_all(req: Request) -> list[Series]:
+    """Every column to log, validated and aligned; raises CliError (exit 2) on any input problem."""
+    has_ts, columns = load_series(
+        req.returns_path, "--returns", req.column, "--column", req, bare_ok=req.periods_per_year is not None
+    )
+    bench = None
+    if req.benchmark_path is not None:
+        bench_ts, bench_cols = load_series(
+            req.benchmark_path, "--benchmark", req.benchmark_column, "--benchmark-column", req, bare_ok=False
+        )
+        if len(bench_cols) > 1:
+            raise CliError(
+                EXIT_USAGE,
+                f"--benchmark {req.benchmark_path.name} has {len(bench_cols)} value columns: pick one with "
+                f"--benchmark-column ({', '.join(bench_cols)[:120]})",
+            )
+        if not has_ts:
+            raise CliError(EXIT_USAGE, "--benchmark needs timestamps in --returns to align on")
+        bench_name, bench = next(iter(bench_cols.items()))
+    out = []
+    for name, returns in columns.items():
+        item = Series(name=name, returns=returns, has_timestamps=has_ts)
+        if bench is not None:
+            item.returns, item.benchmark, info = align(returns, bench, name, req.warnings)
+            item.benchmark_info = {"file": req.benchmark_path.name, "column": bench_name, **info}
+        out.append(item)
+    return out
+
+
+# ---- frequency ------------------------------------------------------------------------------------------
+def detect_periods(index) -> tuple[float, str]:
+    """Bars per year and a frequency label from the timestamps (median spacing, weekends, bars per day)."""
+    import numpy as np
+
+    if len(index) < 2:
+        return 252.0, "daily"
+    ns = np.diff(index.asi8)
+    day = 86_400e9
+    spacing = float(np.median(ns)) / day
+    weekend_share = float(np.mean(index.day_of_week >= 5))
+    days_per_year = 365 if weekend_share > 0.1 else 252
+    if spacing < 0.8:
+        per_day = index.normalize().value_counts()
+        bars_per_day = max(1, int(round(float(np.median(per_day.to_numpy())))))
+        minutes = max(1, int(round(spacing * 1440)))
+        return float(bars_per_day * days_per_year), f"{minutes}min"
+    if spacing < 4:
+        return float(days_per_year), "daily" if days_per_year == 252 else "daily_calendar"
+    if spacing < 10:
+        return 52.0, "weekly"
+    if spacing < 45:
+        return 12.0, "monthly"
+    if spacing < 135:
+        return 4.0, "quarterly"
+    if spacing < 250:
+        return 2.0, "semiannual"
+    return 1.0, "yearly"
+
+
+# ---- metrics ------------------------------------------------------------------------------------------
+_COMPILED: dict[str, object] = {}
+
+
+def _code(expression: str):
+    if expression not in _COMPILED:
+        _COMPILED[expression] = compile(expression, f"<metric {expression}>", "eval")
+    return _COMPILED[expression]
+
+
+def drawdown_details(dd):
+    """qs.stats.drawdown_details(dd) for one series, vectorised: same episodes, 'days', 'max drawdown'.
+
+    QuantStats builds each episode with a Python loop, a label slice and a quantile (minutes on 1M bars).
+    Episode starts: bars in drawdown after a bar at 0; ends: the last bar before a return to 0 (or the last
+    bar); a series that begins in drawdown without any later start yields no episodes, as in QuantStats.
+    """
+    import numpy as np
+    import pandas as pd
+
+    values = dd.to_numpy(dtype=float)
+    zero = values == 0
+    n = len(values)
+    starts = list(np.flatnonzero(~zero[1:] & zero[:-1]) + 1)
+    ends = list(np.flatnonzero(~zero[:-1] & zero[1:]))
+    columns = ["start", "end", "days", "max drawdown"]
+    if not starts:
+        return pd.DataFrame(columns=columns)
+    if ends and starts[0] > ends[0]:
+        starts.insert(0, 0)
+    if not ends or starts[-1] > ends[-1]:
+        ends.append(n - 1)
+    s = np.asarray(starts)
+    e = np.asarray(ends)
+    mins = np.minimum.reduceat(values, s)
+    stamps = dd.index
+    days = ((stamps[e] - stamps[s]) // np.timedelta64(1, "D")).to_numpy() + 1
+    return pd.DataFrame(
+        {"start": stamps[s], "end": stamps[e], "days": days.astype(int), "max drawdown": mins * 100}
+    )
+
+
+def since(x, months: int | None = None, period: str | None = None):
+    """The bars of the last N months, or of the month/year to date, counted back from the last bar."""
+    import pandas as pd
+    from dateutil.relativedelta import relativedelta
+
+    last = x.index[-1]
+    if period == "mtd":
+        start = pd.Timestamp(last.year, last.month, 1)
+    elif period == "ytd":
+        start = pd.Timestamp(last.year, 1, 1)
+    else:
+        start = last - relativedelta(months=months)
+    return x[x.index >= start]
+
+
+def import_quantstats():
+    """QuantStats, headless and quiet: Agg backend, no warnings or prints reaching our streams."""
+    if "quantstats" not in sys.modules:
+        phase("importing quantstats")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import contextlib
+    import io
+    import warnings
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        import quantstats as qs
+    return qs
+
+
+def compute_metrics(item: Series, rf: float, periods: float, compounded: bool) -> tuple[dict, list[str]]:
+    """Every metric of the table for one series -> ({name: float or nan}, [names that raised])."""
+    import contextlib
+    import io
+    import logging
+    import warnings
+
+    import numpy as np
+
+    qs = import_quantstats()
+    r = item.returns
+    ns = {
+        "qs": qs,
+        "np": np,
+        "r": r,
+        "rf": rf,
+        "periods": periods,
+        "compounded": compounded,
+        "total": (lambda x: qs.stats.comp(x)) if compounded else (lambda x: x.sum()),
+        "since": since,
+        "dd_details": drawdown_details,
+    }
+    values: dict[str, float] = {}
+    failed: list[str] = []
+    logging.getLogger("matplotlib").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), np.errstate(all="ignore"), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        ns["dd"] = qs.stats.to_drawdown_series(r)
+        if item.benchmark is not None:
+            # Positionally indexed copies: QuantStats' _prepare_benchmark skips its set-of-timestamps
+            # comparison (seconds at 1M bars) for a non-datetime index; both are already aligned, so the
+            # numbers are the same as with the dated series (tests compare).
+            ns["rp"] = r.reset_index(drop=True)
+            ns["bp"] = item.benchmark.reset_index(drop=True)
+        for spec in METRICS:
+            if spec.benchmark and item.benchmark is None:
+                continue
+            if spec.calendar and not item.has_timestamps:
+                values[spec.name] = float("nan")
+                continue
+            try:
+                if spec.guard and bool(eval(_code(spec.guard), ns)):
+                    values[spec.name] = float("nan")
+                    continue
+                value = eval(_code(spec.call), ns)
+                values[spec.name] = float(value)
+            except Exception:  # noqa: BLE001 - a metric QuantStats cannot compute is undefined, not fatal
+                values[spec.name] = float("nan")
+                failed.append(spec.name)
+    return values, failed
+
+
+def split_defined(values: dict) -> tuple[dict[str, float], list[str]]:
+    defined = {k: v for k, v in values.items() if math.isfinite(v)}
+    undefined = [k for k, v in values.items() if not math.isfinite(v)]
+    return defined, undefined
+
+
+# ---- equity and drawdown histories ----------------------------------------------------------------------
+def equity_and_drawdown(returns, compounded: bool):
+    """Growth of 1.0 and its drawdown (<= 0, peak includes the starting 1.0) as numpy arrays."""
+    import numpy as np
+
+    r = returns.to_numpy(dtype=float)
+    equity = np.cumprod(1.0 + r) if compounded else 1.0 + np.cumsum(r)
+    peak = np.maximum.accumulate(np.concatenate(([1.0], equity)))[1:]
+    drawdown = equity / peak - 1.0
+    return equity, drawdown
+
+
+def history_steps(n: int, max_points: int, deepest: int):
+    """Evenly spaced bar indices, at most max_points, always with the first, last and deepest bar."""
+    import numpy as np
+
+    if n <= max_points:
+        return np.arange(n)
+    steps = np.unique(np.round(np.linspace(0, n - 1, max_points - 1)).astype(np.int64))
+    steps = np.union1d(steps, [0, n - 1, deepest])
+    while len(steps) > max_points:  # the deepest bar pushed us over: drop its nearest ordinary neighbour
+        pos = int(np.searchsorted(steps, deepest))
+        neighbour = pos + 1 if pos + 1 < len(steps) - 1 else pos - 1
+        steps = np.delete(steps, neighbour)
+    return steps
+
+
+# ---- fingerprint, description, artifacts ---------------------------------------------------------------
+def fingerprint(item: Series, settings: dict, params: dict) -> str:
+    digest = hashlib.sha256(b"log_backtest/1\0")
+    digest.update(item.returns.index.asi8.tobytes() if item.has_timestamps else b"bare")
+    digest.update(item.returns.to_numpy(dtype="float64").tobytes())
+    if item.benchmark is not None:
+        digest.update(b"\0benchmark\0" + item.benchmark.to_numpy(dtype="float64").tobytes())
+    digest.update(json.dumps({"settings": settings, "params": params}, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def fmt_value(name: str, value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "undefined"
+    spec = SPEC_BY_NAME.get(name)
+    if spec and spec.units.startswith("fraction"):
+        return f"{value * 100:.2f} %"
+    if spec and spec.units in ("bars", "days"):
+        return f"{value:.0f}"
+    return f"{value:.3f}"
+
+
+def description_markdown(summary: dict, user_description: str | None) -> str:
+    """The run page's first screen: what, when, settings, key metrics."""
+    lines = []
+    if user_description:
+        lines += [user_description.strip(), ""]
+    lines += [
+        f"**Backtest** `{summary['source']}` column `{summary['column']}` · {summary['n_bars']} bars "
+        f"({summary['frequency']}, {summary['periods_per_year']:g} per year)",
+        "",
+        f"**Period** {summary['start']} → {summary['end']} · rf {summary['rf']:g} · "
+        f"{'compounded' if summary['compounded'] else 'simple (not compounded)'}"
+        + (f" · benchmark `{summary['benchmark']}`" if summary.get("benchmark") else ""),
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+    ]
+    metrics = summary["metrics"]
+    for name in KEY_METRICS + (("alpha", "beta") if "beta" in metrics else ()):
+        lines.append(f"| {name} | {fmt_value(name, metrics.get(name))} |")
+    if summary["undefined_metrics"]:
+        lines += ["", "Undefined (not logged): " + ", ".join(summary["undefined_metrics"])]
+    lines += ["", f"Logged by {SKILL_NAME} log_backtest.py {SKILL_VERSION}; all metrics in `metrics.json`."]
+    return "\n".join(lines)[:MAX_TAG_VALUE_LENGTH]
+
+
+SPEC_BY_NAME = {spec.name: spec for spec in METRICS}
+
+
+def write_returns_artifact(item: Series, folder: Path) -> str:
+    import pandas as pd
+
+    frame = pd.DataFrame({"returns": item.returns.to_numpy()})
+    if item.has_timestamps:
+        frame.insert(0, "timestamp", item.returns.index.tz_localize("UTC"))
+    else:
+        frame.insert(0, "bar", range(len(frame)))
+    if item.benchmark is not None:
+        frame["benchmark"] = item.benchmark.to_numpy()
+    if len(frame) >= PARQUET_ARTIFACT_MIN_BARS:
+        path = folder / "returns.parquet"
+        frame.to_parquet(path, index=False)
+    else:
+        path = folder / "returns.csv"
+        frame.to_csv(path, index=False, float_format="%.17g")
+    return path.name
+
+
+def write_tearsheet(
+    item: Series, path: Path, rf: float, periods: float, compounded: bool, title: str
+) -> str | None:
+    """QuantStats' HTML report, headless, never with a ticker string (that would download from the web).
+    Returns a note when the report was drawn from daily resampled returns."""
+    import contextlib
+    import io
+    import logging
+    import warnings
+
+    import numpy as np
+
+    qs = import_quantstats()
+    returns, benchmark, report_periods, note = item.returns, item.benchmark, periods, None
+    if not item.has_timestamps:
+        note = "bars without timestamps: the tearsheet's calendar tables use a synthetic daily calendar"
+    elif periods > 400 and len(returns) > TEARSHEET_MAX_INTRADAY_BARS:
+
+        def daily(x):
+            days = x.index.normalize()
+            return np.expm1(np.log1p(x).groupby(days).sum()) if compounded else x.groupby(days).sum()
+
+        returns = daily(returns)
+        benchmark = daily(benchmark) if benchmark is not None else None
+        report_periods = 365 if float(np.mean(returns.index.day_of_week >= 5)) > 0.1 else 252
+        note = f"tearsheet drawn from {len(returns)} daily returns (compounded from {len(item.returns)} bars)"
+        title = f"{title} (daily from {len(item.returns)} intraday bars)"
+    logging.getLogger("matplotlib").setLevel(logging.ERROR)
+    import matplotlib.pyplot as plt
+
+    with warnings.catch_warnings(), np.errstate(all="ignore"), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        kwargs = {"strategy_title": item.name}
+        if benchmark is not None:
+            kwargs["benchmark_title"] = (item.benchmark_info or {}).get("column") or "benchmark"
+        qs.reports.html(
+            returns.rename(item.name),
+            benchmark=benchmark.rename(kwargs.get("benchmark_title")) if benchmark is not None else None,
+            rf=rf,
+            title=title,
+            output=str(path),
+            compounded=compounded,
+            periods_per_year=int(round(report_periods)),
+            **kwargs,
+        )
+        plt.close("all")
+    return note
+
+
+# ---- one prepared run: everything computed and written to a local folder before MLflow is touched ---------
+@dataclass
+class Prepared:
+    item: Series
+    run_name: str
+    periods: float
+    frequency: str
+    metrics: dict[str, float]
+    undefined: list[str]
+    fingerprint: str
+    params: dict[str, str]
+    tags: dict[str, str]
+    summary: dict
+    folder: Path
+    artifacts: list[str] = field(default_factory=list)
+    history: tuple | None = None
+    run_id: str | None = None
+    deduplicated: bool = False
+
+
+def bar_time(item: Series, position: int) -> str | None:
+    """ISO 8601 UTC: a date for daily-or-slower bars at midnight, else date and time with Z."""
+    if not item.has_timestamps:
+        return None
+    index = item.returns.index
+    if (index[[0, -1]] == index[[0, -1]].normalize()).all():
+        return index[position].strftime("%Y-%m-%d")
+    return index[position].strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def prepare(item: Series, req: Request, run_name: str, folder: Path, column_param: bool) -> Prepared:
+    """Metrics, histories, params, tags, description and artifacts (except the tearsheet) for one series."""
+    import numpy as np
+
+    if req.periods_per_year is not None:
+        periods = float(req.periods_per_year)
+        frequency = detect_periods(item.returns.index)[1] if item.has_timestamps else "bars"
+    else:
+        periods, frequency = detect_periods(item.returns.index)
+    values, failed = compute_metrics(item, req.rf, periods, req.compounded)
+    phase(f"{item.name}: {len(values)} metrics")
+    for name in failed:
+        warn(
+            f"column {item.name!r}: QuantStats could not compute {name}; it is reported undefined",
+            req.warnings,
+        )
+    metrics, undefined = split_defined(values)
+    settings = {
+        "rf": req.rf,
+        "periods_per_year": periods,
+        "compounded": req.compounded,
+        "returns_kind": "prices" if req.prices else "percent" if req.percent else "returns",
+    }
+    fp = fingerprint(item, settings, req.params)
+    n = len(item.returns)
+    start, end = bar_time(item, 0) or "bar 0", bar_time(item, n - 1) or f"bar {n - 1}"
+    params = dict(req.params)
+    params.update(
+        {
+            "start": start,
+            "end": end,
+            "n_bars": str(n),
+            "periods_per_year": f"{periods:g}",
+            "rf": f"{req.rf:g}",
+            "compounded": str(req.compounded).lower(),
+            "frequency": frequency,
+            "source_file": req.returns_path.name,
+            "returns_kind": settings["returns_kind"],
+            "benchmark": req.benchmark_path.name if req.benchmark_path else "none",
+        }
+    )
+    if column_param:
+        params["column"] = item.name
+    if item.benchmark_info:
+        params["benchmark_column"] = str(item.benchmark_info["column"])
+    summary = {
+        "source": req.returns_path.name,
+        "column": item.name,
+        "n_bars": n,
+        "frequency": frequency,
+        "periods_per_year": periods,
+        "start": start,
+        "end": end,
+        "rf": req.rf,
+        "compounded": req.compounded,
+        "benchmark": req.benchmark_path.name if req.benchmark_path else None,
+        "metrics": metrics,
+        "undefined_metrics": undefined,
+    }
+    tags = {
+        FINGERPRINT_TAG: fp,
+        UNDEFINED_TAG: ",".join(undefined),
+        VERSION_TAG: SKILL_VERSION,
+        DESCRIPTION_TAG: description_markdown(summary, req.description),
+        "mlflow.source.name": "log_backtest.py",
+        "mlflow.source.type": "LOCAL",
+        **req.tags,
+    }
+    user = os.environ.get("USER") or os.environ.get("USERNAME")
+    if user:
+        tags["mlflow.user"] = user
+    equity, drawdown = equity_and_drawdown(item.returns, req.compounded)
+    steps = history_steps(n, req.max_history_points, int(np.argmin(drawdown)))
+    if item.has_timestamps:
+        stamps = item.returns.index.asi8[steps] // 1_000_000
+    else:
+        stamps = np.full(len(steps), int(time.time() * 1000))
+    prep = Prepared(
+        item=item, run_name=run_name, periods=periods, frequency=frequency, metrics=metrics,
+        undefined=undefined, fingerprint=fp, params=params, tags=tags, summary=summary, folder=folder,
+        history=(steps, stamps, equity[steps], drawdown[steps]),
+    )  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    metrics_doc = {
+        "run_name": run_name,
+        "column": item.name,
+        "settings": {**settings, "frequency": frequency, "n_bars": n, "start": start, "end": end},
+        "benchmark": item.benchmark_info,
+        "metrics": metrics,
+        "undefined_metrics": undefined,
+        "fingerprint": fp,
+        "skill_version": SKILL_VERSION,
+    }
+    (folder / "metrics.json").write_text(json.dumps(json_safe(metrics_doc), indent=2) + "\n")
+    prep.artifacts = ["metrics.json", write_returns_artifact(item, folder)]
+    phase(f"{item.name}: histories and artifacts prepared")
+    return prep
+
+
+def add_tearsheet(prep: Prepared, req: Request) -> None:
+    note = write_tearsheet(
+        prep.item, prep.folder / "tearsheet.html", req.rf, prep.periods, req.compounded, prep.run_name
+    )
+    prep.artifacts.append("tearsheet.html")
+    phase(f"{prep.run_name}: tearsheet")
+    if note:
+        warn(f"{prep.run_name}: {note}", req.warnings)
+
+
+def dataset_entity(prep: Prepared, req: Request):
+    """The returns as an MLflow dataset: schema from the head (MLflow infers it row by row: seconds at 1M
+    bars), digest from our fingerprint, row count of the whole series."""
+    import mlflow.data
+    import pandas as pd
+    from mlflow.entities import Dataset
+
+    item = prep.item
+    head = pd.DataFrame({"returns": item.returns.iloc[:100].to_numpy()})
+    if item.has_timestamps:
+        head.insert(0, "timestamp", item.returns.index[:100])
+    if item.benchmark is not None:
+        head["benchmark"] = item.benchmark.iloc[:100].to_numpy()
+    name = req.returns_path.stem
+    if prep.params.get("column"):
+        name = f"{name}[{item.name}]"
+    small = mlflow.data.from_pandas(
+        head, source=str(req.returns_path.resolve()), name=name, digest=prep.fingerprint[:16]
+    )
+    entity = small._to_mlflow_entity()
+    profile = json.dumps(
+        {"num_rows": len(item.returns), "num_elements": len(item.returns) * len(head.columns)}
+    )
+    return Dataset(entity.name, entity.digest, entity.source_type, entity.source, entity.schema, profile)
+
+
+# ---- MLflow I/O ------------------------------------------------------------------------------------------
+def ensure_experiment(client, name: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name)
+        except MlflowException as exc:  # created by someone else between our lookup and our create
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment = client.get_experiment_by_name(name)
+    if experiment.lifecycle_stage == "deleted":
+        raise CliError(
+            EXIT_NOT_FOUND,
+            f"experiment {name!r} is deleted: restore it (create_experiment.py --name {name!r} --restore) or "
+            "choose another --experiment",
+        )
+    return experiment.experiment_id
+
+
+def find_duplicate(client, experiment_id: str, fp: str):
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{FINGERPRINT_TAG}` = '{fp}' and attributes.status = 'FINISHED'",
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def write_run(client, experiment_id: str, prep: Prepared, req: Request, parent_id: str | None = None) -> str:
+    """Create the run and write everything; FINISHED only when all of it landed, else FAILED and re-raise."""
+    from mlflow.entities import DatasetInput, InputTag, Metric, Param
+
+    tags = dict(prep.tags)
+    if parent_id:
+        tags[PARENT_TAG] = parent_id
+    run = client.create_run(experiment_id, run_name=prep.run_name, tags=tags)
+    run_id = prep.run_id = run.info.run_id
+    try:
+        now = int(time.time() * 1000)
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, now, 0) for k, v in prep.metrics.items()],
+            params=[Param(k, v) for k, v in prep.params.items()],
+        )
+        steps, stamps, equity, drawdown = prep.history
+        points = [
+            Metric(key, float(value), int(ts), int(step))
+            for key, series in (("equity", equity), ("drawdown", drawdown))
+            for step, ts, value in zip(steps.tolist(), stamps.tolist(), series.tolist(), strict=True)
+        ]
+        client.log_batch(run_id, metrics=points)  # MlflowClient splits into requests of <= 1000
+        client.log_inputs(
+            run_id,
+            datasets=[DatasetInput(dataset_entity(prep, req), [InputTag("mlflow.data.context", "backtest")])],
+        )
+        phase(f"{prep.run_name}: metrics, params, histories, dataset logged")
+        client.log_artifacts(run_id, str(prep.folder))
+        client.set_terminated(run_id, "FINISHED")
+        phase(f"{prep.run_name}: artifacts logged, run FINISHED")
+    except BaseException:
+        mark_failed(client, run_id)
+        raise
+    return run_id
+
+
+def mark_failed(client, run_id: str) -> None:
+    import contextlib
+
+    # If the store is what failed, the run stays RUNNING: unfinished, never FINISHED.
+    with contextlib.suppress(Exception):
+        client.set_terminated(run_id, "FAILED")
+
+
+# ---- output ---------------------------------------------------------------------------------------------
+def run_output(prep: Prepared, req: Request, experiment_id, tracking_uri: str | None, key_only: bool) -> dict:
+    metrics = prep.metrics
+    if key_only:
+        metrics = {k: metrics[k] for k in KEY_METRICS + ("alpha", "beta") if k in metrics}
+    out = {
+        "run_id": prep.run_id,
+        "run_name": prep.run_name,
+        "experiment_id": experiment_id,
+        "experiment": req.experiment,
+        "tracking_uri": mask_uri(tracking_uri) if tracking_uri else None,
+        "url": ui_url(tracking_uri, experiment_id, prep.run_id) if tracking_uri and prep.run_id else None,
+        "deduplicated": prep.deduplicated,
+        "dry_run": req.dry_run,
+        "column": prep.item.name,
+        "periods_per_year": prep.periods,
+        "frequency": prep.frequency,
+        "n_bars": len(prep.item.returns),
+        "start": prep.summary["start"],
+        "end": prep.summary["end"],
+        "metrics": metrics,
+        "undefined_metrics": prep.undefined,
+        "artifacts": prep.artifacts if not prep.deduplicated else [],
+        "fingerprint": prep.fingerprint,
+        "benchmark": prep.item.benchmark_info,
+    }
+    return out
+
+
+def table_rows(data: dict) -> list[dict] | dict:
+    """What a person at a terminal sees: key metrics, one row per run."""
+    runs = data.get("runs") or [data]
+    rows = []
+    for run in runs:
+        row = {"run_name": run["run_name"], "run_id": run["run_id"] or "(dry run)", "bars": run["n_bars"]}
+        for name in KEY_METRICS:
+            row[name] = fmt_value(name, run["metrics"].get(name))
+        if run["deduplicated"]:
+            row["note"] = "already logged"
+        rows.append(row)
+    return rows
+
+
+# ---- main -------------------------------------------------------------------------------------------------
+def build_parser() -> CliParser:
+    parser = CliParser(
+        prog="log_backtest.py",
+        description="Log a backtest's returns to MLflow: every QuantStats metric, equity/drawdown curves, "
+        "dataset, tearsheet and description in one run; several columns make a sweep.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--returns", metavar="PATH", help="CSV or Parquet of returns (or prices); required")
+    data.add_argument("--column", metavar="NAME", help="log only this column (default: every numeric column)")
+    data.add_argument("--prices", action="store_true", help="values are prices/equity: convert to returns")
+    data.add_argument("--percent", action="store_true", help="values are percent returns: divide by 100")
+    data.add_argument("--benchmark", metavar="PATH", help="benchmark returns, aligned on common timestamps")
+    data.add_argument("--benchmark-column", metavar="NAME", help="benchmark column when the file has several")
+    where = parser.add_argument_group("where and what to record")
+    where.add_argument(
+        "--experiment", metavar="NAME", help=f"default: MLFLOW_EXPERIMENT_NAME, else {DEFAULT_EXPERIMENT!r}"
+    )
+    where.add_argument(
+        "--run-name", metavar="NAME", help="default: the file name (sweep children: the column)"
+    )
+    where.add_argument(
+        "--params", metavar="JSON", help="strategy params as JSON; nested keys joined with dots"
+    )
+    where.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="repeatable")
+    where.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="repeatable")
+    where.add_argument("--description", metavar="TEXT", help="markdown shown first on the run page")
+    calc = parser.add_argument_group("calculation")
+    calc.add_argument("--rf", "--risk-free-rate", type=float, default=0.0, metavar="RATE",
+                      help="annual risk-free rate, decimal (0.04 = 4 %%); default 0")  # fmt: skip
+    calc.add_argument("--periods-per-year", type=float, metavar="N", help="default: detected from timestamps")
+    calc.add_argument("--simple", action="store_true", help="returns are not compounded")
+    run = parser.add_argument_group("run")
+    run.add_argument("--no-tearsheet", action="store_true", help="skip QuantStats' HTML tearsheet (faster)")
+    run.add_argument("--dry-run", action="store_true", help="compute and print; touch no store")
+    run.add_argument("--force", action="store_true", help="log even if an identical backtest is logged")
+    run.add_argument("--max-history-points", type=int, default=DEFAULT_MAX_HISTORY_POINTS, metavar="N",
+                     help=f"equity/drawdown points per run ({DEFAULT_MAX_HISTORY_POINTS})")  # fmt: skip
+    run.add_argument("--format", choices=["json", "table"], help="default: table at a terminal, else json")
+    run.add_argument("--tracking-uri", metavar="URI", help="overrides MLFLOW_TRACKING_URI")
+    run.add_argument("--debug", action="store_true", help="tracebacks and library logging on stderr")
+    return parser
+
+
+def best_of(preps: list[Prepared]) -> Prepared:
+    """The sweep's best child: highest sharpe (undefined sharpe ranks last)."""
+    return max(preps, key=lambda p: p.metrics.get("sharpe", -math.inf))
+
+
+def comparison_csv(preps: list[Prepared], folder: Path) -> str:
+    import csv
+
+    path = folder / "comparison.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["column", "run_id", *KEY_METRICS])
+        for p in preps:
+            writer.writerow(
+                [
+                    p.item.name,
+                    p.run_id or "",
+                    *[repr(p.metrics[k]) if k in p.metrics else "" for k in KEY_METRICS],
+                ]
+            )
+    return path.name
+
+
+def sweep_description(preps: list[Prepared], best: Prepared, req: Request) -> str:
+    lines = []
+    if req.description:
+        lines += [req.description.strip(), ""]
+    lines += [
+        f"**Sweep** of {len(preps)} columns of `{req.returns_path.name}`; best by sharpe: `{best.item.name}`",
+        "",
+        "| column | " + " | ".join(KEY_METRICS[:6]) + " |",
+        "| --- |" + " --- |" * 6,
+    ]
+    for p in preps:
+        lines.append(
+            f"| {p.item.name} | " + " | ".join(fmt_value(k, p.metrics.get(k)) for k in KEY_METRICS[:6]) + " |"
+        )
+    lines += [
+        "",
+        f"Logged by {SKILL_NAME} log_backtest.py {SKILL_VERSION}; key metrics per child in `comparison.csv`.",
+    ]
+    return "\n".join(lines)[:MAX_TAG_VALUE_LENGTH]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+
+    def action() -> int:
+        import tempfile
+
+        args = build_parser().parse_args(argv)
+        req = build_request(args)
+        phase("arguments checked")
+        items = load_all(req)  # pandas from here on; every input error is still exit 2 with nothing written
+        phase("data loaded and validated")
+        sweep = len(items) > 1
+        stem = req.returns_path.stem
+        with tempfile.TemporaryDirectory(prefix="log_backtest-") as tmp:
+            preps = []
+            for i, item in enumerate(items):
+                started = time.monotonic()
+                name = item.name if sweep else (req.run_name or stem)
+                preps.append(
+                    prepare(item, req, name, Path(tmp) / f"run{i}", column_param=sweep or bool(req.column))
+                )
+                if sweep:
+                    print(f"[{i + 1}/{len(items)}] {item.name}: metrics in {time.monotonic() - started:.1f}s",
+                          file=sys.stderr)  # fmt: skip
+            if sweep:
+                return run_sweep(preps, req, Path(tmp), debug, args)
+            return run_single(preps[0], req, debug, args)
+
+    return run_cli(action, debug)
+
+
+def run_single(prep: Prepared, req: Request, debug: bool, args) -> int:
+    fmt = output_format(args.format)
+    if req.dry_run:
+        emit_result(run_output(prep, req, None, None, key_only=False), req, fmt)
+        return EXIT_OK
+    tracking_uri = resolve_tracking_uri(args.tracking_uri)
+    client = connect(tracking_uri, debug)
+    phase("mlflow imported")
+    experiment_id = ensure_experiment(client, req.experiment)
+    existing = None if req.force else find_duplicate(client, experiment_id, prep.fingerprint)
+    phase("experiment and dedupe checked")
+    if existing is not None:
+        prep.run_id, prep.deduplicated = existing.info.run_id, True
+        prep.run_name = existing.info.run_name
+        warn(
+            f"an identical backtest is already logged as run {prep.run_id}; pass --force to log again",
+            req.warnings,
+        )
+    else:
+        if req.tearsheet:
+            add_tearsheet(prep, req)
+        write_run(client, experiment_id, prep, req)
+    emit_result(run_output(prep, req, experiment_id, tracking_uri, key_only=False), req, fmt)
+    return EXIT_OK
+
+
+def emit_result(out: dict, req: Request, fmt: str) -> None:
+    out["warnings"] = req.warnings
+    emit(table_rows(out) if fmt == "table" else out, fmt)
+
+
+def run_sweep(preps: list[Prepared], req: Request, tmp: Path, debug: bool, args) -> int:
+    fmt = output_format(args.format)
+    best = best_of(preps)
+    parent_fp = hashlib.sha256("\n".join(p.fingerprint for p in preps).encode()).hexdigest()
+    parent_name = req.run_name or req.returns_path.stem
+    tracking_uri = experiment_id = parent_id = None
+    deduplicated = False
+    if not req.dry_run:
+        tracking_uri = resolve_tracking_uri(args.tracking_uri)
+        client = connect(tracking_uri, debug)
+        experiment_id = ensure_experiment(client, req.experiment)
+        existing = None if req.force else find_duplicate(client, experiment_id, parent_fp)
+        if existing is not None:
+            deduplicated, parent_id = True, existing.info.run_id
+            warn(
+                f"an identical sweep is already logged as run {parent_id}; pass --force to log again",
+                req.warnings,
+            )
+            children = client.search_runs(
+                [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'"
+            )
+            by_fp = {run.data.tags.get(FINGERPRINT_TAG): run for run in children}
+            for p in preps:
+                found = by_fp.get(p.fingerprint)
+                p.deduplicated, p.run_id = True, found.info.run_id if found else None
+        else:
+            parent_dir = tmp / "parent"
+            parent_dir.mkdir()
+            if req.tearsheet:
+                # One tearsheet per sweep, for the best child (also on the parent): QuantStats' report takes
+                # ~5 s per series, which would make a 10-column sweep cost as much as 10 separate calls.
+                add_tearsheet(best, req)
+                (parent_dir / "tearsheet.html").write_bytes((best.folder / "tearsheet.html").read_bytes())
+            parent_tags = {
+                FINGERPRINT_TAG: parent_fp,
+                VERSION_TAG: SKILL_VERSION,
+                SWEEP_TAG: "true",
+                "backtest.best_column": best.item.name,
+                "mlflow.source.name": "log_backtest.py",
+                "mlflow.source.type": "LOCAL",
+                DESCRIPTION_TAG: "sweep in progress",
+                **req.tags,
+            }
+            parent = client.create_run(experiment_id, run_name=parent_name, tags=parent_tags)
+            parent_id = parent.info.run_id
+            try:
+                for i, p in enumerate(preps):
+                    started = time.monotonic()
+                    write_run(client, experiment_id, p, req, parent_id=parent_id)
+                    print(f"[{i + 1}/{len(preps)}] {p.item.name}: logged run {p.run_id} "
+                          f"({time.monotonic() - started:.1f}s)", file=sys.stderr)  # fmt: skip
+                from mlflow.entities import Metric, Param, RunTag
+
+                comparison_csv(preps, parent_dir)
+                now = int(time.time() * 1000)
+                shared = {
+                    k: v for k, v in best.params.items() if k not in ("column", "start", "end", "n_bars")
+                }
+                shared["columns"] = ",".join(p.item.name for p in preps)[:MAX_PARAM_VALUE_LENGTH]
+                client.log_batch(
+                    parent_id,
+                    metrics=[Metric(k, best.metrics[k], now, 0) for k in KEY_METRICS if k in best.metrics],
+                    params=[Param(k, v) for k, v in shared.items()],
+                    tags=[
+                        RunTag("backtest.best_run_id", best.run_id),
+                        RunTag(DESCRIPTION_TAG, sweep_description(preps, best, req)),
+                    ],
+                )
+                client.log_artifacts(parent_id, str(parent_dir))
+                client.set_terminated(parent_id, "FINISHED")
+            except BaseException:
+                mark_failed(client, parent_id)
+                raise
+    runs = [run_output(p, req, experiment_id, tracking_uri, key_only=True) for p in preps]
+    out = {
+        "parent_run_id": parent_id,
+        "parent_run_name": parent_name,
+        "experiment_id": experiment_id,
+        "experiment": req.experiment,
+        "tracking_uri": mask_uri(tracking_uri) if tracking_uri else None,
+        "url": ui_url(tracking_uri, experiment_id, parent_id) if tracking_uri and parent_id else None,
+        "deduplicated": deduplicated,
+        "dry_run": req.dry_run,
+        "best_run_id": best.run_id,
+        "best_column": best.item.name,
+        "fingerprint": parent_fp,
+        "artifacts": []
+        if deduplicated or req.dry_run
+        else ["comparison.csv"] + (["tearsheet.html"] if req.tearsheet else []),
+        "runs": runs,
+    }
+    emit_result(out, req, fmt)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
