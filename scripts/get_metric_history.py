@@ -1,0 +1,871 @@
+# /// script
+# requires-python = ">=3.11"
+# dependencies = [
+#     "mlflow>=3.17,<3.18",
+#     "pandas>=2.2",
+#     "pyarrow>=15",
+#     "matplotlib>=3.8",
+# ]
+# ///
+"""Get the metric time series of one or many MLflow runs: rows, per-series summaries, files and plots.
+
+Usage (as an agent types it; `mise x --` loads credentials from .env.local):
+  uv run scripts/get_metric_history.py --run-id 3f2a... --metrics equity,drawdown
+  uv run scripts/get_metric_history.py --run-id ID1,ID2 --metrics equity --max-points 20 --format table
+  uv run scripts/get_metric_history.py --experiment momentum --metrics equity --summary
+  uv run scripts/get_metric_history.py --experiment momentum --filter "metrics.sharpe > 1" \\
+      --order-by "metrics.sharpe DESC" --max-runs 5 --metrics equity,drawdown --plot equity.png
+  uv run scripts/get_metric_history.py --run-id ID --all --output history.parquet   # full series to a file
+
+Which runs: --run-id (repeatable or comma-separated) or --experiment NAME (or id) with --filter, --order-by
+and --max-runs (default 10). Which metrics: --metrics a,b or --all (every metric the runs have).
+
+Output (JSON when stdout is not a terminal, a table when it is; --format overrides):
+  default     rows {run_id, run_name, metric, step, timestamp, value}, timestamp ISO 8601 UTC, each
+              (run, metric) series evenly downsampled to --max-points (default 100), always keeping its
+              first, last, minimum and maximum points.
+  --summary   one row per (run, metric): points, first/last step, first/last time, first/last/min/max value.
+  --output PATH (.csv, .parquet, .json) and/or --plot PATH.png write the FULL series (unless --max-points
+              is given) and stdout carries one object saying what was written (rows, panels, lines per panel).
+A metric missing from some runs is a warning on stderr; missing from every run, or an unknown run, is exit 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+# ---- shared preamble: identical in all four scripts (tests/test_conventions.py checks) ----
+EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_AUTH, EXIT_UNREACHABLE = 0, 1, 2, 3, 4, 5
+EXIT_CODES_HELP = """exit codes:
+  0  ok
+  1  unexpected error (rerun with --debug for the traceback)
+  2  bad usage or bad input (nothing was written)
+  3  not found: experiment, run or metric
+  4  authentication or permission: MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN
+  5  tracking server unreachable, timed out or failing: MLFLOW_TRACKING_URI"""
+# MLflow's own HTTP defaults retry 7 times with backoff (~4 minutes on a refused port). Ours fail in seconds;
+# a value the user set in the environment always wins.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+SECRET_ENV_VARS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+KEY_PATTERN = re.compile(r"^[/\w.\- :]*$")  # what MLflow accepts in metric, param and tag keys
+MAX_KEY_LENGTH = 250
+
+
+class CliError(Exception):
+    """An expected failure: a one-line message for stderr and the exit code."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (exit 2) instead of usage text plus error."""
+
+    def error(self, message: str):
+        raise CliError(EXIT_USAGE, f"{message} (see --help)")
+
+
+def mask_uri(uri: str) -> str:
+    """Hide credentials in a URI: user:password@host -> ***@host."""
+    return re.sub(r"(?<=://)[^/@\s]+@", "***@", uri or "")
+
+
+def redact(text: str) -> str:
+    """Mask URI credentials and the values of secret env vars in text that will be shown or stored."""
+    text = re.sub(r"(?<=://)[^/@\s'\"]+@", "***@", str(text))
+    for var in SECRET_ENV_VARS:
+        value = os.environ.get(var, "")
+        if len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+def resolve_tracking_uri(cli_uri: str | None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the embedded local store ./mlflow.db (absolute)."""
+    uri = (cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or "").strip()
+    if not uri:
+        # MLflow >= 3.7 defaults to sqlite:///mlflow.db in the working directory, but a leftover ./mlruns
+        # switches it to the file store, which raises. Spelling the default out avoids that and tells the
+        # user which file holds their runs.
+        uri = "sqlite:///" + str(Path.cwd() / "mlflow.db")
+    return uri
+
+
+def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str | None:
+    """The MLflow UI address of an experiment or run, for http(s) tracking servers only."""
+    if not tracking_uri.lower().startswith(("http://", "https://")):
+        return None
+    base = re.sub(r"(?<=://)[^/@\s]+@", "", tracking_uri).rstrip("/")
+    return f"{base}/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+
+
+def connect(tracking_uri: str, debug: bool = False):
+    """Configure bounded HTTP retries and quiet logging, then return an MlflowClient (imports mlflow)."""
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if not debug:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+        import logging
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        for name in ("mlflow", "alembic", "urllib3", "sqlalchemy"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.MlflowClient(tracking_uri)
+
+
+def classify_error(exc: BaseException) -> tuple[int, str]:
+    """Map an exception from MLflow, requests or the OS to (exit code, one-line message)."""
+    text = " ".join(str(exc).split())
+    code_name = str(getattr(exc, "error_code", ""))
+    status = re.search(r"error code (\d{3})", text)
+    status = int(status.group(1)) if status else None
+    if code_name in ("UNAUTHENTICATED", "PERMISSION_DENIED") or status in (401, 403):
+        what = "permission denied (403)" if code_name == "PERMISSION_DENIED" or status == 403 else "401"
+        return EXIT_AUTH, (
+            f"tracking server refused the request: {what}. Check MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) and that this user may do this"
+        )
+    unreachable = (
+        r"Max retries exceeded|Connection refused|timed out|Timeout|NewConnectionError|Failed to establish"
+        r"|Name or service not known|Connection aborted|RemoteDisconnected|ConnectionError|ResponseError"
+    )
+    if (status and status >= 500) or re.search(unreachable, text):
+        return EXIT_UNREACHABLE, (
+            f"tracking server unreachable or failing ({text[:160]}). Check MLFLOW_TRACKING_URI and that "
+            "the server is up; MLFLOW_HTTP_REQUEST_TIMEOUT / MLFLOW_HTTP_REQUEST_MAX_RETRIES tune waiting"
+        )
+    if code_name == "RESOURCE_DOES_NOT_EXIST":
+        return EXIT_NOT_FOUND, text[:300]
+    if code_name in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_ALREADY_EXISTS"):
+        return EXIT_USAGE, text[:300]
+    return EXIT_UNEXPECTED, f"{type(exc).__name__}: {text[:300]} (rerun with --debug for the traceback)"
+
+
+def run_cli(action, debug: bool) -> int:
+    """Run action(); turn every failure into one redacted line on stderr and a documented exit code."""
+    try:
+        return action() or EXIT_OK
+    except CliError as exc:
+        message, code = str(exc), exc.code
+    except KeyboardInterrupt:
+        message, code = "interrupted", 130
+    except Exception as exc:  # noqa: BLE001 - the one place every unexpected failure is reported
+        code, message = classify_error(exc)
+    if debug and code != 130:
+        traceback.print_exc()
+    print(f"error: {redact(message)}", file=sys.stderr)
+    return code
+
+
+def output_format(requested: str | None) -> str:
+    """--format if given, else a table for a person at a terminal and JSON for a program."""
+    return requested or ("table" if sys.stdout.isatty() else "json")
+
+
+def json_safe(value):
+    """Non-finite floats become null (valid JSON for agents); everything else passes through."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def flat_rows(data) -> list[dict]:
+    """Rows for table/csv: a list of objects, or one object as key/value rows; nested objects get dotted keys."""
+
+    def flatten(obj: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in obj.items():
+            if isinstance(value, dict) and value:
+                out.update(flatten(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    if isinstance(data, dict):
+        return [{"key": k, "value": v} for k, v in flatten(data).items()]
+    return [flatten(row) if isinstance(row, dict) else {"value": row} for row in data]
+
+
+def cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list | dict):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def emit(data, fmt: str) -> None:
+    """Print data to stdout as json, table or csv. stdout carries data only."""
+    data = json_safe(data)
+    if fmt == "json":
+        sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+        return
+    rows = flat_rows(data)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    if fmt == "csv":
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({c: cell(row.get(c)) for c in columns} for row in rows)
+        return
+    table = [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in table]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in table]
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+# ---- end of shared preamble ----
+
+RUN_ID_PATTERN = re.compile(r"^[a-zA-Z0-9][\w\-]{0,255}$")  # mlflow.utils.validation._validate_run_id
+DEFAULT_MAX_POINTS = 100  # per (run, metric) series on stdout
+MIN_MAX_POINTS = 4  # first, last, minimum and maximum are always kept
+DEFAULT_MAX_RUNS = 10
+MAX_MAX_RUNS = 1000
+# Concurrent history requests to a tracking server. Measured (50 runs x 2 series x 5,000 points, 2-core
+# machine, server with 2 workers): 4 workers 13 s, 8 workers 19 s, 2 workers 17 s.
+FETCH_WORKERS = 4
+HISTORY_PAGE_SIZE = 25000  # the server's own page cap (mlflow.store.tracking.GET_METRIC_HISTORY_MAX_RESULTS)
+BULK_MAX_RESULTS = 25000  # get-history-bulk returns at most this many points per response, over all its runs
+BULK_MAX_RUNS = 100  # and accepts at most this many run ids
+OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".json": "json"}
+COLUMNS = ("run_id", "run_name", "metric", "step", "timestamp", "value")
+
+
+class Request:
+    """What the user asked for, validated before MLflow is imported."""
+
+    def __init__(self, args):
+        self.run_ids = parse_run_ids(args.run_id)
+        self.experiment = (args.experiment or "").strip() or None
+        if bool(self.run_ids) == bool(self.experiment):
+            raise CliError(EXIT_USAGE, "give either --run-id ID[,ID...] or --experiment NAME (not both)")
+        if not self.experiment and (args.filter or args.order_by or args.max_runs is not None):
+            raise CliError(EXIT_USAGE, "--filter, --order-by and --max-runs select runs of --experiment only")
+        self.filter = args.filter or ""
+        self.order_by = [s.strip() for s in args.order_by if s.strip()]
+        self.max_runs = DEFAULT_MAX_RUNS if args.max_runs is None else args.max_runs
+        if not 1 <= self.max_runs <= MAX_MAX_RUNS:
+            raise CliError(EXIT_USAGE, f"--max-runs must be between 1 and {MAX_MAX_RUNS}")
+        self.metrics = parse_metric_names(args.metrics, args.all)
+        self.all_metrics = args.all
+        if args.max_points is not None and args.max_points != 0 and args.max_points < MIN_MAX_POINTS:
+            raise CliError(
+                EXIT_USAGE,
+                f"--max-points must be 0 (no limit) or at least {MIN_MAX_POINTS}: first, last, minimum and "
+                "maximum are always kept",
+            )
+        self.output = output_path(args.output, OUTPUT_FORMATS, "--output") if args.output else None
+        self.plot = output_path(args.plot, {".png": "png"}, "--plot") if args.plot else None
+        writes = self.output is not None or self.plot is not None
+        # stdout rows are downsampled by default; files and plots get the full series unless asked otherwise
+        if args.max_points is None:
+            self.max_points = None if writes else DEFAULT_MAX_POINTS
+        else:
+            self.max_points = args.max_points or None
+        self.summary = args.summary
+        self.x_axis = args.x
+        if args.x == "step" and self.plot is None:
+            raise CliError(EXIT_USAGE, "--x applies to --plot only")
+
+
+def parse_run_ids(values: list[str]) -> list[str]:
+    """--run-id repeatable and comma-separated; duplicates dropped, order kept, each id checked."""
+    run_ids: list[str] = []
+    for value in values:
+        for part in value.split(","):
+            run_id = part.strip()
+            if not run_id:
+                continue
+            if not RUN_ID_PATTERN.match(run_id):
+                raise CliError(
+                    EXIT_USAGE, f"--run-id {run_id[:80]!r} is not a valid run id (32 hex characters)"
+                )
+            if run_id not in run_ids:
+                run_ids.append(run_id)
+    if values and not run_ids:
+        raise CliError(EXIT_USAGE, "--run-id is empty: give one or more run ids")
+    return run_ids
+
+
+def parse_metric_names(value: str | None, all_metrics: bool) -> list[str]:
+    if all_metrics and value:
+        raise CliError(EXIT_USAGE, "give either --metrics a,b or --all (not both)")
+    if all_metrics:
+        return []
+    if not value:
+        raise CliError(EXIT_USAGE, "say which metrics: --metrics equity,drawdown or --all")
+    names = list(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+    if not names:
+        raise CliError(EXIT_USAGE, "--metrics is empty: give metric names, e.g. --metrics equity,drawdown")
+    for name in names:
+        if len(name) > MAX_KEY_LENGTH or not KEY_PATTERN.match(name):
+            raise CliError(EXIT_USAGE, f"--metrics: {name[:60]!r} is not a valid MLflow metric name")
+    return names
+
+
+def output_path(value: str, formats: dict[str, str], flag: str) -> tuple[Path, str]:
+    """(absolute path, format) from the file's extension; its folder must exist."""
+    path = Path(value).expanduser()
+    fmt = formats.get(path.suffix.lower())
+    if fmt is None:
+        raise CliError(EXIT_USAGE, f"{flag} {value!r}: the name must end in {', '.join(formats)}")
+    path = path.resolve()
+    if not path.parent.is_dir():
+        raise CliError(EXIT_USAGE, f"{flag}: folder {str(path.parent)!r} does not exist; create it first")
+    if path.is_dir():
+        raise CliError(EXIT_USAGE, f"{flag}: {str(path)!r} is a folder; give a file name")
+    return path, fmt
+
+
+# ---- pure functions: series, downsampling, summaries, rows ----
+
+
+def sort_points(points: list[tuple[int, int, float]]) -> list[tuple[int, int, float]]:
+    """(step, timestamp_ms, value) points in series order: by step, then time (stable)."""
+    return sorted(points, key=lambda p: (p[0], p[1]))
+
+
+def extreme_indices(values: list[float]) -> tuple[int | None, int | None]:
+    """Indices of the first minimum and first maximum, ignoring NaN; None when every value is NaN."""
+    lo = hi = None
+    for i, v in enumerate(values):
+        if v != v:  # NaN
+            continue
+        if lo is None or v < values[lo]:
+            lo = i
+        if hi is None or v > values[hi]:
+            hi = i
+    return lo, hi
+
+
+def downsample_indices(values: list[float], max_points: int | None) -> list[int]:
+    """At most max_points indices, evenly spaced, always including first, last, minimum and maximum.
+
+    The even grid has max_points slots; each extreme not already on it replaces the grid point nearest to
+    it (never first/last or another extreme), so the result has exactly max_points points when n > max."""
+    n = len(values)
+    if max_points is None or n <= max_points:
+        return list(range(n))
+    lo, hi = extreme_indices(values)
+    required = {0, n - 1} | {i for i in (lo, hi) if i is not None}
+    step = (n - 1) / (max_points - 1)
+    grid = sorted({round(k * step) for k in range(max_points)})
+    chosen = set(grid)
+    for r in sorted(required - chosen):
+        candidates = [g for g in chosen if g not in required]
+        nearest = min(candidates, key=lambda g: (abs(g - r), g))
+        chosen.discard(nearest)
+        chosen.add(r)
+    return sorted(chosen)
+
+
+def iso_time(ms: int, millis: bool) -> str:
+    """Milliseconds since the epoch as ISO 8601 UTC with a Z."""
+    stamp = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return stamp.isoformat(timespec="milliseconds" if millis else "seconds").replace("+00:00", "Z")
+
+
+def needs_millis(series: dict) -> bool:
+    """Show milliseconds only when some timestamp has them (daily bars stay readable)."""
+    return any(p[1] % 1000 for points in series.values() for p in points)
+
+
+def series_rows(runs: list[dict], series: dict, max_points: int | None) -> list[dict]:
+    """Rows {run_id, run_name, metric, step, timestamp, value}, run by run, metric by metric."""
+    millis = needs_millis(series)
+    rows = []
+    names = runs_by_id(runs)
+    for (run_id, metric), points in series.items():
+        name = names[run_id]["run_name"]
+        for i in downsample_indices([p[2] for p in points], max_points):
+            step, ts, value = points[i]
+            rows.append(
+                {
+                    "run_id": run_id,
+                    "run_name": name,
+                    "metric": metric,
+                    "step": step,
+                    "timestamp": iso_time(ts, millis),
+                    "value": value,
+                }
+            )
+    return rows
+
+
+def runs_by_id(runs: list[dict]) -> dict[str, dict]:
+    return {run["run_id"]: run for run in runs}
+
+
+def summarize(runs: list[dict], series: dict) -> list[dict]:
+    """Per (run, metric): number of points, first/last step and time, first/last/min/max value."""
+    millis = needs_millis(series)
+    names = runs_by_id(runs)
+    out = []
+    for (run_id, metric), points in series.items():
+        values = [p[2] for p in points]
+        lo, hi = extreme_indices(values)
+        out.append(
+            {
+                "run_id": run_id,
+                "run_name": names[run_id]["run_name"],
+                "metric": metric,
+                "points": len(points),
+                "first_step": points[0][0],
+                "last_step": points[-1][0],
+                "first_time": iso_time(points[0][1], millis),
+                "last_time": iso_time(points[-1][1], millis),
+                "first": values[0],
+                "last": values[-1],
+                "min": None if lo is None else values[lo],
+                "max": None if hi is None else values[hi],
+            }
+        )
+    return out
+
+
+def legend_labels(runs: list[dict]) -> dict[str, str]:
+    """Run name per run id; a name shared by several runs gets the run id's first 8 characters."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run["run_name"] or ""] = counts.get(run["run_name"] or "", 0) + 1
+    labels = {}
+    for run in runs:
+        name = run["run_name"] or ""
+        labels[run["run_id"]] = (
+            name if name and counts[name] == 1 else f"{name} ({run['run_id'][:8]})".strip()
+        )
+    return labels
+
+
+# ---- MLflow I/O ----
+
+
+def resolve_runs(client, request: Request) -> list[dict]:
+    """The selected runs as {run_id, run_name, experiment_id, metrics (latest keys)}; exit 3 if none."""
+    from mlflow.exceptions import MlflowException
+
+    if request.run_ids:
+
+        def get(run_id):
+            try:
+                return client.get_run(run_id)
+            except MlflowException as exc:
+                if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                    return None
+                raise
+
+        with ThreadPoolExecutor(min(FETCH_WORKERS, len(request.run_ids))) as pool:
+            found = list(pool.map(get, request.run_ids))
+        missing = [rid for rid, run in zip(request.run_ids, found, strict=True) if run is None]
+        if missing:
+            raise CliError(
+                EXIT_NOT_FOUND,
+                f"run {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} not found "
+                f"({len(missing)} of {len(request.run_ids)}): check the ids with query_experiments.py",
+            )
+        runs = found
+    else:
+        experiment = find_experiment(client, request.experiment)
+        runs = client.search_runs(
+            [experiment.experiment_id],
+            filter_string=request.filter,
+            order_by=request.order_by or None,
+            max_results=request.max_runs,
+        )
+        if not runs:
+            where = f" matching --filter {request.filter!r}" if request.filter else ""
+            raise CliError(
+                EXIT_NOT_FOUND,
+                f"no runs in experiment {experiment.name!r}{where}: loosen --filter or check the experiment",
+            )
+    return [
+        {
+            "run_id": run.info.run_id,
+            "run_name": run.info.run_name,
+            "experiment_id": run.info.experiment_id,
+            "metrics": set(run.data.metrics),
+        }
+        for run in runs
+    ]
+
+
+def find_experiment(client, name_or_id: str):
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name_or_id)
+    if experiment is None and name_or_id.isdigit():
+        try:
+            experiment = client.get_experiment(name_or_id)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+    if experiment is None:
+        raise CliError(
+            EXIT_NOT_FOUND,
+            f"experiment {name_or_id!r} not found: check the name (query_experiments.py lists them)",
+        )
+    if experiment.lifecycle_stage == "deleted":
+        raise CliError(EXIT_NOT_FOUND, f"experiment {name_or_id!r} is deleted: restore it or choose another")
+    return experiment
+
+
+def plan_series(runs: list[dict], request: Request) -> tuple[list[str], list[tuple[str, str]], list[dict]]:
+    """(metric names, (run_id, metric) pairs to fetch, missing pairs). Exit 3 if a metric is in no run."""
+    if request.all_metrics:
+        metrics = sorted(set().union(*(run["metrics"] for run in runs)))
+        if not metrics:
+            raise CliError(EXIT_NOT_FOUND, f"none of the {len(runs)} run(s) has any metric")
+    else:
+        metrics = request.metrics
+        available = set().union(*(run["metrics"] for run in runs))
+        absent = [m for m in metrics if m not in available]
+        if absent:
+            known = ", ".join(sorted(available)[:20]) or "none"
+            raise CliError(
+                EXIT_NOT_FOUND,
+                f"metric {', '.join(repr(m) for m in absent)} not found in any of the {len(runs)} run(s); "
+                f"their metrics: {known}",
+            )
+    pairs, missing = [], []
+    for run in runs:
+        for metric in metrics:
+            if metric in run["metrics"]:
+                pairs.append((run["run_id"], metric))
+            elif not request.all_metrics:
+                missing.append({"run_id": run["run_id"], "run_name": run["run_name"], "metric": metric})
+    return metrics, pairs, missing
+
+
+def fetch_series(
+    client, tracking_uri: str, pairs: list[tuple[str, str]], workers: int = FETCH_WORKERS
+) -> dict:
+    """{(run_id, metric): points sorted by step then time} for every pair that has points.
+
+    Work runs on a bounded thread pool. Against a tracking server, each task asks the server's
+    metrics/get-history-bulk endpoint for the histories of several runs at once and reads its JSON directly;
+    per (run, metric) get-history calls through MlflowClient cost about 5x more, mostly in the server turning
+    every point into a protobuf message and the client turning it back (bench/bench_get_metric_history.py).
+    Servers without that endpoint get the public paged get-history.
+    """
+    if not pairs:
+        return {}
+    rest = RestHistory.for_client(client, tracking_uri)
+    if rest is None:
+        # A local store is read in this process: SQLAlchemy's sqlite pool is thread-safe, but the work is
+        # Python under the GIL, so threads do not help (measured: 16 s sequential, 19 s with 4 threads).
+        return {
+            pair: sort_points(points)
+            for pair in pairs
+            if (points := [(m.step, m.timestamp, m.value) for m in client.get_metric_history(*pair)])
+        }
+    by_metric: dict[str, list[str]] = {}
+    for run_id, metric in pairs:
+        by_metric.setdefault(metric, []).append(run_id)
+    # enough chunks to keep every worker busy, at most BULK_MAX_RUNS runs per request
+    per_metric = max(1, -(-workers // len(by_metric)))
+    jobs = []
+    for metric, run_ids in by_metric.items():
+        size = min(BULK_MAX_RUNS, max(1, -(-len(run_ids) // per_metric)))
+        jobs += [(run_ids[i : i + size], metric) for i in range(0, len(run_ids), size)]
+    found: dict = {}
+    with ThreadPoolExecutor(max(1, min(workers, len(jobs)))) as pool:
+        for result in pool.map(rest.metric_of_runs, jobs):
+            found.update(result)
+    return {pair: sort_points(found[pair]) for pair in pairs if found.get(pair)}
+
+
+class RestHistory:
+    """Metric histories straight from a tracking server's REST API (thread-safe: no shared mutable state
+    beyond the `bulk` flag, which only ever goes from True to False)."""
+
+    BULK = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
+    SINGLE = "/api/2.0/mlflow/metrics/get-history"
+
+    def __init__(self, get_host_creds):
+        from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+        self.get_host_creds = get_host_creds
+        self.http_request = http_request
+        self.verify = verify_rest_response
+        self.bulk = True
+
+    @classmethod
+    def for_client(cls, client, tracking_uri: str):
+        """None unless the client talks to an http(s) server through MLflow's RestStore."""
+        store = getattr(getattr(client, "_tracking_client", None), "store", None)
+        get_host_creds = getattr(store, "get_host_creds", None)
+        if not tracking_uri.lower().startswith(("http://", "https://")) or get_host_creds is None:
+            return None
+        return cls(get_host_creds)
+
+    def get(self, endpoint: str, params: dict):
+        return self.http_request(self.get_host_creds(), endpoint, "GET", params=params)
+
+    def metric_of_runs(self, job: tuple[list[str], str]) -> dict:
+        """{(run_id, metric): points} for some runs. One response holds at most BULK_MAX_RESULTS points over
+        all its runs, cut at the end (runs sorted by id, then time), so a full response is trusted only up
+        to its last run; the rest is asked again, fewer runs at a time. A single run longer than the cap, or
+        a server without the bulk endpoint, is read with the public paged get-history."""
+        pending, metric = sorted(job[0]), job[1]
+        out: dict = {}
+        group = len(pending)
+        while pending:
+            if not self.bulk:
+                for run_id in pending:
+                    out[(run_id, metric)] = self.single(run_id, metric)
+                return out
+            asked = pending[: min(group, BULK_MAX_RUNS)]
+            params = {"run_id": asked, "metric_key": metric, "max_results": BULK_MAX_RESULTS}
+            response = self.get(self.BULK, params)
+            if response.status_code in (404, 405, 501) and "error_code" not in response.text:
+                self.bulk = False  # an older server or a gateway without MLflow's UI endpoints
+                continue
+            body = self.verify(response, self.BULK).json()
+            by_run: dict[str, list] = {}
+            for m in body.get("metrics", []):
+                point = (int(m.get("step") or 0), int(m.get("timestamp") or 0), as_float(m.get("value")))
+                by_run.setdefault(m["run_id"], []).append(point)
+            complete = asked
+            if len(body.get("metrics", [])) >= BULK_MAX_RESULTS:  # possibly cut: the last run may be partial
+                present = [run_id for run_id in asked if run_id in by_run]
+                complete = present[:-1]
+                if not complete:  # one run alone fills a response: read it page by page
+                    by_run[present[0]] = self.single(present[0], metric)
+                    complete = present
+                group = max(1, len(complete))
+            for run_id in complete:
+                out[(run_id, metric)] = by_run.get(run_id, [])
+            done = set(complete)
+            pending = [run_id for run_id in pending if run_id not in done]
+        return out
+
+    def single(self, run_id: str, metric: str) -> list:
+        """The public GetMetricHistory endpoint, page by page."""
+        points, token = [], None
+        while True:
+            params = {"run_id": run_id, "metric_key": metric, "max_results": HISTORY_PAGE_SIZE}
+            if token:
+                params["page_token"] = token
+            body = self.verify(self.get(self.SINGLE, params), self.SINGLE).json()
+            for m in body.get("metrics", []):
+                points.append(
+                    (int(m.get("step") or 0), int(m.get("timestamp") or 0), as_float(m.get("value")))
+                )
+            token = body.get("next_page_token")
+            if not token:
+                return points
+
+
+def as_float(value) -> float:
+    """A metric value from REST JSON: a number, or "NaN" / "Infinity" / "-Infinity" (or NaN literals)."""
+    if value is None:
+        return 0.0  # protobuf JSON may leave out a value of 0.0
+    return float(value)
+
+
+# ---- writing files and plots ----
+
+
+def write_output(path: Path, fmt: str, rows: list[dict]) -> dict:
+    """Write rows to .csv / .parquet / .json; returns what was written."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    if fmt == "json":
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(json_safe(rows), handle, ensure_ascii=False)
+            handle.write("\n")
+    else:
+        import pandas as pd
+
+        frame = pd.DataFrame(rows, columns=list(COLUMNS))
+        if fmt == "csv":
+            frame.to_csv(tmp, index=False)
+        else:
+            frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601").astype(
+                "datetime64[ms, UTC]"
+            )
+            frame["step"] = frame["step"].astype("int64")
+            frame["value"] = frame["value"].astype("float64")
+            frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return {"path": str(path), "format": fmt, "rows": len(rows), "bytes": path.stat().st_size}
+
+
+def draw_plot(path: Path, runs: list[dict], metrics: list[str], series: dict, x_axis: str, max_points):
+    """One panel per metric, one line per run (same colour in every panel), legend by run name. PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = legend_labels(runs)
+    palette = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20" if len(runs) <= 20 else "viridis")
+    colors = {
+        run["run_id"]: palette(i if len(runs) <= 20 else i / max(1, len(runs) - 1))
+        for i, run in enumerate(runs)
+    }
+    panels_metrics = [m for m in metrics if any((run["run_id"], m) in series for run in runs)]
+    fig, axes = plt.subplots(
+        len(panels_metrics), 1, figsize=(11, 1.2 + 3.0 * len(panels_metrics)), sharex=True, squeeze=False
+    )
+    panels = []
+    for ax, metric in zip(axes[:, 0], panels_metrics, strict=True):
+        drawn = []
+        for run in runs:
+            points = series.get((run["run_id"], metric))
+            if not points:
+                continue
+            keep = downsample_indices([p[2] for p in points], max_points)
+            if x_axis == "step":
+                x = np.array([points[i][0] for i in keep], dtype="int64")
+            else:
+                x = np.array([points[i][1] for i in keep], dtype="datetime64[ms]")
+            y = np.array([points[i][2] for i in keep], dtype="float64")
+            ax.plot(x, y, label=labels[run["run_id"]], color=colors[run["run_id"]], linewidth=1.2,
+                    marker="o" if len(keep) == 1 else None)  # fmt: skip
+            drawn.append(labels[run["run_id"]])
+        ax.set_title(metric, loc="left", fontsize=11)
+        ax.grid(alpha=0.3)
+        panels.append({"metric": metric, "lines": len(ax.get_lines()), "runs": drawn})
+    axes[-1, 0].set_xlabel("step" if x_axis == "step" else "time (UTC)")
+    axes[0, 0].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                      ncol=1 if len(runs) <= 25 else 2, frameon=False)  # fmt: skip
+    if x_axis != "step":
+        fig.autofmt_xdate()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=100)
+    width, height = (int(round(v)) for v in fig.get_size_inches() * 100)
+    plt.close(fig)
+    tmp.replace(path)
+    return {
+        "path": str(path),
+        "format": "png",
+        "width": width,
+        "height": height,
+        "x": x_axis,
+        "panels": panels,
+    }
+
+
+# ---- main ----
+
+
+def build_parser() -> CliParser:
+    parser = CliParser(
+        prog="get_metric_history.py",
+        description="Get the metric time series of MLflow runs: rows, summaries, files (.csv/.parquet/.json) "
+        "and plots.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    which = parser.add_argument_group("which runs")
+    which.add_argument("--run-id", action="append", default=[], metavar="ID", help="repeatable or ID1,ID2")
+    which.add_argument("--experiment", metavar="NAME", help="experiment name (or id) to search for runs")
+    which.add_argument("--filter", metavar="S", help='MLflow search filter, e.g. "metrics.sharpe > 1"')
+    which.add_argument("--order-by", action="append", default=[], metavar="S",
+                       help='e.g. "metrics.sharpe DESC" (repeatable); default: newest first')  # fmt: skip
+    which.add_argument("--max-runs", type=int, metavar="N", help=f"default {DEFAULT_MAX_RUNS}")
+    what = parser.add_argument_group("which metrics and how much")
+    what.add_argument("--metrics", metavar="A,B", help="metric names, comma-separated")
+    what.add_argument("--all", action="store_true", help="every metric the runs have")
+    what.add_argument(
+        "--max-points",
+        type=int,
+        metavar="N",
+        help="per series, evenly spaced, keeping first/last/min/max "
+        f"(default {DEFAULT_MAX_POINTS} on stdout, all in --output/--plot; 0: all)",
+    )
+    what.add_argument("--summary", action="store_true", help="one row per (run, metric) instead of points")
+    out = parser.add_argument_group("files")
+    out.add_argument("--output", metavar="PATH", help="write the series to PATH (.csv, .parquet or .json)")
+    out.add_argument("--plot", metavar="PATH.png", help="one panel per metric, one line per run")
+    out.add_argument("--x", choices=["time", "step"], default="time", help="plot x axis (default time)")
+    parser.add_argument(
+        "--format", choices=["json", "table", "csv"], help="default: table at a tty, else json"
+    )
+    parser.add_argument("--tracking-uri", metavar="URI", help="overrides MLFLOW_TRACKING_URI")
+    parser.add_argument("--debug", action="store_true", help="tracebacks and MLflow logging on stderr")
+    return parser
+
+
+def run(request: Request, tracking_uri: str, debug: bool):
+    """Fetch and shape; returns the data for stdout."""
+    client = connect(tracking_uri, debug)
+    runs = resolve_runs(client, request)
+    metrics, pairs, missing = plan_series(runs, request)
+    for item in missing[:20]:
+        print(f"warning: run {item['run_id']} ({item['run_name']}) has no metric {item['metric']!r}",
+              file=sys.stderr)  # fmt: skip
+    if len(missing) > 20:
+        print(f"warning: ... and {len(missing) - 20} more (run, metric) pairs missing", file=sys.stderr)
+    series = fetch_series(client, tracking_uri, pairs)
+    if not series:
+        raise CliError(EXIT_NOT_FOUND, "the selected runs have no points for these metrics")
+    if request.output is None and request.plot is None:
+        if request.summary:
+            return summarize(runs, series)
+        return series_rows(runs, series, request.max_points)
+    written: dict = {
+        "runs": len(runs),
+        "metrics": metrics,
+        "series": len(series),
+        "points": sum(len(points) for points in series.values()),
+        "max_points": request.max_points,
+        "missing": missing,
+        "tracking_uri": mask_uri(tracking_uri),
+    }
+    if request.output is not None:
+        written["output"] = write_output(*request.output, series_rows(runs, series, request.max_points))
+    if request.plot is not None:
+        plot_path = request.plot[0]
+        written["plot"] = draw_plot(plot_path, runs, metrics, series, request.x_axis, request.max_points)
+    if request.summary:
+        written["summary"] = summarize(runs, series)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+
+    def action() -> int:
+        args = build_parser().parse_args(argv)
+        request = Request(args)
+        tracking_uri = resolve_tracking_uri(args.tracking_uri)
+        emit(run(request, tracking_uri, debug), output_format(args.format))
+        return EXIT_OK
+
+    return run_cli(action, debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
