@@ -25,7 +25,7 @@ import uuid
 import numpy as np
 import pandas as pd
 import pytest
-from harness import ROOT, assert_clean_error, run_script
+from harness import DATA, ROOT, assert_clean_error, run_script
 
 N = 300
 RUNS = ("alpha", "beta", "gamma")
@@ -282,11 +282,38 @@ def test_bulk_fetch_with_truncation_and_fallback_equals_the_client(server_seeded
             assert np.array_equal([v for *_, v in points], [v for *_, v in expected[pair]], equal_nan=True)
 
     same(module.fetch_series(client, uri, pairs))
-    for cap in (250, 450, 700):
+    for cap in (250, 450):
         monkeypatch.setattr(module, "BULK_MAX_RESULTS", cap)
         same(module.fetch_series(client, uri, pairs, workers=2))
     monkeypatch.setattr(module.RestHistory, "BULK", "/ajax-api/2.0/mlflow/metrics/no-such-endpoint")
     same(module.fetch_series(client, uri, pairs, workers=3))
+
+
+# ---------------------------------------------------------------- what log_backtest writes
+
+
+def test_log_backtest_equity_and_drawdown_come_back_with_the_bars_dates(tmp_path, call):
+    """A real log_backtest run: every bar (756 < its 5,000-point cap) with its own date; equity is the growth
+    of 1.0 and drawdown its distance below the running peak, computed here from the returns file."""
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    source = DATA / "example_returns.csv"
+    logged = run_script(
+        "log_backtest", "--returns", str(source), "--no-tearsheet", "--experiment", "lb", env=env
+    )
+    assert logged.returncode == 0, logged.stderr
+    run_id = logged.json()["run_id"]
+    code, out, err = call(env, "--run-id", run_id, "--metrics", "equity,drawdown", "--max-points", "0")
+    assert code == 0, err
+    returns = pd.read_csv(source, parse_dates=["date"])
+    equity = np.cumprod(1 + returns["returns"].to_numpy())
+    drawdown = equity / np.maximum.accumulate(equity) - 1
+    dates = returns["date"].dt.strftime("%Y-%m-%dT%H:%M:%SZ").tolist()
+    series = by_series(json.loads(out))
+    for metric, expected in (("equity", equity), ("drawdown", drawdown)):
+        rows = series[("example_returns", metric)]
+        assert [r["step"] for r in rows] == list(range(len(returns)))
+        assert [r["timestamp"] for r in rows] == dates
+        assert np.allclose([r["value"] for r in rows], expected, rtol=1e-12, atol=1e-12)
 
 
 # ---------------------------------------------------------------- errors
