@@ -102,6 +102,9 @@ class MlflowServer:
             f"database_uri = sqlite:///{self.root / 'basic_auth.db'}\n"
             "admin_username = admin\n"
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            # MLflow 3.17 checks the password hash (PBKDF2) on every request unless this cache is on; it
+            # caches successful checks only, so wrong passwords still fail every time.
+            "auth_cache_ttl_seconds = 300\n"
         )
         env = clean_env()
         env.update(
