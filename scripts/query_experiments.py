@@ -280,13 +280,24 @@ METRIC_DIRECTIONS = {
     "win_rate": "higher",
     "profit_factor": "higher",
     "omega": "higher",
+    "smart_sharpe": "higher",
+    "smart_sortino": "higher",
+    "adjusted_sortino": "higher",
+    "probabilistic_sharpe_ratio": "higher",
     "recovery_factor": "higher",
+    "serenity_index": "higher",
+    "gain_to_pain_ratio": "higher",
+    "common_sense_ratio": "higher",
+    "payoff_ratio": "higher",
     "tail_ratio": "higher",
+    "ulcer_performance_index": "higher",
     "avg_drawdown": "zero",
     "value_at_risk": "zero",
-    "cvar": "zero",
+    "conditional_value_at_risk": "zero",
     "ulcer_index": "lower",
-    "max_drawdown_duration": "lower",
+    "longest_drawdown_days": "lower",
+    "avg_drawdown_days": "lower",
+    "risk_of_ruin": "lower",
 }
 KEY_METRICS = (
     "sharpe",
@@ -973,6 +984,11 @@ def cmd_run(client, args, tracking_uri: str) -> dict:
             }
         )
     record = run_record(run, all_columns=True)
+    # Key metrics first: if the output bound has to shorten the metrics, these are the ones kept.
+    record["metrics"] = {
+        **{k: record["metrics"][k] for k in KEY_METRICS if k in record["metrics"]},
+        **{k: v for k, v in record["metrics"].items() if k not in KEY_METRICS},
+    }
     record["tags"] = {k: v for k, v in sorted(data.tags.items()) if not k.startswith("mlflow.")}
     record.pop("parent_run_id")
     record.update(

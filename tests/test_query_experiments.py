@@ -737,3 +737,57 @@ def test_lockfile_pins_mlflow():
     lock = (ROOT / "scripts" / "query_experiments.py.lock").read_text()
     assert re.search(r'name = "mlflow"\nversion = "3\.17\.\d+"', lock)
     assert Path(ROOT / "scripts" / "query_experiments.py").read_text().count('"mlflow>=3.17,<3.18"') == 1
+
+
+# ---------------------------------------------------------------- runs logged by the real log_backtest.py
+
+
+@pytest.fixture(scope="module")
+def logged_sweep(tmp_path_factory):
+    """One `log_backtest.py` sweep (3 columns from tests/data/example_returns.csv) on a fresh local store."""
+    root = tmp_path_factory.mktemp("qe-logged")
+    rows = (ROOT / "tests" / "data" / "example_returns.csv").read_text().splitlines()[1:]
+    lines = ["date,w10,w20,w30"]
+    for row in rows:
+        date, value = row.split(",")
+        x = float(value)
+        lines.append(f"{date},{x},{x * 0.5 + 0.0001},{-x * 0.3 + 0.0002}")
+    (root / "sweep.csv").write_text("\n".join(lines) + "\n")
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
+    result = run_script(
+        "log_backtest", "--returns", str(root / "sweep.csv"), "--experiment", "logged", "--no-tearsheet", env=env,
+        cwd=root,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return env, result.json()
+
+
+def test_runs_logged_by_log_backtest(logged_sweep, query):
+    env, logged = logged_sweep
+    children = {r["run_id"]: r for r in logged["runs"]}
+    top = ok(query(env, "runs", "--experiment", "logged", "--top-level"))
+    assert [r["run_id"] for r in top] == [logged["parent_run_id"]]
+    kids = ok(query(env, "runs", "--experiment", "logged", "--parent-run-id", logged["parent_run_id"]))
+    assert {r["run_id"] for r in kids} == set(children)
+    for row in kids:
+        assert row["metrics"]["sharpe"] == children[row["run_id"]]["metrics"]["sharpe"]
+        assert row["params"]["periods_per_year"] == "252" and row["params"]["column"] == row["run_name"]
+
+    compared = ok(query(env, "compare", *[a for i in children for a in ("--run-id", i)], "--metrics", "all"))
+    rows = {m["metric"]: m for m in compared["metrics"]}
+    assert len(rows) > len(KEY)  # every QuantStats metric log_backtest wrote
+    sharpe = {i: r["metrics"]["sharpe"] for i, r in children.items()}
+    assert rows["sharpe"]["best"] == [max(sharpe, key=sharpe.get)] == [logged["best_run_id"]]
+    drawdown = {i: r["metrics"]["max_drawdown"] for i, r in children.items()}
+    assert rows["max_drawdown"]["best"] == [min(drawdown, key=lambda i: abs(drawdown[i]))]
+    assert {p["param"] for p in compared["params_differ"]} >= {"column"}
+
+    child = ok(query(env, "run", "--run-id", next(iter(children))))
+    assert (
+        child["parent"]["run_id"] == logged["parent_run_id"] and child["datasets"][0]["context"] == "backtest"
+    )
+    assert list(child["metrics"])[:2] == ["sharpe", "sortino"]  # key metrics first, kept if the output is cut
+    table = query(env, "runs", "--experiment", "logged", "--format", "table", "--max-chars", "0")[
+        1
+    ].splitlines()
+    assert logged["parent_run_id"] in table[2] and all("└ w" in line for line in table[3:6])
