@@ -886,11 +886,12 @@ def to_returns(values, index, name: str, path: Path, flag: str, prices: bool, pe
                 f"{where} looks like prices or equity (all >= 0, median {median_abs:.4g}, max {hi:.4g}): "
                 "pass --prices to convert them to returns, or --percent if they are percent returns",
             )
-        if not percent and lo < 0 and (np.mean(np.abs(values_np) >= 1) > 0.01 or median_abs > 0.1):
+        n_big = int(np.sum(np.abs(values_np) >= 1))
+        if not percent and lo < 0 and (median_abs > 0.1 or (n_big >= 3 and n_big > 0.01 * len(values_np))):
             raise CliError(
                 EXIT_USAGE,
                 f"{where} looks like percent units (median |value| {median_abs:.4g}, "
-                f"{int(np.sum(np.abs(values_np) >= 1))} values beyond +-1): pass --percent, or give decimal "
+                f"{n_big} values beyond +-1): pass --percent, or give decimal "
                 "returns (0.01 = 1 %)",
             )
     ruin = values_np <= -1
@@ -1659,6 +1660,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
 
     def action() -> int:
+        import contextlib
+        import io
         import tempfile
 
         args = build_parser().parse_args(argv)
@@ -1679,18 +1682,23 @@ def main(argv: list[str] | None = None) -> int:
                 if sweep:
                     print(f"[{i + 1}/{len(items)}] {item.name}: metrics in {time.monotonic() - started:.1f}s",
                           file=sys.stderr)  # fmt: skip
-            if sweep:
-                return run_sweep(preps, req, Path(tmp), debug, args)
-            return run_single(preps[0], req, debug, args)
+            # MLflow prints run links ("View run ... at ...") to stdout for http servers: stdout is ours.
+            with contextlib.redirect_stdout(sys.stderr if debug else io.StringIO()):
+                if sweep:
+                    out = run_sweep(preps, req, Path(tmp), debug, args)
+                else:
+                    out = run_single(preps[0], req, debug, args)
+            out["warnings"] = req.warnings
+            fmt = output_format(args.format)
+            emit(table_rows(out) if fmt == "table" else out, fmt)
+            return EXIT_OK
 
     return run_cli(action, debug)
 
 
-def run_single(prep: Prepared, req: Request, debug: bool, args) -> int:
-    fmt = output_format(args.format)
+def run_single(prep: Prepared, req: Request, debug: bool, args) -> dict:
     if req.dry_run:
-        emit_result(run_output(prep, req, None, None, key_only=False), req, fmt)
-        return EXIT_OK
+        return run_output(prep, req, None, None, key_only=False)
     tracking_uri = resolve_tracking_uri(args.tracking_uri)
     client = connect(tracking_uri, debug)
     phase("mlflow imported")
@@ -1708,17 +1716,10 @@ def run_single(prep: Prepared, req: Request, debug: bool, args) -> int:
         if req.tearsheet:
             add_tearsheet(prep, req)
         write_run(client, experiment_id, prep, req)
-    emit_result(run_output(prep, req, experiment_id, tracking_uri, key_only=False), req, fmt)
-    return EXIT_OK
+    return run_output(prep, req, experiment_id, tracking_uri, key_only=False)
 
 
-def emit_result(out: dict, req: Request, fmt: str) -> None:
-    out["warnings"] = req.warnings
-    emit(table_rows(out) if fmt == "table" else out, fmt)
-
-
-def run_sweep(preps: list[Prepared], req: Request, tmp: Path, debug: bool, args) -> int:
-    fmt = output_format(args.format)
+def run_sweep(preps: list[Prepared], req: Request, tmp: Path, debug: bool, args) -> dict:
     best = best_of(preps)
     parent_fp = hashlib.sha256("\n".join(p.fingerprint for p in preps).encode()).hexdigest()
     parent_name = req.run_name or req.returns_path.stem
@@ -1808,8 +1809,7 @@ def run_sweep(preps: list[Prepared], req: Request, tmp: Path, debug: bool, args)
         else ["comparison.csv"] + (["tearsheet.html"] if req.tearsheet else []),
         "runs": runs,
     }
-    emit_result(out, req, fmt)
-    return EXIT_OK
+    return out
 
 
 if __name__ == "__main__":

@@ -1,0 +1,574 @@
+"""log_backtest.py: validation, metrics against direct qs.stats calls, histories, one complete run, sweeps,
+dedupe, dry run, and a server that dies mid-run. Data is generated here with fixed seeds."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from harness import MlflowServer, assert_clean_error, run_script
+
+warnings.filterwarnings("ignore")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def client_for(env: dict[str, str]):
+    from mlflow import MlflowClient
+
+    os.environ.update({k: v for k, v in env.items() if k.startswith("MLFLOW_TRACKING_")})
+    return MlflowClient(env["MLFLOW_TRACKING_URI"])
+
+
+def daily_frame(seed: int, n: int = 1500, columns=("strategy",), start="2015-01-02") -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    index = pd.bdate_range(start, periods=n)
+    data = {c: rng.normal(0.0004, 0.01, n) for c in columns}
+    frame = pd.DataFrame(data)
+    frame.insert(0, "date", index.strftime("%Y-%m-%d"))
+    return frame
+
+
+def qs_module():
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import quantstats as qs
+
+    return qs
+
+
+def read_back(path) -> pd.Series:
+    """The returns exactly as a user's pandas would read the file: the independent side of the comparison."""
+    frame = pd.read_csv(path)
+    return pd.Series(
+        frame.iloc[:, 1].to_numpy(), index=pd.DatetimeIndex(pd.to_datetime(frame["date"])).as_unit("ns")
+    )
+
+
+# ---- the metric table -------------------------------------------------------------------------------------
+CORE = [
+    "sharpe",
+    "sortino",
+    "calmar",
+    "omega",
+    "cagr",
+    "total_return",
+    "volatility",
+    "max_drawdown",
+    "win_rate",
+    "profit_factor",
+    "payoff_ratio",
+    "kelly_criterion",
+    "recovery_factor",
+    "ulcer_index",
+    "tail_ratio",
+    "skew",
+    "kurtosis",
+    "value_at_risk",
+    "conditional_value_at_risk",
+    "avg_return",
+    "avg_win",
+    "avg_loss",
+    "consecutive_wins",
+    "consecutive_losses",
+    "best",
+    "worst",
+]
+
+
+def test_metric_table_has_the_core_names_and_is_documentable(scripts):
+    lb = scripts.log_backtest
+    names = [spec.name for spec in lb.METRICS]
+    assert len(names) == len(set(names))
+    assert set(CORE) <= set(names)
+    assert len([s for s in lb.METRICS if not s.benchmark]) >= 60
+    assert {s.name for s in lb.METRICS if s.benchmark} == {
+        "alpha", "beta", "correlation", "information_ratio", "r_squared", "treynor_ratio"
+    }  # fmt: skip
+    for spec in lb.METRICS:
+        assert lb.KEY_PATTERN.match(spec.name) and spec.name == spec.name.lower()
+        assert spec.meaning and spec.units and spec.higher_is_better in (True, False, None)
+        compile(spec.call, spec.name, "eval")
+    table = lb.metric_table_markdown()
+    assert all(f"| `{name}` |" in table for name in names)
+    assert table.count("\n") == len(names) + 2
+
+
+def test_normalised_returns_are_what_quantstats_would_prepare(scripts):
+    """prepare_returns=False in the table is only valid if _prepare_returns leaves our series unchanged."""
+    qs = qs_module()
+    frame = daily_frame(1)
+    r = pd.Series(
+        frame["strategy"].to_numpy(), index=pd.DatetimeIndex(pd.to_datetime(frame["date"])).as_unit("ns")
+    )
+    pd.testing.assert_series_equal(qs.utils._prepare_returns(r), r)
+
+
+def test_metrics_equal_direct_qs_stats_calls(scripts):
+    lb = scripts.log_backtest
+    qs = qs_module()
+    frame = daily_frame(2, n=1200)
+    r = pd.Series(
+        frame["strategy"].to_numpy(), index=pd.DatetimeIndex(pd.to_datetime(frame["date"])).as_unit("ns")
+    )
+    b = pd.Series(np.random.default_rng(3).normal(0.0003, 0.009, len(r)), index=r.index)
+    item = lb.Series(name="s", returns=r, has_timestamps=True, benchmark=b)
+    values, failed = lb.compute_metrics(item, 0.02, 252.0, True)
+    assert failed == []
+    expected = {
+        "sharpe": qs.stats.sharpe(r, 0.02, 252),
+        "sortino": qs.stats.sortino(r, 0.02, 252),
+        "cagr": qs.stats.cagr(r, 0.02, True, 252),
+        "total_return": qs.stats.comp(r),
+        "volatility": qs.stats.volatility(r, 252),
+        "max_drawdown": qs.stats.max_drawdown(r),
+        "calmar": qs.stats.calmar(r, periods=252),
+        "omega": qs.stats.omega(r, 0.02, 0.0, 252),
+        "win_rate": qs.stats.win_rate(r),
+        "profit_factor": qs.stats.profit_factor(r),
+        "kelly_criterion": qs.stats.kelly_criterion(r),
+        "value_at_risk": qs.stats.value_at_risk(r),
+        "conditional_value_at_risk": qs.stats.conditional_value_at_risk(r),
+        "consecutive_wins": qs.stats.consecutive_wins(r),
+        "best_month": qs.stats.best(r, aggregate="ME"),
+        "win_rate_year": qs.stats.win_rate(r, aggregate="YE"),
+        "probabilistic_sharpe_ratio": qs.stats.probabilistic_sharpe_ratio(r, 0.02, 252),
+        "serenity_index": qs.stats.serenity_index(r, 0.02),
+        # benchmark metrics with the dated series: QuantStats' own (slow) alignment must give the same numbers
+        "alpha": qs.stats.greeks(r, b, 252)["alpha"],
+        "beta": qs.stats.greeks(r, b, 252)["beta"],
+        "information_ratio": qs.stats.information_ratio(r, b),
+        "r_squared": qs.stats.r_squared(r, b),
+        "treynor_ratio": qs.stats.treynor_ratio(r, b, 252, 0.02),
+        "correlation": b.corr(r),
+    }
+    details = qs.stats.drawdown_details(qs.stats.to_drawdown_series(r))
+    expected["avg_drawdown"] = details["max drawdown"].mean() / 100
+    expected["longest_drawdown_days"] = details["days"].max()
+    expected["avg_drawdown_days"] = details["days"].mean()
+    for name, value in expected.items():
+        assert values[name] == pytest.approx(float(value), rel=1e-12, abs=1e-15), name
+
+
+@pytest.mark.parametrize("seed", [4, 5, 6])
+def test_vectorised_drawdown_details_matches_quantstats(scripts, seed):
+    qs = qs_module()
+    rng = np.random.default_rng(seed)
+    r = pd.Series(rng.normal(0, 0.01, 800), index=pd.bdate_range("2020-01-01", periods=800).as_unit("ns"))
+    if seed == 6:
+        r.iloc[:5] = -0.01  # starts in a drawdown
+    dd = qs.stats.to_drawdown_series(r)
+    ours = scripts.log_backtest.drawdown_details(dd)
+    theirs = qs.stats.drawdown_details(dd)
+    assert list(ours["days"]) == list(theirs["days"])
+    np.testing.assert_allclose(ours["max drawdown"], theirs["max drawdown"], rtol=1e-12)
+
+
+def test_undefined_metrics_are_nan_never_zero(scripts):
+    lb = scripts.log_backtest
+    rng = np.random.default_rng(7)
+    r = pd.Series(
+        rng.uniform(0.0001, 0.002, 300), index=pd.bdate_range("2022-01-03", periods=300).as_unit("ns")
+    )
+    values, _ = lb.compute_metrics(lb.Series("up", r, True), 0.0, 252.0, True)
+    defined, undefined = lb.split_defined(values)
+    for name in ("profit_factor", "sortino", "avg_loss", "max_drawdown" if False else "payoff_ratio"):
+        assert name in undefined and name not in defined
+    assert all(math.isfinite(v) for v in defined.values())
+    flat = pd.Series(0.0, index=r.index)
+    values, _ = lb.compute_metrics(lb.Series("flat", flat, True), 0.0, 252.0, True)
+    assert math.isnan(values["win_rate"]) and math.isnan(values["profit_factor"])
+
+
+# ---- frequency and histories ------------------------------------------------------------------------------
+def minute_index(days: int, per_day: int = 390):
+    base = pd.bdate_range("2024-01-02", periods=days) + pd.Timedelta(hours=14, minutes=30)
+    return pd.DatetimeIndex([d + pd.Timedelta(minutes=m) for d in base for m in range(per_day)])
+
+
+@pytest.mark.parametrize(
+    ("index", "periods", "label"),
+    [
+        (pd.bdate_range("2020-01-01", periods=300), 252, "daily"),
+        (pd.date_range("2020-01-01", periods=300, freq="D"), 365, "daily_calendar"),
+        (pd.date_range("2020-01-01", periods=24 * 60, freq="h"), 24 * 365, "60min"),
+        (minute_index(3), 390 * 252, "1min"),
+        (pd.date_range("2020-01-03", periods=100, freq="W-FRI"), 52, "weekly"),
+        (pd.date_range("2015-01-31", periods=60, freq="ME"), 12, "monthly"),
+        (pd.date_range("2010-03-31", periods=20, freq="QE"), 4, "quarterly"),
+        (pd.date_range("2000-12-31", periods=20, freq="YE"), 1, "yearly"),
+    ],
+)
+def test_detect_periods(scripts, index, periods, label):
+    assert scripts.log_backtest.detect_periods(pd.DatetimeIndex(index).as_unit("ns")) == (periods, label)
+
+
+def test_history_downsampling_keeps_first_last_and_deepest(scripts):
+    lb = scripts.log_backtest
+    rng = np.random.default_rng(8)
+    r = pd.Series(rng.normal(0, 0.01, 20_000))
+    equity, drawdown = lb.equity_and_drawdown(r, True)
+    np.testing.assert_allclose(equity, (1 + r).cumprod().to_numpy(), rtol=1e-12)
+    assert drawdown.max() <= 0
+    for deepest in (int(np.argmin(drawdown)), 1, 19_998, 12_345):
+        steps = lb.history_steps(len(r), 500, deepest)
+        assert len(steps) <= 500 and steps[0] == 0 and steps[-1] == len(r) - 1 and deepest in steps
+        assert (np.diff(steps) > 0).all()
+    assert list(lb.history_steps(10, 500, 3)) == list(range(10))
+
+
+# ---- validation: every input error is exit 2 with one line, before anything is written -------------------
+def write(tmp_path, name: str, text: str):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def run_main(scripts, capsys, *argv) -> tuple[int, str, str]:
+    code = scripts.log_backtest.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def good_csv(tmp_path, rows=30, name="r.csv") -> str:
+    frame = daily_frame(9, n=rows)
+    path = tmp_path / name
+    frame.to_csv(path, index=False)
+    return str(path)
+
+
+INVALID = {
+    "missing": (None, "no such file"),
+    "directory": ("DIR", "is a directory"),
+    "empty": ("", "is empty"),
+    "header_only": ("date,returns\n", "no data rows"),
+    "text_cell": ("date,r\n2024-01-02,0.01\n2024-01-03,abc\n2024-01-04,0.02\n", "non-numeric value 'abc'"),
+    "all_nan": ("date,r\n2024-01-02,\n2024-01-03,\n", "no numbers"),
+    "one_row": ("date,r\n2024-01-02,0.01\n", "need at least 2"),
+    "bad_timestamp": ("date,r\n2024-01-02,0.01\nnot-a-date,0.02\n2024-01-05,0.01\n", "unparseable timestamp"),
+    "missing_timestamp": ("date,r\n2024-01-02,0.01\n,0.02\n2024-01-05,0.01\n", "missing timestamp"),
+    "bare_numbers": ("r\n0.01\n0.02\n-0.01\n", "--periods-per-year"),
+    "duplicates": ("date,r\n2024-01-02,0.01\n2024-01-02,0.02\n2024-01-03,0.01\n", "duplicate timestamps"),
+    "infinite": ("date,r\n2024-01-02,0.01\n2024-01-03,inf\n2024-01-04,0.01\n", "infinite"),
+    "ruin": ("date,r\n2024-01-02,0.01\n2024-01-03,-1.0\n2024-01-04,0.01\n", "-100 %"),
+    "prices": ("date,r\n2024-01-02,100.5\n2024-01-03,101.2\n2024-01-04,100.9\n", "--prices"),
+    "percent": ("date,r\n" + "".join(f"2024-01-{d:02d},{v}\n" for d, v in
+                                      zip(range(2, 20), [1.2, -0.8, 2.5, -1.5, 0.3] * 4, strict=False)),
+                "--percent"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(INVALID))
+def test_invalid_returns_file_is_exit_2(scripts, capsys, tmp_path, case):
+    content, needle = INVALID[case]
+    if content is None:
+        path = str(tmp_path / "nope.csv")
+    elif content == "DIR":
+        path = str(tmp_path)
+    else:
+        path = write(tmp_path, "in.csv", content)
+    code, out, err = run_main(scripts, capsys, "--returns", path, "--dry-run")
+    assert code == 2 and out == ""
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and needle.lower() in lines[0].lower(), err
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--param", "bad key!=1"], "param key"),
+        (["--param", "rf=0.1"], "set by log_backtest"),
+        (["--param", "x=" + "v" * 7000], "longer than"),
+        (["--params", "{not json"], "not valid JSON"),
+        (["--params", "[1, 2]"], "JSON object"),
+        (["--tag", "mlflow.user=x"], "reserved"),
+        (["--tag", "novalue"], "KEY=VALUE"),
+        (["--rf", "-0.01"], ">= 0"),
+        (["--rf", "4"], "percent"),
+        (["--max-history-points", "2"], "at least 3"),
+        (["--prices", "--percent"], "exclude"),
+        (["--column", "nope"], "not a column"),
+    ],
+)
+def test_invalid_arguments_are_exit_2(scripts, capsys, tmp_path, extra, needle):
+    code, out, err = run_main(scripts, capsys, "--returns", good_csv(tmp_path), "--dry-run", *extra)
+    assert code == 2 and out == "" and needle.lower() in err.lower() and err.count("error: ") == 1, err
+
+
+def test_benchmark_problems_are_exit_2(scripts, capsys, tmp_path):
+    returns = good_csv(tmp_path)
+    far = daily_frame(10, n=30, start="1990-01-01")
+    far.to_csv(tmp_path / "far.csv", index=False)
+    code, _, err = run_main(
+        scripts, capsys, "--returns", returns, "--benchmark", str(tmp_path / "far.csv"), "--dry-run"
+    )
+    assert code == 2 and "common" in err
+    two = daily_frame(10, n=30, columns=("a", "b"))
+    two.to_csv(tmp_path / "two.csv", index=False)
+    code, _, err = run_main(
+        scripts, capsys, "--returns", returns, "--benchmark", str(tmp_path / "two.csv"), "--dry-run"
+    )
+    assert code == 2 and "--benchmark-column" in err
+
+
+def test_unsorted_nan_rows_and_time_zones_are_fixed_with_warnings(scripts, capsys, tmp_path):
+    text = (
+        "timestamp,r\n2024-01-03T00:00:00+01:00,0.01\n2024-01-01T23:00:00-01:00,0.02\n"
+        "2024-01-04T00:00:00Z,\n2024-01-05T00:00:00Z,-0.01\n2024-01-08T00:00:00Z,0.005\n"
+    )
+    code, out, err = run_main(scripts, capsys, "--returns", write(tmp_path, "tz.csv", text), "--dry-run")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["n_bars"] == 4 and data["start"] == "2024-01-02" and data["end"] == "2024-01-08"
+    assert any("sorted" in w for w in data["warnings"]) and any("NaN" in w for w in data["warnings"])
+    assert any("UTC" in w for w in data["warnings"])
+    assert "warning: " in err and "Traceback" not in err
+
+
+def test_bare_numbers_with_periods_per_year(scripts, capsys, tmp_path):
+    values = "\n".join(f"{v:.6f}" for v in np.random.default_rng(11).normal(0.001, 0.02, 60))
+    path = write(tmp_path, "bare.csv", "r\n" + values + "\n")
+    code, out, err = run_main(scripts, capsys, "--returns", path, "--periods-per-year", "12", "--dry-run")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["periods_per_year"] == 12 and data["frequency"] == "bars" and data["start"] == "bar 0"
+    assert "best_month" in data["undefined_metrics"] and "sharpe" in data["metrics"]
+
+
+def test_dry_run_touches_no_store(tmp_path):
+    folder = tmp_path / "work"
+    folder.mkdir()
+    daily_frame(12, n=300).to_csv(folder / "strategy.csv", index=False)
+    result = run_script("log_backtest", "--returns", "strategy.csv", "--dry-run", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    data = result.json()
+    assert data["dry_run"] is True and data["run_id"] is None and len(data["metrics"]) >= 60
+    assert sorted(p.name for p in folder.iterdir()) == ["strategy.csv"]
+
+
+def test_input_error_end_to_end_is_one_clean_line(tmp_path):
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / "p.csv").write_text("date,close\n2024-01-02,100\n2024-01-03,101\n2024-01-04,102\n")
+    result = run_script("log_backtest", "--returns", "p.csv", cwd=folder)
+    assert_clean_error(result, 2, "--prices")
+    assert sorted(p.name for p in folder.iterdir()) == ["p.csv"]
+
+
+# ---- one complete run on a local store ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("single")
+    daily_frame(13, n=2000).to_csv(folder / "momentum.csv", index=False)
+    bench = daily_frame(14, n=2100, columns=("spy",))  # 100 extra bars: dropped by the alignment
+    bench.to_csv(folder / "spy.csv", index=False)
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
+    args = [
+        "--returns", "momentum.csv", "--benchmark", "spy.csv", "--experiment", "mom", "--run-name", "mom-20",
+        "--params", '{"signal": {"lookback": 20, "skip": 1}}', "--param", "universe=sp500", "--tag", "team=quant",
+        "--description", "Twelve-one momentum", "--rf", "0.01", "--max-history-points", "500",
+    ]  # fmt: skip
+    result = run_script("log_backtest", *args, env=env, cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return {"folder": folder, "env": env, "args": args, "result": result, "out": result.json()}
+
+
+def test_single_output_and_clean_stderr(single):
+    out = single["out"]
+    assert out["run_name"] == "mom-20" and out["experiment"] == "mom" and out["deduplicated"] is False
+    assert out["periods_per_year"] == 252 and out["frequency"] == "daily" and out["n_bars"] == 2000
+    assert (
+        out["benchmark"]["benchmark_bars_dropped"] == 100 and out["benchmark"]["strategy_bars_dropped"] == 0
+    )
+    assert set(out["artifacts"]) == {"metrics.json", "returns.csv", "tearsheet.html"}
+    assert len(out["metrics"]) >= 66 and out["url"] is None
+    assert single["result"].stderr == "", single["result"].stderr  # no library noise
+
+
+def test_single_run_holds_everything(single):
+    client = client_for(single["env"])
+    run = client.get_run(single["out"]["run_id"])
+    assert run.info.status == "FINISHED"
+    scalars = {k: v for k, v in run.data.metrics.items() if k not in ("equity", "drawdown")}
+    assert scalars == pytest.approx(single["out"]["metrics"], rel=1e-15)
+    # the logged numbers are QuantStats' own, on the series as the user's file holds it
+    qs = qs_module()
+    r = read_back(single["folder"] / "momentum.csv")
+    assert run.data.metrics["sharpe"] == pytest.approx(qs.stats.sharpe(r, 0.01, 252), rel=1e-12)
+    assert run.data.metrics["max_drawdown"] == pytest.approx(qs.stats.max_drawdown(r), rel=1e-12)
+    params = run.data.params
+    assert (
+        params["signal.lookback"] == "20" and params["signal.skip"] == "1" and params["universe"] == "sp500"
+    )
+    assert params["n_bars"] == "2000" and params["periods_per_year"] == "252" and params["rf"] == "0.01"
+    assert params["start"] == "2015-01-02" and params["source_file"] == "momentum.csv"
+    assert (
+        params["benchmark"] == "spy.csv" and params["compounded"] == "true" and params["frequency"] == "daily"
+    )
+    tags = run.data.tags
+    assert tags["team"] == "quant" and len(tags["backtest.fingerprint"]) == 64
+    assert tags["backtest.skill_version"] and "backtest.undefined_metrics" in tags
+    note = tags["mlflow.note.content"]
+    assert note.startswith("Twelve-one momentum") and "| sharpe |" in note and "2015-01-02" in note
+    [dataset_input] = run.inputs.dataset_inputs
+    assert {(t.key, t.value) for t in dataset_input.tags} == {("mlflow.data.context", "backtest")}
+    assert json.loads(dataset_input.dataset.profile)["num_rows"] == 2000
+    assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == [
+        "metrics.json", "returns.csv", "tearsheet.html"
+    ]  # fmt: skip
+
+
+def test_single_histories_and_artifacts(single, tmp_path):
+    client = client_for(single["env"])
+    run_id = single["out"]["run_id"]
+    r = read_back(single["folder"] / "momentum.csv")
+    equity = (1 + r).cumprod()
+    drawdown = equity / np.maximum(equity.cummax(), 1.0) - 1
+    history = {m.step: m for m in client.get_metric_history(run_id, "equity")}
+    dd_history = {m.step: m for m in client.get_metric_history(run_id, "drawdown")}
+    assert len(history) <= 500 and set(history) == set(dd_history)
+    deepest = int(np.argmin(drawdown.to_numpy()))
+    assert {0, len(r) - 1, deepest} <= set(history)
+    for step, point in history.items():
+        assert point.timestamp == r.index[step].value // 1_000_000
+        assert point.value == pytest.approx(equity.iloc[step], rel=1e-12)
+        assert dd_history[step].value == pytest.approx(drawdown.iloc[step], rel=1e-12, abs=1e-15)
+    assert dd_history[deepest].value == pytest.approx(single["out"]["metrics"]["max_drawdown"], rel=1e-12)
+    local = client.download_artifacts(run_id, "", str(tmp_path))
+    with open(os.path.join(local, "metrics.json")) as handle:
+        doc = json.load(handle)
+    assert doc["metrics"] == single["out"]["metrics"] and doc["settings"]["rf"] == 0.01
+    with open(os.path.join(local, "tearsheet.html"), encoding="utf-8") as handle:
+        html = handle.read()
+    assert "<html" in html.lower() and "mom-20" in html
+    saved = pd.read_csv(os.path.join(local, "returns.csv"))
+    np.testing.assert_array_equal(saved["returns"].to_numpy(), r.to_numpy())
+
+
+def test_dedupe_then_force(single):
+    env, folder, args = single["env"], single["folder"], single["args"]
+    again = run_script("log_backtest", *args, "--no-tearsheet", env=env, cwd=folder)
+    assert again.returncode == 0, again.stderr
+    out = again.json()
+    assert out["deduplicated"] is True and out["run_id"] == single["out"]["run_id"] and out["artifacts"] == []
+    assert "--force" in again.stderr
+    forced = run_script("log_backtest", *args, "--no-tearsheet", "--force", env=env, cwd=folder)
+    assert forced.returncode == 0, forced.stderr
+    assert forced.json()["deduplicated"] is False and forced.json()["run_id"] != single["out"]["run_id"]
+    client = client_for(env)
+    experiment = client.get_experiment_by_name("mom")
+    assert len(client.search_runs([experiment.experiment_id])) == 2
+
+
+# ---- a sweep on the real server, artifacts through its proxy ------------------------------------------------
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, mlflow_server):
+    folder = tmp_path_factory.mktemp("sweep")
+    frame = daily_frame(15, n=800, columns=("fast", "medium", "slow"))
+    frame["always_up"] = np.random.default_rng(16).uniform(0.0001, 0.002, len(frame))  # no losing bar
+    frame.to_csv(folder / "grid.csv", index=False)
+    experiment = unique("sweep")
+    env = mlflow_server.env(mlflow_server.alice)
+    result = run_script(
+        "log_backtest",
+        "--returns",
+        "grid.csv",
+        "--experiment",
+        experiment,
+        "--param",
+        "grid=v1",
+        env=env,
+        cwd=folder,
+    )
+    assert result.returncode == 0, result.stderr
+    return {"folder": folder, "env": env, "experiment": experiment, "result": result, "out": result.json()}
+
+
+def test_sweep_parent_and_children(sweep, tmp_path):
+    out = sweep["out"]
+    client = client_for(sweep["env"])
+    assert [r["run_name"] for r in out["runs"]] == ["fast", "medium", "slow", "always_up"]
+    assert out["url"].endswith(f"/runs/{out['parent_run_id']}") and "[4/4]" in sweep["result"].stderr
+    parent = client.get_run(out["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["backtest.sweep"] == "true"
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{out['parent_run_id']}'"
+    )
+    assert sorted(c.info.run_name for c in children) == ["always_up", "fast", "medium", "slow"]
+    assert all(c.info.status == "FINISHED" and c.data.params["grid"] == "v1" for c in children)
+    best = max((c for c in children if "sharpe" in c.data.metrics), key=lambda c: c.data.metrics["sharpe"])
+    assert parent.data.tags["backtest.best_run_id"] == best.info.run_id == out["best_run_id"]
+    assert parent.data.metrics["sharpe"] == best.data.metrics["sharpe"]
+    local = client.download_artifacts(out["parent_run_id"], "", str(tmp_path))
+    table = pd.read_csv(os.path.join(local, "comparison.csv"))
+    assert list(table["column"]) == ["fast", "medium", "slow", "always_up"]
+    assert set(os.listdir(local)) == {"comparison.csv", "tearsheet.html"}
+    best_artifacts = {a.path for a in client.list_artifacts(best.info.run_id)}
+    assert best_artifacts == {"metrics.json", "returns.csv", "tearsheet.html"}
+
+
+def test_sweep_child_with_undefined_metrics(sweep):
+    client = client_for(sweep["env"])
+    up = next(r for r in sweep["out"]["runs"] if r["run_name"] == "always_up")
+    assert "profit_factor" in up["undefined_metrics"] and "profit_factor" not in up["metrics"]
+    run = client.get_run(up["run_id"])
+    assert "profit_factor" not in run.data.metrics and "sortino" not in run.data.metrics
+    assert set(run.data.tags["backtest.undefined_metrics"].split(",")) == set(up["undefined_metrics"])
+
+
+def test_sweep_dedupe(sweep):
+    again = run_script(
+        "log_backtest", "--returns", "grid.csv", "--experiment", sweep["experiment"], "--param", "grid=v1",
+        "--no-tearsheet", env=sweep["env"], cwd=sweep["folder"],
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    out = again.json()
+    assert out["deduplicated"] is True and out["parent_run_id"] == sweep["out"]["parent_run_id"]
+    assert [r["run_id"] for r in out["runs"]] == [r["run_id"] for r in sweep["out"]["runs"]]
+
+
+# ---- a server that dies mid-run ------------------------------------------------------------------------------
+class KillOnRead(dict):
+    """Metrics that kill the server when write_run starts logging them: right after the run was created."""
+
+    def __init__(self, data, server):
+        super().__init__(data)
+        self.server = server
+
+    def items(self):
+        self.server.kill()
+        return super().items()
+
+
+def test_server_dying_mid_run_leaves_no_finished_run(scripts, tmp_path):
+    lb = scripts.log_backtest
+    server = MlflowServer(tmp_path / "server").start()
+    try:
+        frame = daily_frame(17, n=300)
+        frame.to_csv(tmp_path / "s.csv", index=False)
+        parser = lb.build_parser()
+        req = lb.build_request(parser.parse_args(["--returns", str(tmp_path / "s.csv"), "--no-tearsheet"]))
+        [item] = lb.load_all(req)
+        prep = lb.prepare(item, req, "doomed", tmp_path / "run", column_param=False)
+        os.environ.update(server.env())
+        client = lb.connect(server.url)
+        experiment_id = lb.ensure_experiment(client, "doomed")
+        prep.metrics = KillOnRead(prep.metrics, server)
+        code = lb.run_cli(lambda: lb.write_run(client, experiment_id, prep, req), debug=False)
+        assert code == lb.EXIT_UNREACHABLE and prep.run_id
+    finally:
+        server.kill()
+    revived = MlflowServer(server.root, port=server.port, admin=server.admin).start()
+    try:
+        runs = revived.client().search_runs([experiment_id])
+        assert [r.info.run_id for r in runs] == [prep.run_id]
+        assert runs[0].info.status != "FINISHED" and "sharpe" not in runs[0].data.metrics
+    finally:
+        revived.stop()
