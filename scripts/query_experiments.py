@@ -779,6 +779,16 @@ def search_runs(client, experiment_ids, filter_string: str, order_by: list[str],
             )
         except MlflowException as exc:
             flag = "--order-by" if order_by and "order" in str(exc).lower() else "--filter"
+            code, _ = classify_error(exc)
+            slow_sort = any(re.match(r"\s*(metrics|params|tags)\.", o) for o in order_by)
+            if code == EXIT_UNREACHABLE and slow_sort and re.search(r"timed out|Timeout", str(exc)):
+                raise CliError(
+                    EXIT_UNREACHABLE,
+                    "the server timed out ordering by a metric/param/tag. On a SQLite-backed server without "
+                    "table statistics this sort is quadratic in the number of runs: the server admin can run "
+                    "`sqlite3 mlflow.db 'PRAGMA analysis_limit=1000; ANALYZE;'` once; meanwhile narrow --filter "
+                    "or raise MLFLOW_HTTP_REQUEST_TIMEOUT",
+                ) from None
             raise (filter_error(exc, flag) or exc) from None
         runs.extend(page)
         token = page.token
