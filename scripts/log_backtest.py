@@ -1064,18 +1064,44 @@ def since(x, months: int | None = None, period: str | None = None):
     return x[x.index >= start]
 
 
-def import_quantstats():
-    """QuantStats, headless and quiet: Agg backend, no warnings or prints reaching our streams."""
-    if "quantstats" not in sys.modules:
-        phase("importing quantstats")
-    os.environ.setdefault("MPLBACKEND", "Agg")
+def import_quantstats(full: bool = True):
+    """QuantStats, headless and quiet: Agg backend, no warnings or prints reaching our streams.
+
+    `import quantstats` loads its plotting stack (matplotlib, seaborn: ~3 s) even when only qs.stats is
+    needed. For metrics alone (full=False) the package module is created without running its __init__ and
+    only quantstats.stats (+ utils) is imported: the same code, loaded lazily. The tearsheet (full=True)
+    then adds reports and plots to that same package. Any surprise falls back to the plain import."""
     import contextlib
     import io
     import warnings
 
+    if "quantstats" not in sys.modules or (full and not hasattr(sys.modules["quantstats"], "reports")):
+        phase("importing quantstats" + ("" if full else " (stats only)"))
+    os.environ.setdefault("MPLBACKEND", "Agg")
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
+        if "quantstats" not in sys.modules and not full:
+            import importlib.util
+            import types
+
+            spec = importlib.util.find_spec("quantstats")
+            package = types.ModuleType("quantstats")
+            package.__path__ = list(spec.submodule_search_locations or [])
+            package.__spec__, package.__file__ = spec, spec.origin
+            sys.modules["quantstats"] = package
+            try:
+                import quantstats.stats  # noqa: F401
+                import quantstats.version
+
+                package.__version__ = quantstats.version.version
+            except Exception:  # noqa: BLE001 - fall back to QuantStats' own package import
+                for name in [m for m in sys.modules if m == "quantstats" or m.startswith("quantstats.")]:
+                    del sys.modules[name]
         import quantstats as qs
+
+        if full:
+            import quantstats.plots
+            import quantstats.reports  # noqa: F401
     return qs
 
 
@@ -1088,7 +1114,7 @@ def compute_metrics(item: Series, rf: float, periods: float, compounded: bool) -
 
     import numpy as np
 
-    qs = import_quantstats()
+    qs = import_quantstats(full=False)
     r = item.returns
     ns = {
         "qs": qs,
