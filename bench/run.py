@@ -331,29 +331,52 @@ def case_history(args, work: Path, stores: Stores) -> None:
     )
 
 
+def bulk_seed_runs(db_uri: str, experiment: str, runs: int) -> None:
+    """Finished runs with 5 metrics and 2 params, inserted in one transaction through MLflow's own models
+    (the client takes ~80 ms a run: 7 minutes for 5,000). Both sides of the case query the same store."""
+    import uuid
+
+    from mlflow import MlflowClient
+    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam, SqlRun, SqlTag
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from sqlalchemy import insert
+
+    experiment_id = int(MlflowClient(db_uri).create_experiment(experiment))
+    rng = np.random.default_rng(SEED)
+    base = int(time.time() * 1000) - runs * 1000
+    rows: dict[str, list] = {"runs": [], "metrics": [], "params": [], "tags": []}
+    for i in range(runs):
+        run_id, start, name = uuid.uuid4().hex, base + i * 1000, f"run-{i}"
+        rows["runs"].append(
+            dict(run_uuid=run_id, name=name, experiment_id=experiment_id, source_type="LOCAL", source_name="",
+                 entry_point_name="", user_id="bench", status="FINISHED", start_time=start, end_time=start + 500,
+                 source_version="", lifecycle_stage="active", artifact_uri=f"/tmp/none/{run_id}")
+        )  # fmt: skip
+        names = ("sharpe", "sortino", "cagr", "max_drawdown", "volatility")
+        rows["metrics"] += [
+            dict(key=k, value=float(v), timestamp=start, step=0, is_nan=False, run_uuid=run_id)
+            for k, v in zip(names, rng.normal(size=len(names)), strict=True)
+        ]
+        rows["params"] += [dict(key="window", value=str(10 + i % 50), run_uuid=run_id)]
+        rows["params"] += [dict(key="universe", value="sp500", run_uuid=run_id)]
+        rows["tags"].append(dict(key="mlflow.runName", value=name, run_uuid=run_id))
+    store = SqlAlchemyStore(db_uri, "/tmp/none")
+    with store.ManagedSessionMaker() as session:
+        session.execute(insert(SqlRun.__table__), rows["runs"])
+        session.execute(insert(SqlMetric.__table__), rows["metrics"])
+        session.execute(insert(SqlLatestMetric.__table__), rows["metrics"])
+        session.execute(insert(SqlParam.__table__), rows["params"])
+        session.execute(insert(SqlTag.__table__), rows["tags"])
+    store.engine.dispose()
+
+
 def case_query(args, work: Path, stores: Stores) -> None:
     runs = 100 if args.quick else 5000
     cache = BENCH / "out" / f"query-{runs}.db"
     if not cache.exists():
-        from mlflow import MlflowClient
-        from mlflow.entities import Metric, Param
-
         cache.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(stores.template, cache)
-        client = MlflowClient(f"sqlite:///{cache}")
-        experiment_id = client.create_experiment("query-bench")
-        rng = np.random.default_rng(SEED)
-        now = int(time.time() * 1000)
-        for i in range(runs):
-            run_id = client.create_run(experiment_id, run_name=f"run-{i}").info.run_id
-            names = ("sharpe", "sortino", "cagr", "max_drawdown", "volatility")
-            values = dict(zip(names, rng.normal(size=len(names)), strict=True))
-            client.log_batch(
-                run_id,
-                metrics=[Metric(k, float(v), now, 0) for k, v in values.items()],
-                params=[Param("window", str(10 + i % 50)), Param("universe", "sp500")],
-            )
-            client.set_terminated(run_id)
+        bulk_seed_runs(f"sqlite:///{cache}", "query-bench", runs)
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{cache}"}
     ours, base = alternate(
         args.reps,
