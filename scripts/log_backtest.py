@@ -1773,9 +1773,12 @@ def run_sweep(preps: list[Prepared], req: Request, tmp: Path, debug: bool, args)
             parent_dir = tmp / "parent"
             parent_dir.mkdir()
             if req.tearsheet:
-                # One tearsheet per sweep, for the best child (also on the parent): QuantStats' report takes
-                # ~5 s per series, which would make a 10-column sweep cost as much as 10 separate calls.
-                add_tearsheet(best, req)
+                # Every child is a complete run, tearsheet included (QuantStats' report costs ~3-5 s a series;
+                # --no-tearsheet skips them all). The parent carries a copy of the best child's. All are drawn
+                # before the parent run exists, so a failing report leaves nothing half-written.
+                for i, p in enumerate(preps):
+                    add_tearsheet(p, req)
+                    print(f"[{i + 1}/{len(preps)}] {p.item.name}: tearsheet drawn", file=sys.stderr)
                 (parent_dir / "tearsheet.html").write_bytes((best.folder / "tearsheet.html").read_bytes())
             parent_tags = {
                 FINGERPRINT_TAG: parent_fp,

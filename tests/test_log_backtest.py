@@ -510,8 +510,9 @@ def test_sweep_parent_and_children(sweep, tmp_path):
     table = pd.read_csv(os.path.join(local, "comparison.csv"))
     assert list(table["column"]) == ["fast", "medium", "slow", "always_up"]
     assert set(os.listdir(local)) == {"comparison.csv", "tearsheet.html"}
-    best_artifacts = {a.path for a in client.list_artifacts(best.info.run_id)}
-    assert best_artifacts == {"metrics.json", "returns.csv", "tearsheet.html"}
+    for child in children:  # every child is a complete run, tearsheet included
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert artifacts == {"metrics.json", "returns.csv", "tearsheet.html"}, child.info.run_name
 
 
 def test_sweep_child_with_undefined_metrics(sweep):
