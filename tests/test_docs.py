@@ -213,3 +213,11 @@ def test_readme_ui_command_serves_the_local_store(tmp_path):
 
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(30)
+
+
+def test_metrics_reference_is_generated_from_the_script_table(scripts):
+    """references/quantstats-metrics.md ends with exactly the table log_backtest.py computes from."""
+    text = (ROOT / "references" / "quantstats-metrics.md").read_text()
+    table = scripts.log_backtest.metric_table_markdown()
+    assert text.endswith(table), "regenerate the table: it no longer matches log_backtest.METRICS"
+    assert text.count("\n| `") == len(scripts.log_backtest.METRICS)
