@@ -281,6 +281,7 @@ def test_generated_files_end_to_end_leave_no_run_on_failure(lb, tmp_path, case):
     folder = Path(tempfile.mkdtemp(dir=tmp_path))
     (folder / "returns.csv").write_text(case.text)
     result = run_script("log_backtest", "--returns", "returns.csv", "--no-tearsheet", *case.args, cwd=folder)
+    event(f"exit {result.returncode}")
     check_contract(lb, case, result.returncode, result.stdout, result.stderr)
     made = sorted(p.name for p in folder.iterdir())
     if result.returncode == 2:

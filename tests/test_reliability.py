@@ -86,3 +86,166 @@ def test_secret_scan_finds_a_planted_secret(tmp_path):
         (scan_root / "params.txt").unlink()
     assert scanned == 1
     assert str(scan_root / "params.txt") in leaks and any(leak.startswith("script output") for leak in leaks)
+
+
+# ---- issue 6 additions: permissions, a server killed mid-write, credentials in URIs, --debug -----------------
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+
+import numpy as np  # noqa: E402
+from harness import ROOT, SCRIPTS, MlflowServer, clean_env, require_tool  # noqa: E402
+
+
+def no_secret_in(text: str) -> bool:
+    return not any(secret in text for secret in harness.SECRETS)
+
+
+@pytest.mark.server
+def test_read_only_user_writing_is_exit_4_and_never_echoed(mlflow_server, tmp_path):
+    """reader may read an experiment someone else owns, not log into it: exit 4, nothing written."""
+    admin = mlflow_server.client()
+    name = f"readonly-{uuid.uuid4().hex[:8]}"
+    experiment_id = admin.create_experiment(name)
+    mlflow_server.grant(mlflow_server.reader, experiment_id, "READ")
+    result = run_script(
+        "log_backtest", "--returns", str(DATA / "example_returns.csv"), "--no-tearsheet", "--experiment", name,
+        env=mlflow_server.env(mlflow_server.reader), cwd=tmp_path,
+    )  # fmt: skip
+    assert_clean_error(result, 4, "403", "MLFLOW_TRACKING_USERNAME")
+    assert no_secret_in(result.stdout + result.stderr)
+    assert mlflow_server.client().search_runs([experiment_id]) == []
+
+
+def test_server_killed_while_log_backtest_writes_leaves_no_finished_run(tmp_path):
+    """A real log_backtest process, a server of its own killed once the run exists and its first history
+    points landed (polled from here).
+    60,000 bars with every bar a history point make 120 history requests: the kill lands mid-write."""
+    n = 60_000
+    values = np.random.default_rng(61).normal(0.0002, 0.005, n)
+    (tmp_path / "long.csv").write_text("returns\n" + "\n".join(f"{v:.10f}" for v in values) + "\n")
+    server = MlflowServer(tmp_path / "server").start()
+    experiment = "killed"
+    command = [
+        require_tool("uv"), "run", "--quiet", str(SCRIPTS / "log_backtest.py"), "--returns", "long.csv",
+        "--periods-per-year", "252", "--max-history-points", str(n), "--no-tearsheet",
+        "--experiment", experiment,
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=clean_env(**server.env()), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    run_id = None
+    try:
+        client = server.client()
+        deadline = time.monotonic() + 300
+        while run_id is None and time.monotonic() < deadline and process.poll() is None:
+            found = client.get_experiment_by_name(experiment)
+            runs = client.search_runs([found.experiment_id]) if found else []
+            if runs:
+                run_id = runs[0].info.run_id
+            else:
+                time.sleep(0.2)
+        # then until the first metrics landed: the kill comes with the histories half-written
+        while run_id and time.monotonic() < deadline and process.poll() is None:
+            if client.get_metric_history(run_id, "equity"):
+                break
+            time.sleep(0.1)
+        server.kill()
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        server.kill()
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    harness.OUTPUTS.append(stdout + stderr)
+    assert run_id is not None, ("the run never appeared", process.returncode, stderr)
+    assert process.returncode != 0, stdout
+    assert_clean_error(harness.Result(process.returncode, stdout, stderr, 0.0), 5, "MLFLOW_TRACKING_URI")
+    revived = MlflowServer(server.root, port=server.port, admin=server.admin).start()
+    try:
+        client = revived.client()
+        runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+        assert [r.info.run_id for r in runs] == [run_id]  # one run, the one we saw: nothing else written
+        run = runs[0]
+        # The server died, so the script could not mark it FAILED either: it stays RUNNING (unfinished)
+        assert run.info.status in ("RUNNING", "FAILED"), run.info.status
+        points = len(client.get_metric_history(run_id, "equity"))
+        assert 0 < points < n, points  # the kill landed mid-write: partial data, and not FINISHED
+        print(f"after restart: status {run.info.status}, {points}/{n} equity points, "
+              f"{len(run.data.metrics)} metrics, {len(run.data.params)} params")  # fmt: skip
+    finally:
+        revived.stop()
+
+
+@pytest.mark.server
+def test_credentials_in_uri_and_env_are_never_printed_or_logged(mlflow_server, tmp_path):
+    """Each script with a password in the environment AND another user's in --tracking-uri
+    (http://user:pass@host): nothing printed holds either, URIs shown are masked, and the run logged with
+    them holds neither in a param or tag."""
+    uri_user = mlflow_server.create_user(f"uri-{uuid.uuid4().hex[:6]}")
+    env_user = mlflow_server.alice
+    uri = f"http://{uri_user.username}:{uri_user.password}@127.0.0.1:{mlflow_server.port}"
+    seed = mlflow_server.client(env_user)
+    seed_experiment = seed.create_experiment(f"secrets-seed-{uuid.uuid4().hex[:6]}")
+    seed_run = seed.create_run(seed_experiment).info.run_id
+    for step in range(3):
+        seed.log_metric(seed_run, "equity", 1.0 + step / 10, step=step)
+    seed.set_terminated(seed_run)
+    experiment = f"secrets-{uuid.uuid4().hex[:6]}"
+    calls = {
+        "create_experiment": ["--name", f"{experiment}-created"],
+        "log_backtest": ["--returns", str(DATA / "example_returns.csv"), "--no-tearsheet",
+                         "--experiment", experiment, "--param", "note=credentials set"],
+        "query_experiments": ["run", "--run-id", seed_run],
+        "get_metric_history": ["--run-id", seed_run, "--metrics", "equity"],
+    }  # fmt: skip
+    env = {
+        "MLFLOW_TRACKING_USERNAME": env_user.username,
+        "MLFLOW_TRACKING_PASSWORD": env_user.password,
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:1",  # --tracking-uri must win over this
+    }
+
+    def one(name):
+        return name, run_script(name, *calls[name], "--tracking-uri", uri, env=env, cwd=tmp_path)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = dict(pool.map(one, calls))
+    for name, result in results.items():
+        text = result.stdout + result.stderr
+        assert result.returncode == 0, (name, result.stderr)
+        assert uri_user.password not in text and env_user.password not in text, name
+        assert f"{uri_user.username}:" not in text, name  # the URI's user:password part is masked whole
+    logged = results["log_backtest"].json()
+    assert logged["tracking_uri"] == f"http://***@127.0.0.1:{mlflow_server.port}"
+    assert "@" not in (logged["url"] or "") and logged["url"].startswith(mlflow_server.url)
+    run = mlflow_server.client().get_run(logged["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["note"] == "credentials set"
+    stored = [*run.data.params.items(), *run.data.tags.items()]
+    assert all(no_secret_in(k) and no_secret_in(v) for k, v in stored), stored
+    assert all(uri_user.username + ":" not in v for _, v in stored)
+
+
+@pytest.mark.parametrize("name", CALLS)
+def test_debug_prints_the_traceback_of_an_unexpected_error(scripts, capsys, name):
+    """--debug promises the traceback (EXIT_CODES_HELP: 'rerun with --debug for the traceback')."""
+    module = getattr(scripts, name)
+
+    def boom():
+        raise ZeroDivisionError("planted")
+
+    code = module.run_cli(boom, debug=True)
+    err = capsys.readouterr().err
+    assert code == 1 and "error: ZeroDivisionError: planted" in err
+    assert "Traceback (most recent call last)" in err and "in boom" in err, err
+
+
+def test_env_local_is_ignored_by_git():
+    ignored = subprocess.run(["git", "check-ignore", "-q", ".env.local"], cwd=ROOT)
+    assert ignored.returncode == 0
+    tracked = subprocess.run(
+        ["git", "ls-files", "--error-unmatch", ".env.local"], cwd=ROOT, capture_output=True
+    )
+    assert tracked.returncode != 0
+    assert os.path.exists(ROOT / ".gitignore")
