@@ -309,3 +309,22 @@ def test_timestamps_outside_pandas_range_are_exit_2(scripts, tmp_path):
             code = scripts.log_backtest.main(["--returns", str(path), "--dry-run"])
         assert code == 2 and out.getvalue() == "", (code, err.getvalue())
         assert err.getvalue().startswith("error: ") and "timestamp" in err.getvalue(), err.getvalue()
+
+
+def test_returns_whose_equity_overflows_are_exit_2_never_inf_histories(lb, tmp_path):
+    """Two returns of 1e300 pass every unit heuristic (fewer than 3 values beyond +-1) but their compounded
+    equity overflows float64: the equity history would hold inf (MLflow stores it as 1.8e308, a number that
+    looks real) and the drawdown NaN. Bad input: exit 2 with one line, or at least finite histories."""
+    path = tmp_path / "huge.csv"
+    path.write_text(
+        "date,r\n2024-01-02,0.01\n2024-01-03,1e300\n2024-01-04,-0.01\n2024-01-05,1e300\n"
+        "2024-01-08,-0.02\n2024-01-09,0.01\n"
+    )
+    case = Case(path.read_text(), [], {"r": [0.01, 1e300, -0.01, 1e300, -0.02, 0.01]})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        code, stdout, stderr, _ = run_in_process(lb, case, tmp_path)
+        if code == 0:
+            check_histories(lb, case, tmp_path)
+    assert code == 2 and stdout == "" and stderr.startswith("error: "), (code, stderr)
+    assert [w for w in caught if not issubclass(w.category, MUST_NOT_SHOW)] == []
