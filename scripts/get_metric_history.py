@@ -209,11 +209,12 @@ def flat_rows(data) -> list[dict]:
     return [flatten(row) if isinstance(row, dict) else {"value": row} for row in data]
 
 
-def cell(value) -> str:
+def cell(value, exact: bool = False) -> str:
+    """Text of one table or csv cell: floats at 6 significant digits for people, exact (repr) for csv."""
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return repr(value) if exact else f"{value:.6g}"
     if isinstance(value, list | dict):
         return json.dumps(value, default=str)
     return str(value)
@@ -223,7 +224,11 @@ def emit(data, fmt: str) -> None:
     """Print data to stdout as json, table or csv. stdout carries data only."""
     data = json_safe(data)
     if fmt == "json":
-        sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+        if isinstance(data, list):  # one item per line: compact for agents, still readable and greppable
+            body = ",\n".join(json.dumps(item, default=str, ensure_ascii=False) for item in data)
+            sys.stdout.write(f"[\n{body}\n]\n" if data else "[]\n")
+        else:
+            sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
         return
     rows = flat_rows(data)
     columns = list(dict.fromkeys(key for row in rows for key in row))
@@ -232,7 +237,7 @@ def emit(data, fmt: str) -> None:
 
         writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
-        writer.writerows({c: cell(row.get(c)) for c in columns} for row in rows)
+        writer.writerows({c: cell(row.get(c), exact=True) for c in columns} for row in rows)
         return
     table = [[cell(row.get(c)) for c in columns] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in table]) for i, c in enumerate(columns)]

@@ -218,11 +218,12 @@ def flat_rows(data) -> list[dict]:
     return [flatten(row) if isinstance(row, dict) else {"value": row} for row in data]
 
 
-def cell(value) -> str:
+def cell(value, exact: bool = False) -> str:
+    """Text of one table or csv cell: floats at 6 significant digits for people, exact (repr) for csv."""
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return repr(value) if exact else f"{value:.6g}"
     if isinstance(value, list | dict):
         return json.dumps(value, default=str)
     return str(value)
@@ -232,7 +233,11 @@ def emit(data, fmt: str) -> None:
     """Print data to stdout as json, table or csv. stdout carries data only."""
     data = json_safe(data)
     if fmt == "json":
-        sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+        if isinstance(data, list):  # one item per line: compact for agents, still readable and greppable
+            body = ",\n".join(json.dumps(item, default=str, ensure_ascii=False) for item in data)
+            sys.stdout.write(f"[\n{body}\n]\n" if data else "[]\n")
+        else:
+            sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
         return
     rows = flat_rows(data)
     columns = list(dict.fromkeys(key for row in rows for key in row))
@@ -241,7 +246,7 @@ def emit(data, fmt: str) -> None:
 
         writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
-        writer.writerows({c: cell(row.get(c)) for c in columns} for row in rows)
+        writer.writerows({c: cell(row.get(c), exact=True) for c in columns} for row in rows)
         return
     table = [[cell(row.get(c)) for c in columns] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in table]) for i, c in enumerate(columns)]
@@ -402,7 +407,9 @@ def run_record(run, columns: dict | None = None, all_columns: bool = False) -> d
     else:
         metrics = select(data.metrics, None, KEY_METRICS)
         params = dict(sorted(data.params.items()))
-        shown_tags = {k: v for k, v in sorted(tags.items()) if not k.startswith("mlflow.")}
+        # log_backtest's bookkeeping tags (fingerprint, skill version, undefined metrics) stay out of the
+        # default listing: they cost ~200 characters a run. --all-columns, --columns tags.* and `run` show them.
+        shown_tags = {k: v for k, v in sorted(tags.items()) if not k.startswith(("mlflow.", "backtest."))}
     duration = None
     if info.start_time and info.end_time:
         duration = round((info.end_time - info.start_time) / 1000, 3)
@@ -652,22 +659,8 @@ def bounded(data, fmt: str, max_chars: int) -> tuple[str, str | None]:
     return text, f"output cut to {max_chars} characters by shortening {fields}; {hint}"
 
 
-def full_precision(value):
-    """Floats as their shortest exact text. The preamble's cell() prints 6 significant digits, right for a
-    table but lossy in a CSV meant for analysis, so CSV data goes through this first."""
-    if isinstance(value, float) and math.isfinite(value):
-        return repr(value)
-    if isinstance(value, dict):
-        return {k: full_precision(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [full_precision(v) for v in value]
-    return value
-
-
 def print_bounded(data, fmt: str, max_chars: int | None) -> None:
     limit = (0 if fmt == "csv" else MAX_OUTPUT_CHARS) if max_chars is None else max_chars
-    if fmt == "csv":
-        data = full_precision(data)
     text, note = bounded(data, fmt, limit)
     sys.stdout.write(text)
     if note:
@@ -1138,7 +1131,11 @@ def build_parser() -> CliParser:
     parser = CliParser(
         prog="query_experiments.py",
         description="Find, inspect, compare and group backtests in MLflow (filters run in the store).",
-        epilog=f"filter grammar and examples: {QUERY_DOC}\n\n{EXIT_CODES_HELP}",
+        epilog=(
+            "every subcommand also takes (after its name): --format json|table|csv, --max-chars N, "
+            "--tracking-uri URI, --debug\n"
+            f"filter grammar and examples: {QUERY_DOC}\n\n{EXIT_CODES_HELP}"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=CliParser, metavar="SUBCOMMAND")

@@ -89,9 +89,18 @@ def test_help_imports_nothing_heavy_and_lists_exit_codes(name):
     assert "--format" in help_text and "--tracking-uri" in help_text and "--debug" in help_text
 
 
+# The least each script needs to get past argparse's check of required arguments.
+MINIMAL_ARGS = {
+    "log_backtest": ["--returns", "r.csv"],
+    "query_experiments": ["experiments"],
+    "create_experiment": ["--name", "x"],
+    "get_metric_history": ["--run-id", "x", "--metrics", "equity"],
+}
+
+
 @pytest.mark.parametrize("name", SCRIPT_NAMES)
 def test_usage_error_is_one_line_exit_2(name):
-    result = run_script(name, "--no-such-flag")
+    result = run_script(name, *MINIMAL_ARGS[name], "--no-such-flag")
     assert_clean_error(result, 2, "--no-such-flag", "--help")
 
 

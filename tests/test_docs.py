@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from harness import DATA, ROOT, OUTPUTS, clean_env, require_tool, run_script
+from harness import DATA, OUTPUTS, ROOT, clean_env, require_tool, run_script
 
 DOC_FILES = [ROOT / "SKILL.md", ROOT / "README.md", *sorted((ROOT / "references").glob("*.md"))]
 BLOCK = re.compile(
@@ -87,7 +87,9 @@ def sample_files(folder: Path) -> None:
     returns = pd.Series(rng.normal(0.0005, 0.01, len(index)), index=index, name="returns")
     returns.to_frame().to_csv(folder / "returns.csv")
     (100 * (1 + returns).cumprod()).rename("close").to_frame().to_csv(folder / "prices.csv")
-    sweep = pd.DataFrame(rng.normal(0.0004, 0.01, (len(index), 3)), index=index, columns=["fast", "medium", "slow"])
+    sweep = pd.DataFrame(
+        rng.normal(0.0004, 0.01, (len(index), 3)), index=index, columns=["fast", "medium", "slow"]
+    )
     sweep.to_csv(folder / "sweep.csv")
     pd.Series(rng.normal(0.0003, 0.009, len(index)), index=index, name="spy").to_frame().to_csv(
         folder / "benchmark.csv"
@@ -161,9 +163,7 @@ ALL_COMMANDS = [c for path in DOC_FILES for c in extract(path)[0]]
 
 
 @pytest.mark.server
-@pytest.mark.parametrize(
-    "command", ALL_COMMANDS, ids=[f"{c.doc}:{i}" for i, c in enumerate(ALL_COMMANDS)]
-)
+@pytest.mark.parametrize("command", ALL_COMMANDS, ids=[f"{c.doc}:{i}" for i, c in enumerate(ALL_COMMANDS)])
 def test_documented_command_works(command, docs_world):
     done = run_command(command, docs_world)
     assert done.returncode == command.expected, (command.text, done.returncode, done.stderr[-800:])
@@ -182,9 +182,7 @@ def test_readme_ui_command_serves_the_local_store(tmp_path):
 
     from harness import free_port
 
-    line = next(
-        c for c in re.findall(r"(?m)^uvx .*mlflow ui.*$", (ROOT / "README.md").read_text())
-    )
+    line = next(c for c in re.findall(r"(?m)^uvx .*mlflow ui.*$", (ROOT / "README.md").read_text()))
     port = free_port()
     uvx = shutil.which("uvx") or require_tool("uvx")
     process = subprocess.Popen(
