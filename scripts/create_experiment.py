@@ -119,7 +119,21 @@ def connect(tracking_uri: str, debug: bool = False):
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.MlflowClient(tracking_uri)
+    if not tracking_uri.startswith("sqlite:///") or ":memory:" in tracking_uri:
+        return mlflow.MlflowClient(tracking_uri)
+    # MLflow creates its tables (tracking and model registry) the first time a process opens a new sqlite
+    # store; processes starting together on a new file race and fail ("table ... already exists"). Open the
+    # store one process at a time.
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, MLflow's own behaviour
+        fcntl = None
+    with open(tracking_uri[len("sqlite:///") :].split("?")[0] + ".lock", "a") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        client = mlflow.MlflowClient(tracking_uri)
+        client.search_experiments(max_results=1)
+    return client
 
 
 def classify_error(exc: BaseException) -> tuple[int, str]:
@@ -155,13 +169,13 @@ def run_cli(action, debug: bool) -> int:
     try:
         return action() or EXIT_OK
     except CliError as exc:
-        message, code = str(exc), exc.code
-    except KeyboardInterrupt:
-        message, code = "interrupted", 130
+        error, message, code = exc, str(exc), exc.code
+    except KeyboardInterrupt as exc:
+        error, message, code = exc, "interrupted", 130
     except Exception as exc:  # noqa: BLE001 - the one place every unexpected failure is reported
-        code, message = classify_error(exc)
+        error, (code, message) = exc, classify_error(exc)
     if debug and code != 130:
-        traceback.print_exc()
+        traceback.print_exception(error)
     print(f"error: {redact(message)}", file=sys.stderr)
     return code
 

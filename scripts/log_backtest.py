@@ -40,6 +40,7 @@ import re
 import sys
 import time
 import traceback
+import warnings as warnings_module  # `warnings` is the name of our list of user-facing warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,7 +130,21 @@ def connect(tracking_uri: str, debug: bool = False):
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.MlflowClient(tracking_uri)
+    if not tracking_uri.startswith("sqlite:///") or ":memory:" in tracking_uri:
+        return mlflow.MlflowClient(tracking_uri)
+    # MLflow creates its tables (tracking and model registry) the first time a process opens a new sqlite
+    # store; processes starting together on a new file race and fail ("table ... already exists"). Open the
+    # store one process at a time.
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, MLflow's own behaviour
+        fcntl = None
+    with open(tracking_uri[len("sqlite:///") :].split("?")[0] + ".lock", "a") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        client = mlflow.MlflowClient(tracking_uri)
+        client.search_experiments(max_results=1)
+    return client
 
 
 def classify_error(exc: BaseException) -> tuple[int, str]:
@@ -165,13 +180,13 @@ def run_cli(action, debug: bool) -> int:
     try:
         return action() or EXIT_OK
     except CliError as exc:
-        message, code = str(exc), exc.code
-    except KeyboardInterrupt:
-        message, code = "interrupted", 130
+        error, message, code = exc, str(exc), exc.code
+    except KeyboardInterrupt as exc:
+        error, message, code = exc, "interrupted", 130
     except Exception as exc:  # noqa: BLE001 - the one place every unexpected failure is reported
-        code, message = classify_error(exc)
+        error, (code, message) = exc, classify_error(exc)
     if debug and code != 130:
-        traceback.print_exc()
+        traceback.print_exception(error)
     print(f"error: {redact(message)}", file=sys.stderr)
     return code
 
@@ -754,6 +769,24 @@ def parse_timestamps(column, flag: str, path: Path, warnings: list[str]):
         raise CliError(
             EXIT_USAGE, f"{flag} {path.name}: missing timestamp in column {name!r} at line {line_of(first)}"
         )
+    # pandas keeps nanosecond timestamps, 1677-09-21 to 2262-04-11: a date outside is bad input, and
+    # pandas' "could not infer format" warning is noise on stderr. Both handled here.
+    with warnings_module.catch_warnings():
+        warnings_module.simplefilter("ignore")
+        try:
+            return _parse_timestamps(column, flag, path, warnings)
+        except pd.errors.OutOfBoundsDatetime:
+            raise CliError(
+                EXIT_USAGE,
+                f"{flag} {path.name}: a timestamp in column {name!r} is outside 1677-2262, the range pandas "
+                "can hold: check the dates (or the epoch unit of numeric timestamps)",
+            ) from None
+
+
+def _parse_timestamps(column, flag: str, path: Path, warnings: list[str]):
+    import pandas as pd
+
+    name = column.name
     aware = False
     if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
         magnitude = float(column.abs().max())
@@ -906,6 +939,15 @@ def to_returns(values, index, name: str, path: Path, flag: str, prices: bool, pe
             EXIT_USAGE,
             f"{where} has a return of {series[at]:.4g} (-100 % or worse) at {at}: a strategy cannot lose "
             "more than everything; check the units (--percent, --prices)",
+        )
+    with np.errstate(over="ignore", invalid="ignore"):
+        equity = np.cumprod(1.0 + values_np)
+    if not np.isfinite(equity).all():
+        at = series.index[int((~np.isfinite(equity)).argmax())]
+        raise CliError(
+            EXIT_USAGE,
+            f"{where}: compounded equity overflows at {at} (returns up to {values_np.max():.4g}): these are "
+            "not decimal returns; check the units (--percent, --prices)",
         )
     return series.astype("float64")
 

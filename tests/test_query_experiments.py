@@ -287,6 +287,10 @@ def test_bounded_output_cuts_lists_and_objects(scripts):
     text, note = qe.bounded(big, "json", 8000)
     assert len(text) <= 8000 and json.loads(text)["run_id"] == "r" and "artifacts" in note
     assert qe.bounded(rows, "json", 0) == (qe.render(rows, "json"), None)
+    # One row bigger than the bound: shown whole, never `[]`, which would read as "no runs".
+    huge = [{"run_id": "a" * 32, "params": {"note": "x" * 9000}}, {"run_id": "b" * 32}]
+    text, note = qe.bounded(huge, "json", 8000)
+    assert json.loads(text) == huge[:1] and "only the first of 2 rows" in note
 
 
 def test_closest_names(scripts):
