@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,29 +182,20 @@ def case_sweep(args, work: Path, stores: Stores) -> None:
     path = work / "sweep.csv"
     frame.to_csv(path)
 
-    def ten_baselines() -> Sample:
-        env = stores.fresh()
-        samples = [
-            checked(run(uv_run("bench/baseline_log_backtest.py", str(path), col), env), "baseline")
-            for col in frame
-        ]
-        return Sample(sum(s.seconds for s in samples), max(s.peak_rss_mb for s in samples), 0, "")
+    def one_call_per_column(script: str, extra: Callable[[str], list[str]]) -> Callable[[], Sample]:
+        """The column-by-column alternative to a sweep: one process per column, into one fresh store."""
 
-    def ten_ours() -> Sample:
-        env = stores.fresh()
-        samples = [
-            checked(
-                run(
-                    uv_run(
-                        "scripts/log_backtest.py", "--returns", str(path), "--column", col, "--no-tearsheet"
-                    ),
-                    env,
-                ),
-                "log_backtest --column",
-            )
-            for col in frame
-        ]
-        return Sample(sum(s.seconds for s in samples), max(s.peak_rss_mb for s in samples), 0, "")
+        def calls() -> Sample:
+            env = stores.fresh()
+            samples = [checked(run(uv_run(script, *extra(col)), env), script) for col in frame]
+            return Sample(sum(s.seconds for s in samples), max(s.peak_rss_mb for s in samples), 0, "")
+
+        return calls
+
+    ten_baselines = one_call_per_column("bench/baseline_log_backtest.py", lambda col: [str(path), col])
+    ten_ours = one_call_per_column(
+        "scripts/log_backtest.py", lambda col: ["--returns", str(path), "--column", col, "--no-tearsheet"]
+    )
 
     def sweep() -> Sample:
         return checked(
@@ -211,24 +203,16 @@ def case_sweep(args, work: Path, stores: Stores) -> None:
             "sweep",
         )
 
-    ours, base = alternate(args.reps, sweep, ten_baselines)
-    ratio = median(ours) / median(base)
-    record(
-        f"sweep {columns} columns vs {columns} baseline calls",
-        median(ours),
-        median(base),
-        "<= 0.2x",
-        ratio <= 0.2,
-    )
-    ours, separate = alternate(args.reps, sweep, ten_ours)
-    ratio = median(ours) / median(separate)
-    record(
-        f"sweep {columns} columns vs {columns} log_backtest calls",
-        median(ours),
-        median(separate),
-        "<= 0.2x",
-        ratio <= 0.2,
-    )
+    for label, separate_calls in (("baseline", ten_baselines), ("log_backtest --column", ten_ours)):
+        ours, separate = alternate(args.reps, sweep, separate_calls)
+        ratio = median(ours) / median(separate)
+        record(
+            f"sweep {columns} cols vs {columns} {label} calls",
+            median(ours),
+            median(separate),
+            "<= 0.2x",
+            ratio <= 0.2,
+        )
 
 
 def case_large(args, work: Path, stores: Stores) -> None:

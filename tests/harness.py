@@ -206,6 +206,14 @@ class MlflowServer:
         return MlflowClient(self.url)
 
 
+def client_for(env: dict[str, str]):
+    """An MlflowClient in the test process looking at the store a script used (credentials from env)."""
+    from mlflow import MlflowClient
+
+    os.environ.update({k: v for k, v in env.items() if k.startswith("MLFLOW_TRACKING_")})
+    return MlflowClient(env["MLFLOW_TRACKING_URI"])
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """The test process's environment without any MLflow settings a developer may have exported."""
     env = {k: v for k, v in os.environ.items() if k not in MLFLOW_ENV_VARS}

@@ -6,21 +6,11 @@ import json
 import uuid
 
 import pytest
-from harness import assert_clean_error, free_port, run_script
+from harness import assert_clean_error, client_for, free_port, run_script
 
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def client_for(env: dict[str, str]):
-    """An MlflowClient in the test process looking at the same store the script used."""
-    import os
-
-    from mlflow import MlflowClient
-
-    os.environ.update({k: v for k, v in env.items() if k.startswith("MLFLOW_TRACKING_")})
-    return MlflowClient(env["MLFLOW_TRACKING_URI"])
 
 
 def test_create_then_idempotent_with_description_and_tags(store):

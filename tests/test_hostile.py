@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from harness import assert_clean_error, run_script
+from harness import assert_clean_error, client_for, run_script
 
 HOSTILE_NAME = 'q\'uote "dbl" ünïcødé 🚀 $(touch pwned) `id` ; rm -rf / | & > x'
 HOSTILE_VALUES = {
@@ -18,8 +18,6 @@ HOSTILE_VALUES = {
 
 
 def test_hostile_experiment_name_and_tags_are_stored_faithfully(store, tmp_path):
-    from mlflow import MlflowClient
-
     args = ["--name", HOSTILE_NAME, "--description", "## desc\n" + HOSTILE_VALUES["shell"]]
     for key, value in HOSTILE_VALUES.items():
         args += ["--tag", f"{key}={value}"]
@@ -29,10 +27,7 @@ def test_hostile_experiment_name_and_tags_are_stored_faithfully(store, tmp_path)
     out = result.json()
     assert out["name"] == HOSTILE_NAME and out["tags"] == HOSTILE_VALUES
 
-    import os
-
-    os.environ.update({k: v for k, v in store.items() if k.startswith("MLFLOW_TRACKING_")})
-    stored = MlflowClient(store["MLFLOW_TRACKING_URI"]).get_experiment_by_name(HOSTILE_NAME)
+    stored = client_for(store).get_experiment_by_name(HOSTILE_NAME)
     assert stored is not None and stored.experiment_id == out["experiment_id"]
     assert {k: stored.tags[k] for k in HOSTILE_VALUES} == HOSTILE_VALUES
     assert stored.tags["mlflow.note.content"] == "## desc\n" + HOSTILE_VALUES["shell"]

@@ -8,7 +8,6 @@ minutes of CPU on two cores without exercising anything the store sees different
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,7 +15,7 @@ import harness
 import numpy as np
 import pandas as pd
 import pytest
-from harness import run_script
+from harness import client_for, run_script
 
 N_BARS = 300  # below the default --max-history-points (5000): every bar is a history point
 
@@ -45,13 +44,6 @@ def run_many(folder, env: dict[str, str], experiment: str, count: int) -> list[h
 
     with ThreadPoolExecutor(max_workers=count) as pool:
         return list(pool.map(one, range(count)))
-
-
-def client_for(env: dict[str, str]):
-    from mlflow import MlflowClient
-
-    os.environ.update({k: v for k, v in env.items() if k.startswith("MLFLOW_TRACKING_")})
-    return MlflowClient(env["MLFLOW_TRACKING_URI"])
 
 
 def check_complete(client, folder, experiment: str, results: list[harness.Result], tmp_path) -> list[str]:

@@ -12,20 +12,13 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from harness import MlflowServer, assert_clean_error, run_script
+from harness import MlflowServer, assert_clean_error, client_for, run_script
 
 warnings.filterwarnings("ignore")
 
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def client_for(env: dict[str, str]):
-    from mlflow import MlflowClient
-
-    os.environ.update({k: v for k, v in env.items() if k.startswith("MLFLOW_TRACKING_")})
-    return MlflowClient(env["MLFLOW_TRACKING_URI"])
 
 
 def daily_frame(seed: int, n: int = 1500, columns=("strategy",), start="2015-01-02") -> pd.DataFrame:
