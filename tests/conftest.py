@@ -23,17 +23,17 @@ def mlflow_server(tmp_path_factory) -> MlflowServer:
 
 
 @pytest.fixture
-def local_store(tmp_path, monkeypatch) -> dict[str, str]:
+def local_store(tmp_path) -> dict[str, str]:
     """Environment for a script on a fresh embedded sqlite store in this test's own folder."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     return {"MLFLOW_TRACKING_URI": uri}
 
 
 @pytest.fixture(params=["local", "server"])
-def store(request, tmp_path) -> dict[str, str]:
+def store(request) -> dict[str, str]:
     """Run the test against both kinds of store: a fresh local sqlite file and the real server (admin)."""
     if request.param == "local":
-        return {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+        return request.getfixturevalue("local_store")
     return request.getfixturevalue("mlflow_server").env()
 
 

@@ -200,10 +200,7 @@ class MlflowServer:
 
     def client(self, user: User | None = None):
         """An MlflowClient in the test process, authenticated as a user (admin by default)."""
-        from mlflow import MlflowClient
-
-        os.environ.update(self.env(user))
-        return MlflowClient(self.url)
+        return client_for(self.env(user))
 
 
 def client_for(env: dict[str, str]):
