@@ -132,7 +132,18 @@ def connect(tracking_uri: str, debug: bool = False):
         warnings.filterwarnings("ignore")
         for name in ("mlflow", "alembic", "urllib3", "sqlalchemy"):
             logging.getLogger(name).setLevel(logging.ERROR)
-    import mlflow
+    try:
+        import mlflow
+    except ModuleNotFoundError as exc:
+        if exc.name != "mlflow":
+            raise
+        # uv deletes the files mlflow and mlflow-skinny share when a cached environment moves from one to the
+        # other (an older version of a script used the full mlflow): reinstalling restores them.
+        raise CliError(
+            EXIT_UNEXPECTED,
+            "mlflow is missing from this script's cached uv environment; repair it once with "
+            f"`uv run --reinstall {sys.argv[0]} --help`",
+        ) from None
 
     mlflow.set_tracking_uri(tracking_uri)
     if not tracking_uri.startswith("sqlite:///") or ":memory:" in tracking_uri:

@@ -1,7 +1,11 @@
 # /// script
 # requires-python = ">=3.11"
 # dependencies = [
-#     "mlflow>=3.17,<3.18",
+#     # the MLflow client without the server and data-science stack: `import mlflow` 1.4 s instead of 1.9 s
+#     "mlflow-skinny>=3.17,<3.18",
+#     # what full mlflow adds for SQL stores, the embedded local store (sqlite:///mlflow.db) included
+#     "sqlalchemy>=1.4,<3",
+#     "alembic>=1.10.1,<2",
 # ]
 # ///
 """Find, inspect, compare and group backtests in MLflow; filters and sorting run in the store; output bounded.
@@ -141,7 +145,18 @@ def connect(tracking_uri: str, debug: bool = False):
         warnings.filterwarnings("ignore")
         for name in ("mlflow", "alembic", "urllib3", "sqlalchemy"):
             logging.getLogger(name).setLevel(logging.ERROR)
-    import mlflow
+    try:
+        import mlflow
+    except ModuleNotFoundError as exc:
+        if exc.name != "mlflow":
+            raise
+        # uv deletes the files mlflow and mlflow-skinny share when a cached environment moves from one to the
+        # other (an older version of a script used the full mlflow): reinstalling restores them.
+        raise CliError(
+            EXIT_UNEXPECTED,
+            "mlflow is missing from this script's cached uv environment; repair it once with "
+            f"`uv run --reinstall {sys.argv[0]} --help`",
+        ) from None
 
     mlflow.set_tracking_uri(tracking_uri)
     if not tracking_uri.startswith("sqlite:///") or ":memory:" in tracking_uri:

@@ -11,7 +11,16 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-from harness import ROOT, SCRIPT_NAMES, SCRIPTS, assert_clean_error, require_tool, run_script
+from harness import (
+    ROOT,
+    SCRIPT_NAMES,
+    SCRIPTS,
+    Result,
+    assert_clean_error,
+    clean_env,
+    require_tool,
+    run_script,
+)
 
 PREAMBLE_START = (
     "# ---- shared preamble: identical in all four scripts (tests/test_conventions.py checks) ----"
@@ -65,7 +74,7 @@ def test_pep723_metadata_and_lockfile_is_current(name):
     )
     assert check.returncode == 0, check.stderr
     # The test server and in-process checks run the same mlflow the scripts are locked to.
-    locked = re.search(r'\[\[package\]\]\nname = "mlflow"\nversion = "([^"]+)"', lock.read_text())
+    locked = re.search(r'\[\[package\]\]\nname = "mlflow(?:-skinny)?"\nversion = "([^"]+)"', lock.read_text())
     assert locked and locked.group(1) == version("mlflow"), (locked and locked.group(1), version("mlflow"))
 
 
@@ -152,3 +161,20 @@ def test_env_example_has_placeholders_only():
     )
     for key in ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
         assert values[key].startswith("your-"), f"{key} must be a placeholder"
+
+
+def test_an_environment_without_mlflow_gets_the_repair_command(tmp_path):
+    """uv deletes the files mlflow and mlflow-skinny share when a cached script environment moves from one to
+    the other (query_experiments and create_experiment moved to mlflow-skinny). A script that cannot import
+    mlflow says how to repair its environment, in one line, exit 1."""
+    venv = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    done = subprocess.run(
+        [str(python), str(script_path("create_experiment")), "--name", "never-created"],
+        capture_output=True, text=True, cwd=tmp_path,
+        env=clean_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}"),
+    )  # fmt: skip
+    result = Result(done.returncode, done.stdout, done.stderr, 0.0)
+    assert_clean_error(result, 1, "mlflow is missing", "uv run --reinstall", "create_experiment.py --help")
+    assert not (tmp_path / "mlflow.db").exists()

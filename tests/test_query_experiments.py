@@ -737,10 +737,14 @@ def test_unreachable_server_fails_fast():
     assert result.seconds < 60
 
 
-def test_lockfile_pins_mlflow():
+def test_lockfile_pins_the_light_mlflow_client():
+    """mlflow-skinny 3.17 plus the SQL-store packages: the client without the server and data-science stack
+    (full mlflow imports pandas, numpy, pyarrow and scipy at `import mlflow`: +0.5 s a query)."""
     lock = (ROOT / "scripts" / "query_experiments.py.lock").read_text()
-    assert re.search(r'name = "mlflow"\nversion = "3\.17\.\d+"', lock)
-    assert Path(ROOT / "scripts" / "query_experiments.py").read_text().count('"mlflow>=3.17,<3.18"') == 1
+    assert re.search(r'name = "mlflow-skinny"\nversion = "3\.17\.\d+"', lock)
+    assert not re.search(r'name = "(mlflow|pandas|numpy|scipy|pyarrow)"\n', lock)
+    assert re.search(r'name = "sqlalchemy"\n', lock) and re.search(r'name = "alembic"\n', lock)
+    assert Path(ROOT / "scripts" / "query_experiments.py").read_text().count('"mlflow-skinny>=3.17,<3.18"') == 1
 
 
 # ---------------------------------------------------------------- runs logged by the real log_backtest.py
