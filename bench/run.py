@@ -118,7 +118,9 @@ def median(samples: list[Sample]) -> float:
 ROWS: list[dict] = []
 
 
-def record(case: str, ours: float, baseline: float | None, goal: str, met: bool, note: str = "") -> None:
+def record(
+    case: str, ours: float, baseline: float | None, goal: str, met: bool | None, note: str = ""
+) -> None:
     ratio = ours / baseline if baseline else None
     ROWS.append(
         {
@@ -134,7 +136,7 @@ def record(case: str, ours: float, baseline: float | None, goal: str, met: bool,
     shown = f"{ratio:.2f}x" if ratio is not None else "-"
     base = f"{baseline:.2f}s" if baseline is not None else "-"
     print(
-        f"  {case:<44} ours {ours:7.2f}s  baseline {base:>8}  {shown:>6}  goal {goal:<10} {'met' if met else 'MISSED'}"
+        f"  {case:<44} ours {ours:7.2f}s  baseline {base:>8}  {shown:>6}  goal {goal:<10} {'-' if met is None else 'met' if met else 'MISSED'}"
     )
 
 
@@ -209,15 +211,19 @@ def case_sweep(args, work: Path, stores: Stores) -> None:
             "sweep",
         )
 
-    for label, separate_calls in (("baseline", ten_baselines), ("log_backtest --column", ten_ours)):
+    # The goal is against the baseline; the second row (our own script once per column) is for information.
+    for label, separate_calls, goal in (
+        ("baseline", ten_baselines, 0.2),
+        ("log_backtest --column", ten_ours, None),
+    ):
         ours, separate = alternate(args.reps, sweep, separate_calls)
         ratio = median(ours) / median(separate)
         record(
             f"sweep {columns} cols vs {columns} {label} calls",
             median(ours),
             median(separate),
-            "<= 0.2x",
-            ratio <= 0.2,
+            f"<= {goal}x" if goal else "(info)",
+            ratio <= goal if goal else None,
         )
 
 
@@ -453,7 +459,7 @@ def write_results(path: Path, started: dt.datetime, seconds: float) -> None:
         base = f"{row['baseline_s']:.2f}" if row["baseline_s"] is not None else "-"
         ratio = f"{row['ratio']:.2f}x" if row["ratio"] is not None else "-"
         lines.append(
-            f"| {row['case']} | {ours} | {base} | {ratio} | {row['goal']} | {'yes' if row['met'] else 'NO'} |"
+            f"| {row['case']} | {ours} | {base} | {ratio} | {row['goal']} | {'-' if row['met'] is None else 'yes' if row['met'] else 'NO'} |"
         )
     path.write_text("\n".join(lines) + "\n")
 
@@ -478,7 +484,8 @@ def main() -> int:
             print(f"{name}:", flush=True)
             CASES[name](args, work, stores)
     seconds = time.monotonic() - clock
-    print(f"{len(ROWS)} rows in {seconds:.0f} s; goals met: {sum(r['met'] for r in ROWS)}/{len(ROWS)}")
+    goals = [r for r in ROWS if r["met"] is not None]
+    print(f"{len(ROWS)} rows in {seconds:.0f} s; goals met: {sum(r['met'] for r in goals)}/{len(goals)}")
     if not args.quick and not args.only:
         write_results(args.results, started, seconds)
         print(f"wrote {args.results}")

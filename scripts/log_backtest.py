@@ -1402,15 +1402,20 @@ def bar_time(item: Series, position: int) -> str | None:
     return index[position].strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def periods_of(item: Series, req: Request) -> tuple[float, str]:
+    """Bars per year (--periods-per-year, else detected) and the frequency's name."""
+    if req.periods_per_year is not None:
+        return float(req.periods_per_year), detect_periods(item.returns.index)[
+            1
+        ] if item.has_timestamps else "bars"
+    return detect_periods(item.returns.index)
+
+
 def prepare(item: Series, req: Request, run_name: str, folder: Path, column_param: bool) -> Prepared:
     """Metrics, histories, params, tags, description and artifacts (except the tearsheet) for one series."""
     import numpy as np
 
-    if req.periods_per_year is not None:
-        periods = float(req.periods_per_year)
-        frequency = detect_periods(item.returns.index)[1] if item.has_timestamps else "bars"
-    else:
-        periods, frequency = detect_periods(item.returns.index)
+    periods, frequency = periods_of(item, req)
     values, failed = compute_metrics(item, req.rf, periods, req.compounded)
     phase(f"{item.name}: {len(values)} metrics")
     for name in failed:
@@ -1501,14 +1506,150 @@ def prepare(item: Series, req: Request, run_name: str, folder: Path, column_para
     return prep
 
 
-def add_tearsheet(prep: Prepared, req: Request) -> None:
+def draw_tearsheet(item: Series, req: Request, run_name: str, folder: Path) -> str | None:
+    """QuantStats' report into folder/tearsheet.html; returns the note write_tearsheet gives, if any."""
+    folder.mkdir(parents=True, exist_ok=True)
     note = write_tearsheet(
-        prep.item, prep.folder / "tearsheet.html", req.rf, prep.periods, req.compounded, prep.run_name
+        item, folder / "tearsheet.html", req.rf, periods_of(item, req)[0], req.compounded, run_name
     )
+    phase(f"{run_name}: tearsheet")
+    return note
+
+
+def add_tearsheet(prep: Prepared, req: Request, note: str | None = None, drawn: bool = False) -> None:
+    """Draw the tearsheet (unless a helper process already did) and list it among the run's artifacts."""
+    if not drawn:
+        note = draw_tearsheet(prep.item, req, prep.run_name, prep.folder)
     prep.artifacts.append("tearsheet.html")
-    phase(f"{prep.run_name}: tearsheet")
     if note:
         warn(f"{prep.run_name}: {note}", req.warnings)
+
+
+# ---- helper processes: the work of one run overlaps the imports and work of another --------------------------
+def can_fork() -> bool:
+    """Helper processes need fork (they inherit the loaded data: nothing is pickled on the way in), a second
+    core, and no MLflow state to inherit: a host that imported mlflow before calling main() in-process gets
+    the sequential path, which does the same work in the same order."""
+    import multiprocessing
+
+    return (
+        (os.cpu_count() or 1) > 1
+        and "fork" in multiprocessing.get_all_start_methods()
+        and "mlflow" not in sys.modules
+    )
+
+
+class Helper:
+    """job(inbox) in a forked process. Each value it yields, or its failure as (exit code, message,
+    traceback), comes back pickled through a pipe; send() passes values to its inbox."""
+
+    def __init__(self, job):
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=self._main, args=(job, child), daemon=True)
+        self.process.start()
+        child.close()
+
+    @staticmethod
+    def _main(job, conn) -> None:
+        try:
+            for value in job(conn.recv):
+                conn.send(("ok", value))
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, which exits with it
+            code, message = (exc.code, str(exc)) if isinstance(exc, CliError) else classify_error(exc)
+            conn.send(("error", code, message, traceback.format_exc()))
+        finally:
+            sys.stderr.flush()
+
+    def send(self, value) -> None:
+        self.conn.send(value)
+
+    def result(self):
+        """The next value the job yields; its failure re-raised here as CliError."""
+        try:
+            reply = self.conn.recv()
+        except EOFError:
+            self.process.join()
+            reply = (
+                "error",
+                EXIT_UNEXPECTED,
+                f"a helper process died (exit code {self.process.exitcode})",
+                "",
+            )
+        if reply[0] == "ok":
+            return reply[1]
+        if DEBUG_TIMES and reply[3]:
+            print(reply[3], file=sys.stderr, end="")
+        raise CliError(reply[1], reply[2])
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
+
+
+def exported(prep: Prepared) -> dict:
+    """A prepared run without its series (the parent has that): plain values, cheap to pickle."""
+    return {k: v for k, v in vars(prep).items() if k != "item"}
+
+
+def adopt(helper: Helper, items: list, req: Request) -> dict[int, Prepared]:
+    """The runs a column_job helper prepared, whole again; its warnings join ours (it printed them)."""
+    fields, new_warnings = helper.result()
+    req.warnings.extend(new_warnings)
+    return {i: Prepared(item=items[i], **f) for i, f in fields.items()}
+
+
+def prepare_columns(items, names, folders, req: Request, positions, column_param: bool, tearsheets: bool):
+    """{position: Prepared} for these columns of the input, tearsheets drawn when asked for."""
+    preps = {}
+    for i in positions:
+        started = time.monotonic()
+        preps[i] = prepare(items[i], req, names[i], folders[i], column_param)
+        if tearsheets:
+            add_tearsheet(preps[i], req)
+        if len(items) > 1:
+            print(f"[{i + 1}/{len(items)}] {names[i]}: prepared in {time.monotonic() - started:.1f}s",
+                  file=sys.stderr)  # fmt: skip
+    return preps
+
+
+def write_columns(client, experiment_id: str, parent_id: str, preps: dict, req: Request, total: int) -> dict:
+    """Write these prepared children of a sweep; {position: run id}."""
+    ids = {}
+    for i, p in preps.items():
+        started = time.monotonic()
+        ids[i] = write_run(client, experiment_id, p, req, parent_id=parent_id)
+        print(f"[{i + 1}/{total}] {p.item.name}: logged run {p.run_id} ({time.monotonic() - started:.1f}s)",
+              file=sys.stderr)  # fmt: skip
+    return ids
+
+
+def column_job(items, names, folders, req: Request, positions, column_param: bool, writes: bool):
+    """The job of a helper process: prepare these columns (tearsheets too when it writes) and yield
+    ({position: exported prep}, [warnings]). With writes, it then imports mlflow while the parent checks the
+    experiment and duplicates; told ("write", tracking_uri, experiment_id, parent_id) it writes its runs and
+    yields {position: run id}; told ("stop",) it ends."""
+
+    def job(inbox):
+        first = len(req.warnings)
+        tearsheets = writes and req.tearsheet
+        preps = prepare_columns(items, names, folders, req, positions, column_param, tearsheets)
+        yield {i: exported(p) for i, p in preps.items()}, req.warnings[first:]
+        if not writes:
+            return
+        import mlflow  # noqa: F401
+
+        order = inbox()
+        if order[0] == "write":
+            _, tracking_uri, experiment_id, parent_id = order
+            yield write_columns(
+                connect(tracking_uri, DEBUG_TIMES), experiment_id, parent_id, preps, req, len(items)
+            )
+
+    return job
 
 
 def dataset_entity(prep: Prepared, req: Request):
@@ -1762,22 +1903,14 @@ def main(argv: list[str] | None = None) -> int:
         sweep = len(items) > 1
         stem = req.returns_path.stem
         with tempfile.TemporaryDirectory(prefix="log_backtest-") as tmp:
-            preps = []
-            for i, item in enumerate(items):
-                started = time.monotonic()
-                name = item.name if sweep else (req.run_name or stem)
-                preps.append(
-                    prepare(item, req, name, Path(tmp) / f"run{i}", column_param=sweep or bool(req.column))
-                )
-                if sweep:
-                    print(f"[{i + 1}/{len(items)}] {item.name}: metrics in {time.monotonic() - started:.1f}s",
-                          file=sys.stderr)  # fmt: skip
+            names = [item.name if sweep else (req.run_name or stem) for item in items]
+            folders = [Path(tmp) / f"run{i}" for i in range(len(items))]
             # MLflow prints run links ("View run ... at ...") to stdout for http servers: stdout is ours.
             with contextlib.redirect_stdout(sys.stderr if debug else io.StringIO()):
                 if sweep:
-                    out = run_sweep(preps, req, Path(tmp), debug, args)
+                    out = run_sweep(items, names, folders, req, Path(tmp), debug, args)
                 else:
-                    out = run_single(preps[0], req, debug, args)
+                    out = run_single(items[0], names[0], folders[0], req, debug, args)
             out["warnings"] = req.warnings
             fmt = output_format(args.format)
             emit(table_rows(out) if fmt == "table" else out, fmt)
@@ -1786,14 +1919,37 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(action, debug)
 
 
-def run_single(prep: Prepared, req: Request, debug: bool, args) -> dict:
-    if req.dry_run:
-        return run_output(prep, req, None, None, key_only=False)
-    tracking_uri = resolve_tracking_uri(args.tracking_uri)
-    client = connect(tracking_uri, debug)
-    phase("mlflow imported")
+def run_single(item: Series, name: str, folder: Path, req: Request, debug: bool, args) -> dict:
+    parallel = not req.dry_run and can_fork()
+    helpers: list[Helper] = []
+    if parallel:
+        # Metrics in one helper process and the tearsheet in another while this one imports mlflow (2 cores:
+        # ~1 s saved without a tearsheet, ~3 s with it; bench/RESULTS.md).
+        helpers.append(Helper(column_job([item], [name], [folder], req, [0], bool(req.column), writes=False)))
+        if req.tearsheet:
+            helpers.append(Helper(lambda inbox: iter([draw_tearsheet(item, req, name, folder)])))
+    else:
+        prep = prepare(item, req, name, folder, column_param=bool(req.column))
+        if req.dry_run:
+            return run_output(prep, req, None, None, key_only=False)
+    try:
+        tracking_uri = resolve_tracking_uri(args.tracking_uri)
+        client = connect(tracking_uri, debug)
+        phase("mlflow imported")
+        if parallel:
+            prep = adopt(helpers[0], [item], req)[0]
+        experiment = client.get_experiment_by_name(
+            req.experiment
+        )  # a duplicate needs no tearsheet: look first
+        existing = None
+        if experiment is not None and experiment.lifecycle_stage == "active" and not req.force:
+            existing = find_duplicate(client, experiment.experiment_id, prep.fingerprint)
+        if parallel and req.tearsheet and existing is None:
+            note = helpers[1].result()  # drawn before anything is written
+    finally:
+        for helper in helpers:
+            helper.stop()
     experiment_id = ensure_experiment(client, req.experiment)
-    existing = None if req.force else find_duplicate(client, experiment_id, prep.fingerprint)
     phase("experiment and dedupe checked")
     if existing is not None:
         prep.run_id, prep.deduplicated = existing.info.run_id, True
@@ -1804,86 +1960,137 @@ def run_single(prep: Prepared, req: Request, debug: bool, args) -> dict:
         )
     else:
         if req.tearsheet:
-            add_tearsheet(prep, req)
+            add_tearsheet(prep, req, note if parallel else None, drawn=parallel)
         write_run(client, experiment_id, prep, req)
     return run_output(prep, req, experiment_id, tracking_uri, key_only=False)
 
 
-def run_sweep(preps: list[Prepared], req: Request, tmp: Path, debug: bool, args) -> dict:
-    best = best_of(preps)
-    parent_fp = hashlib.sha256("\n".join(p.fingerprint for p in preps).encode()).hexdigest()
-    parent_name = req.run_name or req.returns_path.stem
-    tracking_uri = experiment_id = parent_id = None
-    deduplicated = False
-    if not req.dry_run:
-        tracking_uri = resolve_tracking_uri(args.tracking_uri)
-        client = connect(tracking_uri, debug)
-        experiment_id = ensure_experiment(client, req.experiment)
-        existing = None if req.force else find_duplicate(client, experiment_id, parent_fp)
-        if existing is not None:
-            deduplicated, parent_id = True, existing.info.run_id
-            warn(
-                f"an identical sweep is already logged as run {parent_id}; pass --force to log again",
-                req.warnings,
-            )
-            children = client.search_runs(
-                [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'"
-            )
-            by_fp = {run.data.tags.get(FINGERPRINT_TAG): run for run in children}
-            for p in preps:
-                found = by_fp.get(p.fingerprint)
-                p.deduplicated, p.run_id = True, found.info.run_id if found else None
-        else:
-            parent_dir = tmp / "parent"
-            parent_dir.mkdir()
-            if req.tearsheet:
-                # Every child is a complete run, tearsheet included (QuantStats' report costs ~3-5 s a series;
-                # --no-tearsheet skips them all). The parent carries a copy of the best child's. All are drawn
-                # before the parent run exists, so a failing report leaves nothing half-written.
-                for i, p in enumerate(preps):
-                    add_tearsheet(p, req)
-                    print(f"[{i + 1}/{len(preps)}] {p.item.name}: tearsheet drawn", file=sys.stderr)
-                (parent_dir / "tearsheet.html").write_bytes((best.folder / "tearsheet.html").read_bytes())
-            parent_tags = {
-                FINGERPRINT_TAG: parent_fp,
-                VERSION_TAG: SKILL_VERSION,
-                SWEEP_TAG: "true",
-                "backtest.best_column": best.item.name,
-                "mlflow.source.name": "log_backtest.py",
-                "mlflow.source.type": "LOCAL",
-                DESCRIPTION_TAG: "sweep in progress",
-                **req.tags,
-            }
-            parent = client.create_run(experiment_id, run_name=parent_name, tags=parent_tags)
-            parent_id = parent.info.run_id
+def write_sweep(
+    client, experiment_id, preps, best, req, tmp: Path, parent_fp, parent_name, helpers, tracking_uri, own
+) -> str:
+    """The parent run, then every child (this process's share here, the rest by the helpers), then the
+    parent's comparison, metrics and artifacts; FINISHED last. Returns the parent's run id."""
+    parent_dir = tmp / "parent"
+    parent_dir.mkdir()
+    if req.tearsheet:
+        # Every child is a complete run, tearsheet included (QuantStats' report costs ~3-5 s a series;
+        # --no-tearsheet skips them all). The parent carries a copy of the best child's. All are drawn
+        # before the parent run exists, so a failing report leaves nothing half-written.
+        for i, p in enumerate(preps):
+            if "tearsheet.html" not in p.artifacts:  # not drawn yet: the sequential path
+                add_tearsheet(p, req)
+                print(f"[{i + 1}/{len(preps)}] {p.item.name}: tearsheet drawn", file=sys.stderr)
+        (parent_dir / "tearsheet.html").write_bytes((best.folder / "tearsheet.html").read_bytes())
+    parent_tags = {
+        FINGERPRINT_TAG: parent_fp,
+        VERSION_TAG: SKILL_VERSION,
+        SWEEP_TAG: "true",
+        "backtest.best_column": best.item.name,
+        "mlflow.source.name": "log_backtest.py",
+        "mlflow.source.type": "LOCAL",
+        DESCRIPTION_TAG: "sweep in progress",
+        **req.tags,
+    }
+    parent = client.create_run(experiment_id, run_name=parent_name, tags=parent_tags)
+    parent_id = parent.info.run_id
+    try:
+        for helper in helpers:
+            helper.send(("write", tracking_uri, experiment_id, parent_id))
+        failures = []
+        try:
+            write_columns(client, experiment_id, parent_id, {i: preps[i] for i in own}, req, len(preps))
+        except Exception as exc:  # noqa: BLE001 - the helpers finish their runs first, then this is raised
+            failures.append(exc)
+        for helper in helpers:
             try:
-                for i, p in enumerate(preps):
-                    started = time.monotonic()
-                    write_run(client, experiment_id, p, req, parent_id=parent_id)
-                    print(f"[{i + 1}/{len(preps)}] {p.item.name}: logged run {p.run_id} "
-                          f"({time.monotonic() - started:.1f}s)", file=sys.stderr)  # fmt: skip
-                from mlflow.entities import Metric, Param, RunTag
+                for i, run_id in helper.result().items():
+                    preps[i].run_id = run_id
+            except CliError as exc:
+                failures.append(exc)
+        if failures:
+            raise failures[0]
+        from mlflow.entities import Metric, Param, RunTag
 
-                comparison_csv(preps, parent_dir)
-                now = int(time.time() * 1000)
-                shared = {
-                    k: v for k, v in best.params.items() if k not in ("column", "start", "end", "n_bars")
-                }
-                shared["columns"] = ",".join(p.item.name for p in preps)[:MAX_PARAM_VALUE_LENGTH]
-                client.log_batch(
-                    parent_id,
-                    metrics=[Metric(k, best.metrics[k], now, 0) for k in KEY_METRICS if k in best.metrics],
-                    params=[Param(k, v) for k, v in shared.items()],
-                    tags=[
-                        RunTag("backtest.best_run_id", best.run_id),
-                        RunTag(DESCRIPTION_TAG, sweep_description(preps, best, req)),
-                    ],
+        comparison_csv(preps, parent_dir)
+        now = int(time.time() * 1000)
+        shared = {k: v for k, v in best.params.items() if k not in ("column", "start", "end", "n_bars")}
+        shared["columns"] = ",".join(p.item.name for p in preps)[:MAX_PARAM_VALUE_LENGTH]
+        client.log_batch(
+            parent_id,
+            metrics=[Metric(k, best.metrics[k], now, 0) for k in KEY_METRICS if k in best.metrics],
+            params=[Param(k, v) for k, v in shared.items()],
+            tags=[
+                RunTag("backtest.best_run_id", best.run_id),
+                RunTag(DESCRIPTION_TAG, sweep_description(preps, best, req)),
+            ],
+        )
+        client.log_artifacts(parent_id, str(parent_dir))
+        client.set_terminated(parent_id, "FINISHED")
+    except BaseException:
+        mark_failed(client, parent_id)
+        raise
+    return parent_id
+
+
+def run_sweep(
+    items: list, names: list[str], folders: list[Path], req: Request, tmp: Path, debug: bool, args
+) -> dict:
+    """A parent run with one complete child run per column. With a second core the columns are split
+    between this process and helper processes (one per core): each prepares its columns, tearsheets
+    included, while this one imports mlflow; once all are prepared and no duplicate exists, each writes its
+    own runs (MLflow's store spends ~0.7 s of CPU a run turning 10,000 history points into rows)."""
+    n = len(items)
+    parallel = not req.dry_run and can_fork()
+    workers = min(os.cpu_count() or 1, n) if parallel else 1
+    shares = [list(range(w, n, workers)) for w in range(workers)]
+    helpers = [
+        Helper(column_job(items, names, folders, req, share, True, writes=True)) for share in shares[1:]
+    ]
+    if helpers:
+        print(f"[sweep] {n} columns: {len(shares[0])} in this process, {n - len(shares[0])} in {len(helpers)} helper "
+              f"process{'es' if len(helpers) > 1 else ''}", file=sys.stderr)  # fmt: skip
+    preps: list = [None] * n
+    try:
+        for i, prep in prepare_columns(
+            items, names, folders, req, shares[0], True, parallel and req.tearsheet
+        ).items():
+            preps[i] = prep
+        tracking_uri = client = experiment_id = parent_id = None
+        if not req.dry_run:
+            tracking_uri = resolve_tracking_uri(args.tracking_uri)
+            client = connect(tracking_uri, debug)
+            phase("mlflow imported")
+        for helper in helpers:
+            for i, prep in adopt(helper, items, req).items():
+                preps[i] = prep
+        best = best_of(preps)
+        parent_fp = hashlib.sha256("\n".join(p.fingerprint for p in preps).encode()).hexdigest()
+        parent_name = req.run_name or req.returns_path.stem
+        deduplicated = False
+        if not req.dry_run:
+            experiment_id = ensure_experiment(client, req.experiment)
+            existing = None if req.force else find_duplicate(client, experiment_id, parent_fp)
+            if existing is not None:
+                for helper in helpers:
+                    helper.send(("stop",))
+                deduplicated, parent_id = True, existing.info.run_id
+                warn(
+                    f"an identical sweep is already logged as run {parent_id}; pass --force to log again",
+                    req.warnings,
                 )
-                client.log_artifacts(parent_id, str(parent_dir))
-                client.set_terminated(parent_id, "FINISHED")
-            except BaseException:
-                mark_failed(client, parent_id)
-                raise
+                children = client.search_runs(
+                    [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'"
+                )
+                by_fp = {run.data.tags.get(FINGERPRINT_TAG): run for run in children}
+                for p in preps:
+                    found = by_fp.get(p.fingerprint)
+                    p.deduplicated, p.run_id = True, found.info.run_id if found else None
+            else:
+                parent_id = write_sweep(client, experiment_id, preps, best, req, tmp, parent_fp, parent_name,
+                                        helpers, tracking_uri, shares[0])  # fmt: skip
+    finally:
+        for helper in helpers:
+            helper.stop()
     runs = [run_output(p, req, experiment_id, tracking_uri, key_only=True) for p in preps]
     out = {
         "parent_run_id": parent_id,

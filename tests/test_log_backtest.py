@@ -528,6 +528,72 @@ def test_sweep_dedupe(sweep):
     assert [r["run_id"] for r in out["runs"]] == [r["run_id"] for r in sweep["out"]["runs"]]
 
 
+def test_sweep_in_helper_processes_logs_what_one_process_logs(sweep, scripts, capsys, tmp_path):
+    """The CLI splits a sweep's columns across processes (one per core); main() called in a process that
+    already imported mlflow does all of it itself. Both must log the same runs."""
+    if (os.cpu_count() or 1) > 1:
+        assert "in 1 helper process" in sweep["result"].stderr, sweep["result"].stderr
+    server = client_for(sweep["env"])
+    assert scripts.log_backtest.can_fork() is False  # this pytest process imported mlflow
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code, out, err = run_main(
+        scripts, capsys, "--returns", str(sweep["folder"] / "grid.csv"), "--experiment", "one-process",
+        "--param", "grid=v1", "--no-tearsheet", "--tracking-uri", uri,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "helper process" not in err
+    local = client_for({"MLFLOW_TRACKING_URI": uri})
+    one = {r["run_name"]: local.get_run(r["run_id"]) for r in json.loads(out)["runs"]}
+    split = {r["run_name"]: server.get_run(r["run_id"]) for r in sweep["out"]["runs"]}
+    assert sorted(one) == sorted(split) == ["always_up", "fast", "medium", "slow"]
+    for name, run in split.items():
+        assert run.data.metrics == one[name].data.metrics, name
+        assert run.data.params == one[name].data.params, name
+        assert run.data.tags["backtest.fingerprint"] == one[name].data.tags["backtest.fingerprint"]
+        for key in ("equity", "drawdown"):
+            ours = [(m.step, m.timestamp, m.value) for m in server.get_metric_history(run.info.run_id, key)]
+            theirs = [
+                (m.step, m.timestamp, m.value) for m in local.get_metric_history(one[name].info.run_id, key)
+            ]
+            assert sorted(ours) == sorted(theirs) and len(ours) > 700, (name, key)
+
+
+def test_helper_process_results_and_failures(scripts):
+    """A helper's values come back in order; its failure comes back as the exit code our contract gives it;
+    a helper that dies is an unexpected error, never a hang."""
+    lb = scripts.log_backtest
+
+    def values(inbox):
+        yield {"n": 1, "arrays": np.arange(3)}
+        yield inbox() * 2
+
+    helper = lb.Helper(values)
+    first = helper.result()
+    assert first["n"] == 1 and list(first["arrays"]) == [0, 1, 2]
+    helper.send(21)
+    assert helper.result() == 42
+    helper.stop()
+
+    def refused(inbox):
+        raise lb.CliError(lb.EXIT_AUTH, "tracking server refused the request: permission denied (403)")
+        yield
+
+    def broken(inbox):
+        raise ValueError("boom")
+        yield
+
+    def dies(inbox):
+        os._exit(3)
+        yield
+
+    for job, code, needle in ((refused, 4, "403"), (broken, 1, "ValueError: boom"), (dies, 1, "exit code 3")):
+        helper = lb.Helper(job)
+        with pytest.raises(lb.CliError) as caught:
+            helper.result()
+        helper.stop()
+        assert caught.value.code == code and needle in str(caught.value), (job.__name__, str(caught.value))
+
+
 # ---- a server that dies mid-run ------------------------------------------------------------------------------
 class KillOnRead(dict):
     """Metrics that kill the server when write_run starts logging them: right after the run was created."""
