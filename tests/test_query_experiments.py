@@ -744,7 +744,9 @@ def test_lockfile_pins_the_light_mlflow_client():
     assert re.search(r'name = "mlflow-skinny"\nversion = "3\.17\.\d+"', lock)
     assert not re.search(r'name = "(mlflow|pandas|numpy|scipy|pyarrow)"\n', lock)
     assert re.search(r'name = "sqlalchemy"\n', lock) and re.search(r'name = "alembic"\n', lock)
-    assert Path(ROOT / "scripts" / "query_experiments.py").read_text().count('"mlflow-skinny>=3.17,<3.18"') == 1
+    assert (
+        Path(ROOT / "scripts" / "query_experiments.py").read_text().count('"mlflow-skinny>=3.17,<3.18"') == 1
+    )
 
 
 # ---------------------------------------------------------------- runs logged by the real log_backtest.py
