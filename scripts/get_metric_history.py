@@ -1,10 +1,15 @@
 # /// script
 # requires-python = ">=3.11"
 # dependencies = [
-#     "mlflow>=3.17,<3.18",
-#     "pandas>=2.2",
-#     "pyarrow>=15",
-#     "matplotlib>=3.8",
+#     # the MLflow client without the server and data-science stack; no pandas either: `import mlflow`
+#     # imports pandas whenever it is installed (mlflow.data), and this script does not need it
+#     "mlflow-skinny>=3.17,<3.18",
+#     # what full mlflow adds for SQL stores, the embedded local store (sqlite:///mlflow.db) included
+#     "sqlalchemy>=1.4,<3",
+#     "alembic>=1.10.1,<2",
+#     "numpy>=1.26",
+#     "pyarrow>=15",  # .parquet output
+#     "matplotlib>=3.8",  # --plot
 # ]
 # ///
 """Get the metric time series of one or many MLflow runs: rows, per-series summaries, files and plots.
@@ -40,7 +45,6 @@ import re
 import sys
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 
 # ---- shared preamble: identical in all four scripts (tests/test_conventions.py checks) ----
@@ -384,25 +388,51 @@ def output_path(value: str, formats: dict[str, str], flag: str) -> tuple[Path, s
 # ---- pure functions: series, downsampling, summaries, rows ----
 
 
-def sort_points(points: list[tuple[int, int, float]]) -> list[tuple[int, int, float]]:
-    """(step, timestamp_ms, value) points in series order: by step, then time (stable)."""
-    return sorted(points, key=lambda p: (p[0], p[1]))
+class Points:
+    """One (run, metric) series as three numpy arrays, in series order: by step, then time (stable, so
+    points with the same step and time keep the order the store gave them). Iterating yields
+    (step, timestamp_ms, value) tuples of Python numbers."""
+
+    __slots__ = ("steps", "times", "values")
+
+    def __init__(self, steps, times, values, ordered: bool = False):
+        import numpy as np
+
+        steps = np.asarray(steps, dtype=np.int64)
+        times = np.asarray(times, dtype=np.int64)
+        values = np.asarray(values, dtype=np.float64)
+        if not ordered and len(steps) > 1:
+            order = np.lexsort((times, steps))  # stable: the last key is the primary one
+            steps, times, values = steps[order], times[order], values[order]
+        self.steps, self.times, self.values = steps, times, values
+
+    @classmethod
+    def from_tuples(cls, points: list[tuple[int, int, float]]) -> Points:
+        if not points:
+            return cls([], [], [], ordered=True)
+        steps, times, values = zip(*points, strict=True)
+        return cls(steps, times, values)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __iter__(self):
+        return zip(self.steps.tolist(), self.times.tolist(), self.values.tolist(), strict=True)
 
 
-def extreme_indices(values: list[float]) -> tuple[int | None, int | None]:
+def extreme_indices(values) -> tuple[int | None, int | None]:
     """Indices of the first minimum and first maximum, ignoring NaN; None when every value is NaN."""
-    lo = hi = None
-    for i, v in enumerate(values):
-        if v != v:  # NaN
-            continue
-        if lo is None or v < values[lo]:
-            lo = i
-        if hi is None or v > values[hi]:
-            hi = i
-    return lo, hi
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.flatnonzero(~np.isnan(values))
+    if not len(finite):
+        return None, None
+    kept = values[finite]
+    return int(finite[np.argmin(kept)]), int(finite[np.argmax(kept)])  # argmin/argmax: first occurrence
 
 
-def downsample_indices(values: list[float], max_points: int | None) -> list[int]:
+def downsample_indices(values, max_points: int | None) -> list[int]:
     """At most max_points indices, evenly spaced, always including first, last, minimum and maximum.
 
     The even grid has max_points slots; each extreme not already on it replaces the grid point nearest to
@@ -423,37 +453,51 @@ def downsample_indices(values: list[float], max_points: int | None) -> list[int]
     return sorted(chosen)
 
 
-def iso_time(ms: int, millis: bool) -> str:
-    """Milliseconds since the epoch as ISO 8601 UTC with a Z."""
-    stamp = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return stamp.isoformat(timespec="milliseconds" if millis else "seconds").replace("+00:00", "Z")
+def iso_times(ms, millis: bool) -> list[str]:
+    """Milliseconds since the epoch as ISO 8601 UTC with a Z, e.g. 2005-01-03T00:00:00Z."""
+    import numpy as np
+
+    stamps = np.asarray(ms, dtype=np.int64).astype("datetime64[ms]")
+    return [f"{s}Z" for s in np.datetime_as_string(stamps, unit="ms" if millis else "s").tolist()]
 
 
 def needs_millis(series: dict) -> bool:
     """Show milliseconds only when some timestamp has them (daily bars stay readable)."""
-    return any(p[1] % 1000 for points in series.values() for p in points)
+    return any(bool((points.times % 1000).any()) for points in series.values())
+
+
+def series_columns(runs: list[dict], series: dict, max_points: int | None) -> dict:
+    """The rows as columns {run_id, run_name, metric, step, timestamp (ms), value}: run by run, metric by
+    metric; strings as lists, numbers as numpy arrays."""
+    import numpy as np
+
+    names = runs_by_id(runs)
+    labels, counts, steps, times, values = [], [], [], [], []
+    for (run_id, metric), points in series.items():
+        keep = None if max_points is None else downsample_indices(points.values, max_points)
+        part = [points.steps, points.times, points.values]
+        if keep is not None and len(keep) < len(points):
+            part = [column[keep] for column in part]
+        labels.append((run_id, names[run_id]["run_name"], metric))
+        counts.append(len(part[0]))
+        steps.append(part[0])
+        times.append(part[1])
+        values.append(part[2])
+    columns: dict = {}
+    for i, key in enumerate(("run_id", "run_name", "metric")):
+        columns[key] = [label[i] for label, count in zip(labels, counts, strict=True) for _ in range(count)]
+    for key, parts in (("step", steps), ("timestamp", times), ("value", values)):
+        columns[key] = np.concatenate(parts) if parts else np.array([], dtype=np.int64)
+    return columns
 
 
 def series_rows(runs: list[dict], series: dict, max_points: int | None) -> list[dict]:
     """Rows {run_id, run_name, metric, step, timestamp, value}, run by run, metric by metric."""
-    millis = needs_millis(series)
-    rows = []
-    names = runs_by_id(runs)
-    for (run_id, metric), points in series.items():
-        name = names[run_id]["run_name"]
-        for i in downsample_indices([p[2] for p in points], max_points):
-            step, ts, value = points[i]
-            rows.append(
-                {
-                    "run_id": run_id,
-                    "run_name": name,
-                    "metric": metric,
-                    "step": step,
-                    "timestamp": iso_time(ts, millis),
-                    "value": value,
-                }
-            )
-    return rows
+    columns = series_columns(runs, series, max_points)
+    columns["timestamp"] = iso_times(columns["timestamp"], needs_millis(series))
+    columns["step"] = columns["step"].tolist()
+    columns["value"] = columns["value"].tolist()
+    return [dict(zip(COLUMNS, row, strict=True)) for row in zip(*(columns[c] for c in COLUMNS), strict=True)]
 
 
 def runs_by_id(runs: list[dict]) -> dict[str, dict]:
@@ -466,22 +510,23 @@ def summarize(runs: list[dict], series: dict) -> list[dict]:
     names = runs_by_id(runs)
     out = []
     for (run_id, metric), points in series.items():
-        values = [p[2] for p in points]
+        values = points.values
         lo, hi = extreme_indices(values)
+        first_time, last_time = iso_times(points.times[[0, -1]], millis)
         out.append(
             {
                 "run_id": run_id,
                 "run_name": names[run_id]["run_name"],
                 "metric": metric,
                 "points": len(points),
-                "first_step": points[0][0],
-                "last_step": points[-1][0],
-                "first_time": iso_time(points[0][1], millis),
-                "last_time": iso_time(points[-1][1], millis),
-                "first": values[0],
-                "last": values[-1],
-                "min": None if lo is None else values[lo],
-                "max": None if hi is None else values[hi],
+                "first_step": int(points.steps[0]),
+                "last_step": int(points.steps[-1]),
+                "first_time": first_time,
+                "last_time": last_time,
+                "first": float(values[0]),
+                "last": float(values[-1]),
+                "min": None if lo is None else float(values[lo]),
+                "max": None if hi is None else float(values[hi]),
             }
         )
     return out
@@ -548,6 +593,9 @@ def resolve_runs(client, request: Request) -> list[dict]:
             "run_name": run.info.run_name,
             "experiment_id": run.info.experiment_id,
             "metrics": set(run.data.metrics),
+            # the step of each metric's latest point: a hint at its number of points (fetch_series).
+            # RunData keeps the latest Metric objects only in its private _metric_objs (MLflow 3.17).
+            "last_steps": {m.key: m.step for m in getattr(run.data, "_metric_objs", None) or ()},
         }
         for run in runs
     ]
@@ -601,14 +649,15 @@ def plan_series(runs: list[dict], request: Request) -> tuple[list[str], list[tup
 
 
 def fetch_series(
-    client, tracking_uri: str, pairs: list[tuple[str, str]], workers: int = FETCH_WORKERS
+    client, tracking_uri: str, pairs: list[tuple[str, str]], workers: int = FETCH_WORKERS, sizes=None
 ) -> dict:
-    """{(run_id, metric): points sorted by step then time} for every pair that has points.
+    """{(run_id, metric): Points} for every pair that has points.
 
-    Work runs on a bounded thread pool. Against a tracking server, each task asks the server's
-    metrics/get-history-bulk endpoint for the histories of several runs at once and reads its JSON directly;
-    per (run, metric) get-history calls through MlflowClient cost about 5x more, mostly in the server turning
-    every point into a protobuf message and the client turning it back (bench/bench_get_metric_history.py).
+    sizes: {(run_id, metric): expected number of points}, a hint for grouping runs into requests (the
+    latest step + 1); results never depend on it. Against a tracking server, requests to its
+    metrics/get-history-bulk endpoint each carry several runs of one metric, as many as fit in one response,
+    and run on a bounded thread pool; per (run, metric) get-history calls through MlflowClient cost more,
+    mostly in the server turning every point into a protobuf message (bench/bench_get_metric_history.py).
     Servers without that endpoint get the public paged get-history.
     """
     if not pairs:
@@ -617,33 +666,31 @@ def fetch_series(
     if rest is None:
         # A local store is read in this process: SQLAlchemy's sqlite pool is thread-safe, but the work is
         # Python under the GIL, so threads do not help (measured: 16 s sequential, 19 s with 4 threads).
-        return {
-            pair: sort_points(points)
+        found = {
+            pair: Points([m.step for m in ms], [m.timestamp for m in ms], [m.value for m in ms])
             for pair in pairs
-            if (points := [(m.step, m.timestamp, m.value) for m in client.get_metric_history(*pair)])
+            if (ms := client.get_metric_history(*pair))
         }
-    by_metric: dict[str, list[str]] = {}
-    for run_id, metric in pairs:
-        by_metric.setdefault(metric, []).append(run_id)
-    # enough chunks to keep every worker busy, at most BULK_MAX_RUNS runs per request
-    per_metric = max(1, -(-workers // len(by_metric)))
-    jobs = []
-    for metric, run_ids in by_metric.items():
-        size = min(BULK_MAX_RUNS, max(1, -(-len(run_ids) // per_metric)))
-        jobs += [(run_ids[i : i + size], metric) for i in range(0, len(run_ids), size)]
-    found: dict = {}
-    with ThreadPoolExecutor(max(1, min(workers, len(jobs)))) as pool:
-        for result in pool.map(rest.metric_of_runs, jobs):
-            found.update(result)
-    return {pair: sort_points(found[pair]) for pair in pairs if found.get(pair)}
+    else:
+        found = rest.fetch(pairs, sizes or {}, workers)
+    return {pair: found[pair] for pair in pairs if pair in found and len(found[pair])}
 
 
 class RestHistory:
-    """Metric histories straight from a tracking server's REST API (thread-safe: no shared mutable state
-    beyond the `bulk` flag, which only ever goes from True to False)."""
+    """Metric histories straight from a tracking server's REST API.
+
+    The work is a queue of bulk requests, each for some runs of one metric; a cut response puts its
+    unfinished runs back in the queue. Threads take the next request as soon as they are free, so a slow
+    server worker gets fewer requests. Thread-safe: the shared state (size estimates, the `bulk` flag) is
+    only ever raised or switched off, and each result is written once."""
 
     BULK = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
     SINGLE = "/api/2.0/mlflow/metrics/get-history"
+    # A server with several worker processes (mlflow server --workers) hands a kept-alive connection to one of
+    # them for good: with a few connections that can leave one worker with most of the work and the other
+    # idle (measured: 3.8 s and 10.9 s of CPU in one run). A new connection per request goes to a worker
+    # that is free to accept it; it costs well under a millisecond on the requests this sends.
+    HEADERS = {"Connection": "close"}
 
     def __init__(self, get_host_creds):
         from mlflow.utils.rest_utils import http_request, verify_rest_response
@@ -652,6 +699,7 @@ class RestHistory:
         self.http_request = http_request
         self.verify = verify_rest_response
         self.bulk = True
+        self.typical: dict[str, int] = {}  # metric -> most points seen in one complete run
 
     @classmethod
     def for_client(cls, client, tracking_uri: str):
@@ -662,62 +710,141 @@ class RestHistory:
             return None
         return cls(get_host_creds)
 
-    def get(self, endpoint: str, params: dict):
-        return self.http_request(self.get_host_creds(), endpoint, "GET", params=params)
+    def get(self, endpoint: str, params: dict) -> dict:
+        response = self.http_request(
+            self.get_host_creds(), endpoint, "GET", params=params, extra_headers=self.HEADERS
+        )
+        if response.status_code == 200 and response.content.strip():
+            return json.loads(response.content)  # one parse of the bytes (a bulk response is ~3 MB)
+        return self.verify(response, endpoint).json()  # raises MLflow's error for a failed request
 
-    def metric_of_runs(self, job: tuple[list[str], str]) -> dict:
-        """{(run_id, metric): points} for some runs. One response holds at most BULK_MAX_RESULTS points over
-        all its runs, cut at the end (runs sorted by id, then time), so a full response is trusted only up
-        to its last run; the rest is asked again, fewer runs at a time. A single run longer than the cap, or
-        a server without the bulk endpoint, is read with the public paged get-history."""
-        pending, metric = sorted(job[0]), job[1]
-        out: dict = {}
-        group = len(pending)
-        while pending:
-            if not self.bulk:
-                for run_id in pending:
-                    out[(run_id, metric)] = self.single(run_id, metric)
-                return out
-            asked = pending[: min(group, BULK_MAX_RUNS)]
-            params = {"run_id": asked, "metric_key": metric, "max_results": BULK_MAX_RESULTS}
-            response = self.get(self.BULK, params)
-            if response.status_code in (404, 405, 501) and "error_code" not in response.text:
-                self.bulk = False  # an older server or a gateway without MLflow's UI endpoints
-                continue
-            body = self.verify(response, self.BULK).json()
-            by_run: dict[str, list] = {}
-            for m in body.get("metrics", []):
-                point = (int(m.get("step") or 0), int(m.get("timestamp") or 0), as_float(m.get("value")))
-                by_run.setdefault(m["run_id"], []).append(point)
-            complete = asked
-            if len(body.get("metrics", [])) >= BULK_MAX_RESULTS:  # possibly cut: the last run may be partial
-                present = [run_id for run_id in asked if run_id in by_run]
-                complete = present[:-1]
-                if not complete:  # one run alone fills a response: read it page by page
-                    by_run[present[0]] = self.single(present[0], metric)
-                    complete = present
-                group = max(1, len(complete))
-            for run_id in complete:
-                out[(run_id, metric)] = by_run.get(run_id, [])
-            done = set(complete)
-            pending = [run_id for run_id in pending if run_id not in done]
-        return out
+    def fetch(self, pairs: list[tuple[str, str]], sizes: dict, workers: int) -> dict:
+        from concurrent.futures import FIRST_COMPLETED, wait
 
-    def single(self, run_id: str, metric: str) -> list:
+        by_metric: dict[str, list[str]] = {}
+        for run_id, metric in pairs:
+            by_metric.setdefault(metric, []).append(run_id)
+        estimates = dict(sizes)
+        jobs = [job for metric, run_ids in by_metric.items() for job in self.plan(run_ids, metric, estimates)]
+        # the biggest first, so that the last requests, which some threads wait on, are short ones
+        jobs.sort(key=lambda job: -sum(estimates.get((run_id, job[1]), 1) for run_id in job[0]))
+        found: dict = {}
+        with ThreadPoolExecutor(max(1, workers)) as pool:  # a cut response adds requests
+            running = {pool.submit(self.metric_of_runs, job, estimates) for job in jobs}
+            while running:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    result, again = future.result()
+                    found.update(result)
+                    running |= {pool.submit(self.metric_of_runs, job, estimates) for job in again}
+        return found
+
+    def plan(self, run_ids: list[str], metric: str, estimates: dict) -> list[tuple[list[str], str]]:
+        """Runs of one metric in groups whose expected points stay under one response's cap: a response that
+        is not full is complete. Runs without an estimate count as one point until a response says more."""
+        groups: list[list[str]] = []
+        total = 0
+        typical = self.typical.get(metric, 1)
+        for run_id in sorted(run_ids):  # the server orders a response by run id
+            expected = max(1, typical, estimates.get((run_id, metric), 1))
+            if not groups or total + expected >= BULK_MAX_RESULTS or len(groups[-1]) >= BULK_MAX_RUNS:
+                groups.append([])
+                total = 0
+            groups[-1].append(run_id)
+            total += expected
+        return [(group, metric) for group in groups]
+
+    def metric_of_runs(self, job: tuple[list[str], str], estimates: dict) -> tuple[dict, list]:
+        """({(run_id, metric): Points} for the runs this request completed, follow-up jobs for the others).
+
+        One response holds at most BULK_MAX_RESULTS points over all its runs, ordered by run and cut at the
+        end, so a full response is trusted up to its last run only; the rest is asked again. A single run
+        longer than the cap, or a server without the bulk endpoint, is read with the public paged
+        get-history."""
+        asked, metric = job
+        if not self.bulk:
+            return {(run_id, metric): self.single(run_id, metric) for run_id in asked}, []
+        params = {"run_id": asked, "metric_key": metric, "max_results": BULK_MAX_RESULTS}
+        response = self.http_request(
+            self.get_host_creds(), self.BULK, "GET", params=params, extra_headers=self.HEADERS
+        )
+        if response.status_code in (404, 405, 501) and "error_code" not in response.text:
+            self.bulk = False  # an older server or a gateway without MLflow's UI endpoints
+            return {(run_id, metric): self.single(run_id, metric) for run_id in asked}, []
+        if response.status_code == 200 and response.content.strip():
+            metrics = json.loads(response.content).get("metrics", [])
+        else:
+            metrics = self.verify(response, self.BULK).json().get("metrics", [])
+        by_run = bulk_points(metrics)
+        if len(metrics) < BULK_MAX_RESULTS:
+            complete, rest = asked, []
+        else:  # possibly cut: the response's last run may be partial, and runs after it are not there
+            last = metrics[-1]["run_id"]
+            complete = [run_id for run_id in asked if run_id in by_run and run_id != last]
+            rest = [run_id for run_id in asked if run_id not in complete]
+            if not complete:  # one run alone fills a response: read it page by page
+                by_run[last] = self.single(last, metric)
+                complete, rest = [last], [run_id for run_id in rest if run_id != last]
+            # learn from what came back: the cut run has more points than it showed
+            estimates[(last, metric)] = max(estimates.get((last, metric), 1), len(by_run.get(last, ())) + 1)
+        seen = max((len(by_run[run_id]) for run_id in complete if run_id in by_run), default=0)
+        if seen > self.typical.get(metric, 0):
+            self.typical[metric] = seen
+        empty = Points([], [], [], ordered=True)
+        result = {(run_id, metric): by_run.get(run_id, empty) for run_id in complete}
+        return result, self.plan(rest, metric, estimates) if rest else []
+
+    def single(self, run_id: str, metric: str) -> Points:
         """The public GetMetricHistory endpoint, page by page."""
         points, token = [], None
         while True:
             params = {"run_id": run_id, "metric_key": metric, "max_results": HISTORY_PAGE_SIZE}
             if token:
                 params["page_token"] = token
-            body = self.verify(self.get(self.SINGLE, params), self.SINGLE).json()
+            body = self.get(self.SINGLE, params)
             for m in body.get("metrics", []):
                 points.append(
                     (int(m.get("step") or 0), int(m.get("timestamp") or 0), as_float(m.get("value")))
                 )
             token = body.get("next_page_token")
             if not token:
-                return points
+                return Points.from_tuples(points)
+
+
+def bulk_points(metrics: list[dict]) -> dict[str, Points]:
+    """{run_id: Points} from a get-history-bulk response's metrics (each has run_id, step, timestamp, value;
+    NaN and infinities come as JSON's NaN / Infinity literals, which Python's json reads)."""
+    import numpy as np
+
+    if not metrics:
+        return {}
+    n = len(metrics)
+    run_ids = [m["run_id"] for m in metrics]
+    try:
+        steps = np.fromiter((m["step"] for m in metrics), np.int64, n)
+        times = np.fromiter((m["timestamp"] for m in metrics), np.int64, n)
+        values = np.fromiter((m["value"] for m in metrics), np.float64, n)
+    except (KeyError, TypeError, ValueError):  # a field left out or odd: the careful way, point by point
+        steps = np.array([int(m.get("step") or 0) for m in metrics], dtype=np.int64)
+        times = np.array([int(m.get("timestamp") or 0) for m in metrics], dtype=np.int64)
+        values = np.array([as_float(m.get("value")) for m in metrics], dtype=np.float64)
+    out: dict[str, Points] = {}
+    start = 0
+    for i in range(1, n + 1):  # the server sends each run's points together
+        if i == n or run_ids[i] != run_ids[start]:
+            run_id = run_ids[start]
+            part = slice(start, i)
+            if run_id in out:  # not together after all: join the pieces (order within a run is kept)
+                old = out[run_id]
+                out[run_id] = Points(
+                    np.concatenate([old.steps, steps[part]]),
+                    np.concatenate([old.times, times[part]]),
+                    np.concatenate([old.values, values[part]]),
+                )
+            else:
+                out[run_id] = Points(steps[part], times[part], values[part])
+            start = i
+    return out
 
 
 def as_float(value) -> float:
@@ -730,28 +857,48 @@ def as_float(value) -> float:
 # ---- writing files and plots ----
 
 
-def write_output(path: Path, fmt: str, rows: list[dict]) -> dict:
-    """Write rows to .csv / .parquet / .json; returns what was written."""
+def write_output(path: Path, fmt: str, runs: list[dict], series: dict, max_points: int | None) -> dict:
+    """Write the rows to .csv / .parquet / .json; returns what was written."""
     tmp = path.with_name(f".{path.name}.tmp")
     if fmt == "json":
+        rows = series_rows(runs, series, max_points)
+        count = len(rows)
         with open(tmp, "w", encoding="utf-8") as handle:
             json.dump(json_safe(rows), handle, ensure_ascii=False)
             handle.write("\n")
     else:
-        import pandas as pd
-
-        frame = pd.DataFrame(rows, columns=list(COLUMNS))
+        columns = series_columns(runs, series, max_points)
+        count = len(columns["step"])
         if fmt == "csv":
-            frame.to_csv(tmp, index=False)
+            import csv
+
+            columns["timestamp"] = iso_times(columns["timestamp"], needs_millis(series))
+            columns["step"] = columns["step"].tolist()
+            # repr of each float (what str() gives), NaN as an empty cell: what pandas' to_csv writes
+            columns["value"] = [None if v != v else v for v in columns["value"].tolist()]
+            with open(tmp, "w", encoding="utf-8", newline="") as handle:
+                writer = csv.writer(handle, lineterminator="\n")
+                writer.writerow(COLUMNS)
+                writer.writerows(zip(*(columns[c] for c in COLUMNS), strict=True))
         else:
-            frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601").astype(
-                "datetime64[ms, UTC]"
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.table(
+                {
+                    "run_id": pa.array(columns["run_id"], pa.string()),
+                    "run_name": pa.array(columns["run_name"], pa.string()),
+                    "metric": pa.array(columns["metric"], pa.string()),
+                    "step": pa.array(columns["step"], pa.int64()),
+                    "timestamp": pa.array(columns["timestamp"], pa.int64()).cast(
+                        pa.timestamp("ms", tz="UTC")
+                    ),
+                    "value": pa.array(columns["value"], pa.float64()),
+                }
             )
-            frame["step"] = frame["step"].astype("int64")
-            frame["value"] = frame["value"].astype("float64")
-            frame.to_parquet(tmp, index=False)
+            pq.write_table(table, tmp)
     tmp.replace(path)
-    return {"path": str(path), "format": fmt, "rows": len(rows), "bytes": path.stat().st_size}
+    return {"path": str(path), "format": fmt, "rows": count, "bytes": path.stat().st_size}
 
 
 def draw_plot(path: Path, runs: list[dict], metrics: list[str], series: dict, x_axis: str, max_points):
@@ -760,7 +907,6 @@ def draw_plot(path: Path, runs: list[dict], metrics: list[str], series: dict, x_
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     labels = legend_labels(runs)
     palette = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20" if len(runs) <= 20 else "viridis")
@@ -779,14 +925,10 @@ def draw_plot(path: Path, runs: list[dict], metrics: list[str], series: dict, x_
             points = series.get((run["run_id"], metric))
             if not points:
                 continue
-            keep = downsample_indices([p[2] for p in points], max_points)
-            if x_axis == "step":
-                x = np.array([points[i][0] for i in keep], dtype="int64")
-            else:
-                x = np.array([points[i][1] for i in keep], dtype="datetime64[ms]")
-            y = np.array([points[i][2] for i in keep], dtype="float64")
-            ax.plot(x, y, label=labels[run["run_id"]], color=colors[run["run_id"]], linewidth=1.2,
-                    marker="o" if len(keep) == 1 else None)  # fmt: skip
+            keep = downsample_indices(points.values, max_points)
+            x = points.steps[keep] if x_axis == "step" else points.times[keep].astype("datetime64[ms]")
+            ax.plot(x, points.values[keep], label=labels[run["run_id"]], color=colors[run["run_id"]],
+                    linewidth=1.2, marker="o" if len(keep) == 1 else None)  # fmt: skip
             drawn.append(labels[run["run_id"]])
         ax.set_title(metric, loc="left", fontsize=11)
         ax.grid(alpha=0.3)
@@ -813,6 +955,29 @@ def draw_plot(path: Path, runs: list[dict], metrics: list[str], series: dict, x_
 
 
 # ---- main ----
+
+
+def preload(*modules: str) -> None:
+    """Import modules in a background thread (an import the main thread needs later waits for it to finish;
+    a failure there is raised again by the main thread's own import)."""
+
+    def load():
+        import importlib
+
+        for name in modules:
+            try:
+                if name.startswith("matplotlib"):
+                    import matplotlib
+
+                    matplotlib.use("Agg")
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the main thread's import reports it
+                return
+
+    if modules:
+        import threading
+
+        threading.Thread(target=load, daemon=True).start()
 
 
 def build_parser() -> CliParser:
@@ -863,7 +1028,12 @@ def run(request: Request, tracking_uri: str, debug: bool):
               file=sys.stderr)  # fmt: skip
     if len(missing) > 20:
         print(f"warning: ... and {len(missing) - 20} more (run, metric) pairs missing", file=sys.stderr)
-    series = fetch_series(client, tracking_uri, pairs)
+    # what the files and plot need is imported while the server works on the histories
+    preload(*(["pyarrow.parquet"] if request.output and request.output[1] == "parquet" else []),
+            *(["matplotlib.pyplot"] if request.plot else []))  # fmt: skip
+    last_steps = {run["run_id"]: run["last_steps"] for run in runs}
+    sizes = {(run_id, m): last_steps[run_id][m] + 1 for run_id, m in pairs if m in last_steps[run_id]}
+    series = fetch_series(client, tracking_uri, pairs, sizes=sizes)
     if not series:
         raise CliError(EXIT_NOT_FOUND, "the selected runs have no points for these metrics")
     if request.output is None and request.plot is None:
@@ -880,7 +1050,7 @@ def run(request: Request, tracking_uri: str, debug: bool):
         "tracking_uri": mask_uri(tracking_uri),
     }
     if request.output is not None:
-        written["output"] = write_output(*request.output, series_rows(runs, series, request.max_points))
+        written["output"] = write_output(*request.output, runs, series, request.max_points)
     if request.plot is not None:
         plot_path = request.plot[0]
         written["plot"] = draw_plot(plot_path, runs, metrics, series, request.x_axis, request.max_points)

@@ -6,9 +6,8 @@ shape log_backtest writes); gamma has no drawdown, and only alpha has a short `s
 Expected values are computed here from the seeded arrays. Most checks call the script's main() in this
 process (same code path as `uv run`, minus the start-up); a few run it as a user does.
 
-Benchmark (not asserted; 50 runs x 2 series x 5,000 points against a real `mlflow server` with basic auth,
-2-core machine shared with other jobs): sequential MlflowClient.get_metric_history 66 s; this script's
-fetch_series (get-history-bulk, 8 workers) see the report in the commit message.
+Benchmark (not asserted here): bench/run.py --only history, 50 runs x 2 series x 5,000 points against a real
+`mlflow server` with basic auth, the whole command against a sequential MlflowClient.get_metric_history loop.
 """
 
 from __future__ import annotations
@@ -285,6 +284,29 @@ def test_bulk_fetch_with_truncation_and_fallback_equals_the_client(server_seeded
     for cap in (250, 450):
         monkeypatch.setattr(module, "BULK_MAX_RESULTS", cap)
         same(module.fetch_series(client, uri, pairs, workers=2))
+    # with the run's own size hints (latest step + 1, what the script passes) no response is cut, so no
+    # point is sent twice; hints that are far too small still give the right series
+    monkeypatch.setattr(module, "BULK_MAX_RESULTS", 700)
+    sizes = {pair: len(points) for pair, points in expected.items()}
+    served = []
+    init = module.RestHistory.__init__
+
+    def counting(self, get_host_creds):  # a spy on the real requests: counts the points each response holds
+        init(self, get_host_creds)
+        real = self.http_request
+
+        def spy(*args, **kwargs):
+            response = real(*args, **kwargs)
+            if response.status_code == 200:
+                served.append(len(json.loads(response.content).get("metrics", [])))
+            return response
+
+        self.http_request = spy
+
+    monkeypatch.setattr(module.RestHistory, "__init__", counting)
+    same(module.fetch_series(client, uri, pairs, workers=2, sizes=sizes))
+    assert sum(served) == sum(sizes.values()) and max(served) < 700, served
+    same(module.fetch_series(client, uri, pairs, workers=2, sizes=dict.fromkeys(pairs, 2)))
     monkeypatch.setattr(module.RestHistory, "BULK", "/ajax-api/2.0/mlflow/metrics/no-such-endpoint")
     same(module.fetch_series(client, uri, pairs, workers=3))
 
