@@ -48,13 +48,18 @@ class Sample:
     stderr: str
 
 
-def run(command: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> Sample:
-    """Run a command; wall time and the peak summed RSS of its process tree (sampled every 20 ms)."""
+def run(command: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT, rss: bool = False) -> Sample:
+    """Run a command; wall time and, with rss, the peak summed RSS of its process tree (sampled every 20 ms).
+    Sampling costs ~9% of a core, which would slow a command that keeps both cores busy more than one that
+    leaves a core idle: only the case that reports memory samples."""
     started = time.monotonic()
     process = psutil.Popen(
         command, cwd=cwd, env=clean_env(**(env or {})), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     peak = 0
+    if not rss:
+        _, stderr = process.communicate()
+        return Sample(time.monotonic() - started, 0.0, process.returncode, stderr.decode(errors="replace"))
     while process.poll() is None:
         try:
             tree = [process, *process.children(recursive=True)]
@@ -246,6 +251,7 @@ def case_large(args, work: Path, stores: Stores) -> None:
                     str(work / "bench_minute.parquet"),
                 ),  # fmt: skip
                 stores.fresh(),
+                rss=True,
             ),
             "log_backtest 1M bars",
         )
@@ -442,14 +448,16 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, Python {platform.python_version()}, {platform.system()}"
 
 
-def write_results(path: Path, started: dt.datetime, seconds: float) -> None:
+def write_results(path: Path, started: dt.datetime, seconds: float, loads: tuple[float, float]) -> None:
     lines = [
         "# Benchmark results",
         "",
         f"Date: {started:%Y-%m-%d %H:%M} UTC. Machine: {machine()}. Command: `uv run python bench/run.py` "
         f"({seconds / 60:.1f} min). Times are medians of 3 alternating repetitions, each a whole command as a "
         "user runs it (`uv run …`), start-up and imports included. Both sides run from bytecode compiled at "
-        "install (`uv sync --script … --compile-bytecode` for every environment).",
+        "install (`uv sync --script … --compile-bytecode` for every environment). 1-minute load average "
+        f"{loads[0]:.2f} at the start, {loads[1]:.2f} at the end. Peak RSS sums the process tree (pages a "
+        "forked helper shares with its parent count twice).",
         "",
         "| case | ours (s) | baseline (s) | ratio | goal | met |",
         "|---|---:|---:|---:|---|---|",
@@ -475,6 +483,7 @@ def main() -> int:
     args = parser.parse_args()
     args.reps = args.reps or (1 if args.quick else 3)
     started = dt.datetime.now(dt.UTC)
+    load_at_start = os.getloadavg()[0]
     clock = time.monotonic()
     warm_up()
     with tempfile.TemporaryDirectory(prefix="mlflow-python-bench-") as tmp:
@@ -487,7 +496,7 @@ def main() -> int:
     goals = [r for r in ROWS if r["met"] is not None]
     print(f"{len(ROWS)} rows in {seconds:.0f} s; goals met: {sum(r['met'] for r in goals)}/{len(goals)}")
     if not args.quick and not args.only:
-        write_results(args.results, started, seconds)
+        write_results(args.results, started, seconds, (load_at_start, os.getloadavg()[0]))
         print(f"wrote {args.results}")
     (BENCH / "out").mkdir(exist_ok=True)
     (BENCH / "out" / "last.json").write_text(json.dumps(ROWS, indent=2))
