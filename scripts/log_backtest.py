@@ -1708,8 +1708,14 @@ def find_duplicate(client, experiment_id: str, fp: str):
     return runs[0] if runs else None
 
 
-def write_run(client, experiment_id: str, prep: Prepared, req: Request, parent_id: str | None = None) -> str:
-    """Create the run and write everything; FINISHED only when all of it landed, else FAILED and re-raise."""
+def write_run(
+    client, experiment_id: str, prep: Prepared, req: Request, parent_id: str | None = None, tearsheet=None
+) -> str:
+    """Create the run and write everything; FINISHED only when all of it landed, else FAILED and re-raise.
+    tearsheet(), if given, is called after the metrics land and before the artifacts are logged (a helper
+    process draws it meanwhile); if it fails, the run is FAILED and deleted."""
+    import contextlib
+
     from mlflow.entities import DatasetInput, InputTag, Metric, Param
 
     tags = dict(prep.tags)
@@ -1736,6 +1742,14 @@ def write_run(client, experiment_id: str, prep: Prepared, req: Request, parent_i
             datasets=[DatasetInput(dataset_entity(prep, req), [InputTag("mlflow.data.context", "backtest")])],
         )
         phase(f"{prep.run_name}: metrics, params, histories, dataset logged")
+        if tearsheet is not None:
+            try:
+                tearsheet()
+            except BaseException:
+                mark_failed(client, run_id)
+                with contextlib.suppress(Exception):
+                    client.delete_run(run_id)  # not a backtest without its report: out of sight
+                raise
         client.log_artifacts(run_id, str(prep.folder))
         client.set_terminated(run_id, "FINISHED")
         phase(f"{prep.run_name}: artifacts logged, run FINISHED")
@@ -1923,8 +1937,8 @@ def run_single(item: Series, name: str, folder: Path, req: Request, debug: bool,
     parallel = not req.dry_run and can_fork()
     helpers: list[Helper] = []
     if parallel:
-        # Metrics in one helper process and the tearsheet in another while this one imports mlflow (2 cores:
-        # ~1 s saved without a tearsheet, ~3 s with it; bench/RESULTS.md).
+        # Metrics in one helper process and the tearsheet in another while this one imports mlflow and then
+        # writes the metrics and histories; the tearsheet joins the run last (2 cores: bench/RESULTS.md).
         helpers.append(Helper(column_job([item], [name], [folder], req, [0], bool(req.column), writes=False)))
         if req.tearsheet:
             helpers.append(Helper(lambda inbox: iter([draw_tearsheet(item, req, name, folder)])))
@@ -1938,30 +1952,29 @@ def run_single(item: Series, name: str, folder: Path, req: Request, debug: bool,
         phase("mlflow imported")
         if parallel:
             prep = adopt(helpers[0], [item], req)[0]
-        experiment = client.get_experiment_by_name(
-            req.experiment
-        )  # a duplicate needs no tearsheet: look first
-        existing = None
-        if experiment is not None and experiment.lifecycle_stage == "active" and not req.force:
-            existing = find_duplicate(client, experiment.experiment_id, prep.fingerprint)
-        if parallel and req.tearsheet and existing is None:
-            note = helpers[1].result()  # drawn before anything is written
+        experiment_id = ensure_experiment(client, req.experiment)
+        existing = None if req.force else find_duplicate(client, experiment_id, prep.fingerprint)
+        phase("experiment and dedupe checked")
+        if existing is not None:
+            prep.run_id, prep.deduplicated = existing.info.run_id, True
+            prep.run_name = existing.info.run_name
+            warn(
+                f"an identical backtest is already logged as run {prep.run_id}; pass --force to log again",
+                req.warnings,
+            )
+        elif req.tearsheet and parallel:
+            tearsheet = helpers[1]
+            write_run(
+                client, experiment_id, prep, req,
+                tearsheet=lambda: add_tearsheet(prep, req, tearsheet.result(), drawn=True),
+            )  # fmt: skip
+        else:
+            if req.tearsheet:
+                add_tearsheet(prep, req)
+            write_run(client, experiment_id, prep, req)
     finally:
         for helper in helpers:
             helper.stop()
-    experiment_id = ensure_experiment(client, req.experiment)
-    phase("experiment and dedupe checked")
-    if existing is not None:
-        prep.run_id, prep.deduplicated = existing.info.run_id, True
-        prep.run_name = existing.info.run_name
-        warn(
-            f"an identical backtest is already logged as run {prep.run_id}; pass --force to log again",
-            req.warnings,
-        )
-    else:
-        if req.tearsheet:
-            add_tearsheet(prep, req, note if parallel else None, drawn=parallel)
-        write_run(client, experiment_id, prep, req)
     return run_output(prep, req, experiment_id, tracking_uri, key_only=False)
 
 

@@ -594,6 +594,32 @@ def test_helper_process_results_and_failures(scripts):
         assert caught.value.code == code and needle in str(caught.value), (job.__name__, str(caught.value))
 
 
+def test_a_failing_tearsheet_leaves_no_visible_run(scripts, tmp_path):
+    """A single run's metrics are written while a helper draws its tearsheet; if the tearsheet then fails,
+    the run is FAILED and deleted (out of sight), and the failure is the script's exit code."""
+    lb = scripts.log_backtest
+    frame = daily_frame(18, n=300)
+    frame.to_csv(tmp_path / "s.csv", index=False)
+    req = lb.build_request(lb.build_parser().parse_args(["--returns", str(tmp_path / "s.csv")]))
+    [item] = lb.load_all(req)
+    prep = lb.prepare(item, req, "no-report", tmp_path / "run", column_param=False)
+    client = lb.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = lb.ensure_experiment(client, "no-report")
+
+    def tearsheet():
+        raise lb.CliError(lb.EXIT_UNEXPECTED, "QuantStats could not draw the report")
+
+    code = lb.run_cli(
+        lambda: lb.write_run(client, experiment_id, prep, req, tearsheet=tearsheet), debug=False
+    )
+    assert code == lb.EXIT_UNEXPECTED and prep.run_id
+    from mlflow.entities import ViewType
+
+    assert client.search_runs([experiment_id]) == []  # nothing visible
+    [run] = client.search_runs([experiment_id], run_view_type=ViewType.DELETED_ONLY)
+    assert run.info.run_id == prep.run_id and run.info.status == "FAILED"
+
+
 # ---- a server that dies mid-run ------------------------------------------------------------------------------
 class KillOnRead(dict):
     """Metrics that kill the server when write_run starts logging them: right after the run was created."""
