@@ -56,10 +56,10 @@ def run(command: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT,
     process = psutil.Popen(
         command, cwd=cwd, env=clean_env(**(env or {})), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    peak = 0
     if not rss:
         _, stderr = process.communicate()
         return Sample(time.monotonic() - started, 0.0, process.returncode, stderr.decode(errors="replace"))
+    peak = 0
     while process.poll() is None:
         try:
             tree = [process, *process.children(recursive=True)]
@@ -123,6 +123,11 @@ def median(samples: list[Sample]) -> float:
 ROWS: list[dict] = []
 
 
+def verdict(met: bool | None, yes: str, no: str) -> str:
+    """How a row's goal came out; "-" for an informational row."""
+    return "-" if met is None else yes if met else no
+
+
 def record(
     case: str, ours: float, baseline: float | None, goal: str, met: bool | None, note: str = ""
 ) -> None:
@@ -141,7 +146,7 @@ def record(
     shown = f"{ratio:.2f}x" if ratio is not None else "-"
     base = f"{baseline:.2f}s" if baseline is not None else "-"
     print(
-        f"  {case:<44} ours {ours:7.2f}s  baseline {base:>8}  {shown:>6}  goal {goal:<10} {'-' if met is None else 'met' if met else 'MISSED'}"
+        f"  {case:<44} ours {ours:7.2f}s  baseline {base:>8}  {shown:>6}  goal {goal:<10} {verdict(met, 'met', 'MISSED')}"
     )
 
 
@@ -424,14 +429,12 @@ def warm_up() -> None:
     a plain script recompiles mlflow from source on every run (import mlflow 3.4 s instead of 1.2 s); our
     scripts write their environment's bytecode on first use (the preamble), and a baseline written by hand
     would not. Compiling every environment here keeps that out of the ratios: they compare work with work."""
-    for script in [
-        *sorted(p.relative_to(ROOT) for p in (ROOT / "scripts").glob("*.py")),
-        *sorted(p.relative_to(ROOT) for p in BENCH.glob("baseline_*.py")),
-    ]:
+    ours = sorted(p.relative_to(ROOT) for p in (ROOT / "scripts").glob("*.py"))
+    for script in [*ours, *sorted(p.relative_to(ROOT) for p in BENCH.glob("baseline_*.py"))]:
         subprocess.run(
             ["uv", "sync", "--script", str(script), "--quiet", "--compile-bytecode"], check=True, cwd=ROOT
         )
-    for script in sorted(p.relative_to(ROOT) for p in (ROOT / "scripts").glob("*.py")):
+    for script in ours:
         checked(run(uv_run(str(script), "--help")), f"warm-up {script}")
 
 
@@ -486,14 +489,14 @@ def write_results(path: Path, started: dt.datetime, seconds: float, loads: tuple
         base = f"{row['baseline_s']:.2f}" if row["baseline_s"] is not None else "-"
         ratio = f"{row['ratio']:.2f}x" if row["ratio"] is not None else "-"
         lines.append(
-            f"| {row['case']} | {ours} | {base} | {ratio} | {row['goal']} | {'-' if row['met'] is None else 'yes' if row['met'] else 'NO'} |"
+            f"| {row['case']} | {ours} | {base} | {ratio} | {row['goal']} | {verdict(row['met'], 'yes', 'NO')} |"
         )
     lines += ["", "## Goals: met or not, and why", ""]
     for row in ROWS:
         if row["met"] is None:
             continue
         reason = next((text for key, text in WHY.items() if key in row["case"]), "")
-        lines.append(f"- {row['case']}: {'met' if row['met'] else '**not met**'}. {reason}.")
+        lines.append(f"- {row['case']}: {verdict(row['met'], 'met', '**not met**')}. {reason}.")
     path.write_text("\n".join(lines) + "\n")
 
 

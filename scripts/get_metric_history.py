@@ -407,13 +407,6 @@ class Points:
             steps, times, values = steps[order], times[order], values[order]
         self.steps, self.times, self.values = steps, times, values
 
-    @classmethod
-    def from_tuples(cls, points: list[tuple[int, int, float]]) -> Points:
-        if not points:
-            return cls([], [], [], ordered=True)
-        steps, times, values = zip(*points, strict=True)
-        return cls(steps, times, values)
-
     def __len__(self) -> int:
         return len(self.steps)
 
@@ -802,7 +795,7 @@ class RestHistory:
 
     def single(self, run_id: str, metric: str) -> Points:
         """The public GetMetricHistory endpoint, page by page."""
-        points, token = [], None
+        metrics, token = [], None
         while True:
             params = {"run_id": run_id, "metric_key": metric, "max_results": HISTORY_PAGE_SIZE}
             if token:
@@ -812,13 +805,10 @@ class RestHistory:
                 body = self.verify(response, self.SINGLE).json()  # raises MLflow's error for a failed request
             else:
                 body = parse_json(response.content)
-            for m in body.get("metrics", []):
-                points.append(
-                    (int(m.get("step") or 0), int(m.get("timestamp") or 0), as_float(m.get("value")))
-                )
+            metrics += body.get("metrics", [])
             token = body.get("next_page_token")
             if not token:
-                return Points.from_tuples(points)
+                return Points(*metric_columns(metrics))
 
 
 def parse_json(data: bytes):
@@ -834,15 +824,12 @@ def parse_json(data: bytes):
         return json.loads(data)
 
 
-def bulk_points(metrics: list[dict]) -> dict[str, Points]:
-    """{run_id: Points} from a get-history-bulk response's metrics (each has run_id, step, timestamp, value;
-    NaN and infinities come as JSON's NaN / Infinity literals, which Python's json reads)."""
+def metric_columns(metrics: list[dict]):
+    """(steps, times, values) arrays from REST metric dicts (NaN and infinities come as JSON's NaN /
+    Infinity literals, which Python's json reads; protobuf JSON may leave out a field that is 0)."""
     import numpy as np
 
-    if not metrics:
-        return {}
     n = len(metrics)
-    run_ids = [m["run_id"] for m in metrics]
     try:
         steps = np.fromiter((m["step"] for m in metrics), np.int64, n)
         times = np.fromiter((m["timestamp"] for m in metrics), np.int64, n)
@@ -851,6 +838,18 @@ def bulk_points(metrics: list[dict]) -> dict[str, Points]:
         steps = np.array([int(m.get("step") or 0) for m in metrics], dtype=np.int64)
         times = np.array([int(m.get("timestamp") or 0) for m in metrics], dtype=np.int64)
         values = np.array([as_float(m.get("value")) for m in metrics], dtype=np.float64)
+    return steps, times, values
+
+
+def bulk_points(metrics: list[dict]) -> dict[str, Points]:
+    """{run_id: Points} from a get-history-bulk response's metrics (each has run_id, step, timestamp, value)."""
+    import numpy as np
+
+    if not metrics:
+        return {}
+    n = len(metrics)
+    run_ids = [m["run_id"] for m in metrics]
+    steps, times, values = metric_columns(metrics)
     out: dict[str, Points] = {}
     start = 0
     for i in range(1, n + 1):  # the server sends each run's points together

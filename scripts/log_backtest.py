@@ -1404,11 +1404,10 @@ def bar_time(item: Series, position: int) -> str | None:
 
 def periods_of(item: Series, req: Request) -> tuple[float, str]:
     """Bars per year (--periods-per-year, else detected) and the frequency's name."""
-    if req.periods_per_year is not None:
-        return float(req.periods_per_year), detect_periods(item.returns.index)[
-            1
-        ] if item.has_timestamps else "bars"
-    return detect_periods(item.returns.index)
+    if req.periods_per_year is None:
+        return detect_periods(item.returns.index)
+    frequency = detect_periods(item.returns.index)[1] if item.has_timestamps else "bars"
+    return float(req.periods_per_year), frequency
 
 
 def prepare(item: Series, req: Request, run_name: str, folder: Path, column_param: bool) -> Prepared:
@@ -1631,7 +1630,7 @@ def column_job(items, names, folders, req: Request, positions, column_param: boo
     """The job of a helper process: prepare these columns (tearsheets too when it writes) and yield
     ({position: exported prep}, [warnings]). With writes, it then imports mlflow while the parent checks the
     experiment and duplicates; told ("write", tracking_uri, experiment_id, parent_id) it writes its runs and
-    yields {position: run id}; told ("stop",) it ends."""
+    yields {position: run id}. A duplicate sweep writes nothing: the parent stops it."""
 
     def job(inbox):
         first = len(req.warnings)
@@ -1723,6 +1722,7 @@ def write_run(
         tags[PARENT_TAG] = parent_id
     run = client.create_run(experiment_id, run_name=prep.run_name, tags=tags)
     run_id = prep.run_id = run.info.run_id
+    discard = False
     try:
         now = int(time.time() * 1000)
         client.log_batch(
@@ -1743,18 +1743,17 @@ def write_run(
         )
         phase(f"{prep.run_name}: metrics, params, histories, dataset logged")
         if tearsheet is not None:
-            try:
-                tearsheet()
-            except BaseException:
-                mark_failed(client, run_id)
-                with contextlib.suppress(Exception):
-                    client.delete_run(run_id)  # not a backtest without its report: out of sight
-                raise
+            discard = True  # not a backtest without its report: out of sight if it fails
+            tearsheet()
+            discard = False
         client.log_artifacts(run_id, str(prep.folder))
         client.set_terminated(run_id, "FINISHED")
         phase(f"{prep.run_name}: artifacts logged, run FINISHED")
     except BaseException:
         mark_failed(client, run_id)
+        if discard:
+            with contextlib.suppress(Exception):
+                client.delete_run(run_id)
         raise
     return run_id
 
@@ -2062,20 +2061,16 @@ def run_sweep(
     if helpers:
         print(f"[sweep] {n} columns: {len(shares[0])} in this process, {n - len(shares[0])} in {len(helpers)} helper "
               f"process{'es' if len(helpers) > 1 else ''}", file=sys.stderr)  # fmt: skip
-    preps: list = [None] * n
     try:
-        for i, prep in prepare_columns(
-            items, names, folders, req, shares[0], True, parallel and req.tearsheet
-        ).items():
-            preps[i] = prep
+        prepared = prepare_columns(items, names, folders, req, shares[0], True, parallel and req.tearsheet)
         tracking_uri = client = experiment_id = parent_id = None
         if not req.dry_run:
             tracking_uri = resolve_tracking_uri(args.tracking_uri)
             client = connect(tracking_uri, debug)
             phase("mlflow imported")
         for helper in helpers:
-            for i, prep in adopt(helper, items, req).items():
-                preps[i] = prep
+            prepared.update(adopt(helper, items, req))
+        preps = [prepared[i] for i in range(n)]
         best = best_of(preps)
         parent_fp = hashlib.sha256("\n".join(p.fingerprint for p in preps).encode()).hexdigest()
         parent_name = req.run_name or req.returns_path.stem
@@ -2084,8 +2079,6 @@ def run_sweep(
             experiment_id = ensure_experiment(client, req.experiment)
             existing = None if req.force else find_duplicate(client, experiment_id, parent_fp)
             if existing is not None:
-                for helper in helpers:
-                    helper.send(("stop",))
                 deduplicated, parent_id = True, existing.info.run_id
                 warn(
                     f"an identical sweep is already logged as run {parent_id}; pass --force to log again",
