@@ -545,6 +545,160 @@ def metric_table_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---- deflated Sharpe ratio: identical in query_experiments.py and log_backtest.py (test_conventions checks) ----
+# Bailey & Lopez de Prado (2014), "The Deflated Sharpe Ratio: Correcting for Selection Bias, Backtest
+# Overfitting and Non-Normality", Journal of Portfolio Management 40(5). Everything here is in per-bar units:
+# a Sharpe ratio annualised with P bars per year is divided by sqrt(P) first.
+EULER_GAMMA = 0.5772156649015329
+
+
+def expected_max_sharpe(n_trials: int, variance: float) -> float:
+    """The Sharpe ratio the best of n_trials independent trials reaches by luck alone (every true Sharpe 0):
+    E[max] ~ sqrt(V) * ((1 - g) * Z^-1(1 - 1/N) + g * Z^-1(1 - 1/(N e))), g the Euler-Mascheroni constant,
+    Z^-1 the standard normal quantile, V the variance of the trials' Sharpe ratios (ddof 1; result in the
+    same units). NaN (undefined) for fewer than 2 trials or a variance that is not finite and positive."""
+    from statistics import NormalDist
+
+    if n_trials < 2 or not math.isfinite(variance) or variance <= 0:
+        return math.nan
+    z = NormalDist().inv_cdf
+    spread = (1 - EULER_GAMMA) * z(1 - 1 / n_trials) + EULER_GAMMA * z(1 - 1 / (n_trials * math.e))
+    return math.sqrt(variance) * spread
+
+
+def probabilistic_sharpe_ratio(sharpe: float, benchmark: float, n_bars: int, skew: float, kurtosis: float):
+    """P(true Sharpe > benchmark) = Phi((SR - SR*) sqrt(T - 1) / sqrt(1 - skew SR + (kurtosis - 1) / 4 SR^2))
+    (Bailey & Lopez de Prado 2012): SR, SR* per bar, T bars, sample skewness and NON-excess kurtosis (normal:
+    3) of the bar returns. NaN (undefined) for fewer than 2 bars, a non-finite input or a non-positive
+    variance term (kurtosis too small for the skew)."""
+    from statistics import NormalDist
+
+    defined = all(
+        isinstance(v, int | float) and math.isfinite(v) for v in (sharpe, benchmark, skew, kurtosis)
+    )
+    if not defined or n_bars is None or n_bars < 2:
+        return math.nan
+    spread = 1 - skew * sharpe + (kurtosis - 1) / 4 * sharpe**2
+    if spread <= 0:
+        return math.nan
+    return NormalDist().cdf((sharpe - benchmark) * math.sqrt(n_bars - 1) / math.sqrt(spread))
+
+
+def deflated_sharpe_ratio(
+    sharpe: float, trial_sharpes: list[float], n_bars: int, skew: float, kurtosis: float
+) -> tuple[float, float]:
+    """(expected maximum Sharpe of the trials, deflated Sharpe ratio), both per bar / a probability.
+    DSR = PSR(SR* = E[max]) of the selected trial: the probability that its true Sharpe ratio exceeds what
+    the best of len(trial_sharpes) trials would show by luck. trial_sharpes: every trial's per-bar Sharpe
+    (the selected one included); their sample variance (ddof 1) is V. kurtosis: non-excess."""
+    from statistics import variance
+
+    trials = [float(v) for v in trial_sharpes if isinstance(v, int | float) and math.isfinite(v)]
+    if len(trials) < 2:
+        return math.nan, math.nan
+    expected = expected_max_sharpe(len(trials), variance(trials))
+    return expected, probabilistic_sharpe_ratio(sharpe, expected, n_bars, skew, kurtosis)
+
+
+# ---- end of deflated Sharpe ratio ----
+
+
+# ---- probability of backtest overfitting: combinatorially symmetric cross-validation (CSCV) ---------------
+DEFAULT_PBO_SPLITS = 16
+PBO_CHUNK_CELLS = 2_000_000  # combinations x trials per numpy step: bounds memory (~16 MB an array)
+
+
+@dataclass
+class Overfitting:
+    """CSCV's result: pbo and one entry per combination of in-sample blocks (arrays empty when undefined)."""
+
+    pbo: float  # NaN when undefined (see reason)
+    splits: int
+    bars_used: int
+    logits: list[float] = field(default_factory=list)  # ln(w / (1 - w)), w the relative OOS rank
+    is_sharpe: list[float] = field(default_factory=list)  # in-sample Sharpe (per bar) of the in-sample best
+    oos_sharpe: list[float] = field(default_factory=list)  # the same trial's out-of-sample Sharpe (per bar)
+    best: list[int] = field(default_factory=list)  # which trial (column) was best in-sample
+    reason: str | None = None
+
+
+def probability_of_overfitting(returns, splits: int = DEFAULT_PBO_SPLITS) -> Overfitting:
+    """PBO by CSCV (Bailey, Borwein, Lopez de Prado & Zhu 2017, "The Probability of Backtest Overfitting",
+    Journal of Computational Finance 20(4)). returns: T bars x N trials (numpy array, per-bar excess returns).
+    1. The first T mod S bars are left out; the rest is cut into S equal blocks of consecutive bars.
+    2. Every choice of S/2 blocks is an in-sample set J, the other S/2 blocks its out-of-sample set
+       (C(S, S/2) combinations: 12,870 for S = 16).
+    3. Performance is the Sharpe ratio (mean / sample std, ddof 1, per bar) of each trial on J and on its
+       complement, from per-block sums of returns and squared returns (each bar is read once).
+    4. n* = the trial with the best in-sample Sharpe (the first on ties); w = its out-of-sample rank / (N + 1)
+       (rank 1 = worst, ties share their average rank); logit = ln(w / (1 - w)).
+    5. PBO = the share of combinations whose logit is <= 0: the in-sample best ranks at or below the median
+       out of sample. Undefined (NaN, with a reason) for fewer than 2 trials, an odd S or S < 2, fewer than
+       2 bars per block, or a trial with zero variance on some half."""
+    from itertools import combinations
+
+    import numpy as np
+
+    matrix = np.asarray(returns, dtype=float)
+    if matrix.ndim != 2:
+        raise ValueError("returns must be a bars x trials matrix")
+    total, n_trials = matrix.shape
+    block = total // splits if splits >= 2 else 0
+    result = Overfitting(math.nan, splits, block * splits)
+    if n_trials < 2:
+        result.reason = f"needs at least 2 trials (got {n_trials})"
+    elif splits < 2 or splits % 2:
+        result.reason = f"the number of splits must be even and at least 2 (got {splits})"
+    elif block < 2:
+        result.reason = f"{total} bars are too few for {splits} blocks of at least 2 bars"
+    elif not np.isfinite(matrix).all():
+        result.reason = "returns contain NaN or infinite values"
+    if result.reason:
+        return result
+    data = matrix[total - block * splits :]
+    # Centred on each trial's mean: the sums of squares then lose no precision to a large mean.
+    centre = data.mean(axis=0)
+    blocks = (data - centre).reshape(splits, block, n_trials)
+    sums, squares = blocks.sum(axis=1), (blocks**2).sum(axis=1)  # S x N
+    chosen = np.array(list(combinations(range(splits), splits // 2)))
+    in_sample = np.zeros((len(chosen), splits))
+    np.put_along_axis(in_sample, chosen, 1.0, axis=1)  # combinations x S: 1 where the block is in-sample
+    half = block * splits // 2  # bars on each side
+    scale = np.maximum(data.var(axis=0, ddof=1), np.finfo(float).tiny) * 1e-12
+
+    def sharpe(weights):
+        s, q = weights @ sums, weights @ squares
+        variance = (q - s * s / half) / (half - 1)
+        flat = variance <= scale
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (centre + s / half) / np.sqrt(np.where(flat, np.nan, variance)), flat.any()
+
+    step = max(1, PBO_CHUNK_CELLS // n_trials)
+    logits, is_best, oos_best, best = [], [], [], []
+    for start in range(0, len(chosen), step):
+        weights = in_sample[start : start + step]
+        is_sr, is_flat = sharpe(weights)
+        oos_sr, oos_flat = sharpe(1.0 - weights)
+        if is_flat or oos_flat:
+            result.reason = "a trial has zero variance on some half of the blocks"
+            return result
+        star = is_sr.argmax(axis=1)
+        rows = np.arange(len(star))
+        mine = oos_sr[rows, star][:, None]
+        rank = (oos_sr < mine).sum(axis=1) + ((oos_sr == mine).sum(axis=1) + 1) / 2
+        omega = rank / (n_trials + 1)
+        logits.append(np.log(omega / (1 - omega)))
+        is_best.append(is_sr[rows, star])
+        oos_best.append(mine[:, 0])
+        best.append(star)
+    result.logits = np.concatenate(logits).tolist()
+    result.is_sharpe = np.concatenate(is_best).tolist()
+    result.oos_sharpe = np.concatenate(oos_best).tolist()
+    result.best = np.concatenate(best).tolist()
+    result.pbo = float(np.mean(np.concatenate(logits) <= 0))
+    return result
+
+
 # ---- request: arguments checked before any data is read or any heavy module imported ---------------------
 @dataclass
 class Request:

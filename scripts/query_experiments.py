@@ -24,6 +24,7 @@ Usage (as an agent types it; `mise x --` loads credentials from .env.local):
   uv run scripts/query_experiments.py group --experiment momentum --by params.window --metric sharpe \\
       --agg mean,median,max,count
   uv run scripts/query_experiments.py runs --experiment momentum --max-results 5000 --format csv > runs.csv
+  uv run scripts/query_experiments.py deflate --experiment momentum   # is the best run better than luck?
 
 --filter and --order-by use MLflow's search grammar (references/query-patterns.md) and run in the store: only
 the runs that are printed are downloaded (pages of 1000). JSON and table output stay under 8,000 characters
@@ -38,6 +39,9 @@ Output (JSON when stdout is not a terminal, a table when it is; --format overrid
                description, metrics, params, tags, datasets, artifacts, parent, children, children_count, url}
   compare      {runs, metrics: [{metric, direction, best, values}], params_differ, params_same}
   group        [{<by>, count, mean, median, max, ...}] one row per value of --by, ordered by that value
+  deflate      {experiment, filter, metric, n_trials, best_run_id, best_run_name, best_sharpe,
+               expected_max_sharpe, deflated_sharpe_ratio, verdict, periods_per_year, n_bars, skew, kurtosis,
+               per_bar, excluded, undefined}  (estimators: deflate --help; references/overfitting.md)
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ import re
 import statistics
 import sys
 import traceback
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -354,6 +359,64 @@ AGGREGATES = ("mean", "median", "min", "max", "std", "sum", "count")
 DEFAULT_AGGREGATES = "mean,median,max,count"
 
 
+# ---- deflated Sharpe ratio: identical in query_experiments.py and log_backtest.py (test_conventions checks) ----
+# Bailey & Lopez de Prado (2014), "The Deflated Sharpe Ratio: Correcting for Selection Bias, Backtest
+# Overfitting and Non-Normality", Journal of Portfolio Management 40(5). Everything here is in per-bar units:
+# a Sharpe ratio annualised with P bars per year is divided by sqrt(P) first.
+EULER_GAMMA = 0.5772156649015329
+
+
+def expected_max_sharpe(n_trials: int, variance: float) -> float:
+    """The Sharpe ratio the best of n_trials independent trials reaches by luck alone (every true Sharpe 0):
+    E[max] ~ sqrt(V) * ((1 - g) * Z^-1(1 - 1/N) + g * Z^-1(1 - 1/(N e))), g the Euler-Mascheroni constant,
+    Z^-1 the standard normal quantile, V the variance of the trials' Sharpe ratios (ddof 1; result in the
+    same units). NaN (undefined) for fewer than 2 trials or a variance that is not finite and positive."""
+    from statistics import NormalDist
+
+    if n_trials < 2 or not math.isfinite(variance) or variance <= 0:
+        return math.nan
+    z = NormalDist().inv_cdf
+    spread = (1 - EULER_GAMMA) * z(1 - 1 / n_trials) + EULER_GAMMA * z(1 - 1 / (n_trials * math.e))
+    return math.sqrt(variance) * spread
+
+
+def probabilistic_sharpe_ratio(sharpe: float, benchmark: float, n_bars: int, skew: float, kurtosis: float):
+    """P(true Sharpe > benchmark) = Phi((SR - SR*) sqrt(T - 1) / sqrt(1 - skew SR + (kurtosis - 1) / 4 SR^2))
+    (Bailey & Lopez de Prado 2012): SR, SR* per bar, T bars, sample skewness and NON-excess kurtosis (normal:
+    3) of the bar returns. NaN (undefined) for fewer than 2 bars, a non-finite input or a non-positive
+    variance term (kurtosis too small for the skew)."""
+    from statistics import NormalDist
+
+    defined = all(
+        isinstance(v, int | float) and math.isfinite(v) for v in (sharpe, benchmark, skew, kurtosis)
+    )
+    if not defined or n_bars is None or n_bars < 2:
+        return math.nan
+    spread = 1 - skew * sharpe + (kurtosis - 1) / 4 * sharpe**2
+    if spread <= 0:
+        return math.nan
+    return NormalDist().cdf((sharpe - benchmark) * math.sqrt(n_bars - 1) / math.sqrt(spread))
+
+
+def deflated_sharpe_ratio(
+    sharpe: float, trial_sharpes: list[float], n_bars: int, skew: float, kurtosis: float
+) -> tuple[float, float]:
+    """(expected maximum Sharpe of the trials, deflated Sharpe ratio), both per bar / a probability.
+    DSR = PSR(SR* = E[max]) of the selected trial: the probability that its true Sharpe ratio exceeds what
+    the best of len(trial_sharpes) trials would show by luck. trial_sharpes: every trial's per-bar Sharpe
+    (the selected one included); their sample variance (ddof 1) is V. kurtosis: non-excess."""
+    from statistics import variance
+
+    trials = [float(v) for v in trial_sharpes if isinstance(v, int | float) and math.isfinite(v)]
+    if len(trials) < 2:
+        return math.nan, math.nan
+    expected = expected_max_sharpe(len(trials), variance(trials))
+    return expected, probabilistic_sharpe_ratio(sharpe, expected, n_bars, skew, kurtosis)
+
+
+# ---- end of deflated Sharpe ratio ----
+
+
 # ---- pure functions: validation and shaping (unit-tested by importing this file) ----
 
 
@@ -641,6 +704,147 @@ def group_rows(pairs: list[tuple[str | None, float | None]], by: str, aggs: list
     return rows
 
 
+# ---- deflate: is the best run of an experiment better than luck? (pure; fed by fetch_trials) ----
+SWEEP_TAG = "backtest.sweep"  # log_backtest's sweep parents: they summarise a search, they are not a trial
+DSR_CONFIDENCE = 0.95  # the verdict calls a best run "likely real" from this deflated Sharpe ratio on
+STORED_INF = 1.79e308  # MLflow stores +-inf as +-1.797e308: such a value is not a Sharpe ratio
+
+DEFLATE_HELP = (  # the estimators, stated once: deflate's --help
+    "example: deflate --experiment momentum --filter \"params.universe = 'sp500'\"\n\n"
+    "Every finished run with --metric is a trial (sweep parents, tagged backtest.sweep=true, are not).\n"
+    "Reads logged values only: metrics.<metric> (annualised), metrics.skew, metrics.kurtosis (excess, as\n"
+    "log_backtest logs it; +3 is used), params.periods_per_year, params.n_bars. Estimators:\n"
+    "  per-bar SR = metric / sqrt(periods_per_year) (runs of different bar frequencies compare per bar)\n"
+    "  V = sample variance (ddof 1) of the trials' per-bar SR; the best = the highest per-bar SR\n"
+    "  expected_max_sharpe = sqrt(V) ((1 - g) Z^-1(1 - 1/N) + g Z^-1(1 - 1/(N e))), g = 0.5772...,\n"
+    "      annualised with the best run's periods_per_year\n"
+    "  deflated_sharpe_ratio = Phi((SR - E[max]) sqrt(T - 1) / sqrt(1 - skew SR + (kurtosis - 1)/4 SR^2)),\n"
+    "      T = the best run's n_bars (Bailey & Lopez de Prado 2014, The Deflated Sharpe Ratio)\n"
+    "Undefined values are null with a reason under `undefined`. How to read them: references/overfitting.md"
+)
+
+
+@dataclass
+class Trial:
+    """What deflate reads of one run: logged metrics and params only, nothing recomputed from returns."""
+
+    run_id: str
+    run_name: str | None
+    sharpe: float | None  # the --metric value as logged: an annualised Sharpe ratio
+    periods_per_year: str | None  # params are text
+    n_bars: str | None
+    skew: float | None
+    kurtosis: float | None  # EXCESS kurtosis, as log_backtest logs it (QuantStats' convention: normal = 0)
+    sweep_parent: bool = False
+
+
+def defined_value(value) -> float | None:
+    """A logged metric as a float, or None when absent, NaN or a stored infinity."""
+    if not finite(value) or abs(value) >= STORED_INF:
+        return None
+    return float(value)
+
+
+def positive_number(text: str | None) -> float | None:
+    try:
+        value = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def deflate_verdict(n: int, name: str | None, best: float | None, expected: float, dsr: float, why) -> str:
+    """One sentence an agent can repeat to a person."""
+    label = f"run {name!r}" if name else "the best run"
+    if best is None:
+        return f"No verdict: {why}."
+    if not math.isfinite(dsr):
+        return f"No verdict on {label} (Sharpe {best:.2f}, best of {n}): the deflated Sharpe ratio is undefined ({why})."
+    head = (
+        f"The best of {n} runs, {label} with Sharpe {best:.2f}, has a {dsr:.0%} probability of a true Sharpe "
+        f"above the {expected:.2f} that the best of {n} skill-less trials would show by luck"
+    )
+    if dsr >= DSR_CONFIDENCE:
+        return f"{head}: likely a real edge (deflated Sharpe ratio {dsr:.2f} >= {DSR_CONFIDENCE})."
+    return f"{head}: not evidence of a real edge (deflated Sharpe ratio {dsr:.2f} < {DSR_CONFIDENCE})."
+
+
+def deflate_summary(trials: list[Trial], metric: str) -> dict:
+    """The deflate object from the runs' logged values (estimators: DEFLATE_HELP)."""
+    excluded = {"sweep_parents": 0, "no_periods_per_year": 0}
+    usable: list[tuple[Trial, float, float]] = []  # (trial, annualised value, bars per year)
+    for trial in trials:
+        value = defined_value(trial.sharpe)
+        if value is None:
+            continue  # not a trial of this metric
+        if trial.sweep_parent:
+            excluded["sweep_parents"] += 1
+            continue
+        periods = positive_number(trial.periods_per_year)
+        if periods is None:
+            excluded["no_periods_per_year"] += 1
+            continue
+        usable.append((trial, value, periods))
+    per_bar = [value / math.sqrt(periods) for _, value, periods in usable]
+    undefined: dict[str, str] = {}
+    out: dict = {"metric": metric, "n_trials": len(usable)}
+    if not usable:
+        why = f"no finished run has a finite {metric!r} and a periods_per_year param"
+        out.update(best_run_id=None, best_run_name=None, best_sharpe=None, expected_max_sharpe=None,
+                   deflated_sharpe_ratio=None, verdict=deflate_verdict(0, None, None, math.nan, math.nan, why))  # fmt: skip
+        out.update(excluded=excluded, undefined={"deflated_sharpe_ratio": why})
+        return out
+    index = max(range(len(usable)), key=per_bar.__getitem__)  # per-bar units: mixed bar frequencies compare
+    best, value, periods = usable[index]
+    variance = statistics.variance(per_bar) if len(per_bar) > 1 else math.nan
+    n_bars = positive_number(best.n_bars)
+    skew, excess = defined_value(best.skew), defined_value(best.kurtosis)
+    kurtosis = excess + 3 if excess is not None else None
+    expected, dsr = deflated_sharpe_ratio(
+        per_bar[index],
+        per_bar,
+        int(n_bars) if n_bars else None,
+        skew,
+        kurtosis,  # type: ignore[arg-type]
+    )
+    if len(usable) < 2:
+        undefined["expected_max_sharpe"] = "needs at least 2 trials"
+    elif not variance > 0:
+        undefined["expected_max_sharpe"] = "every trial has the same Sharpe ratio (zero variance)"
+    missing = [name for name, v in (("params.n_bars", n_bars), ("metrics.skew", skew),
+                                    ("metrics.kurtosis", kurtosis)) if v is None]  # fmt: skip
+    if "expected_max_sharpe" in undefined:
+        undefined["deflated_sharpe_ratio"] = undefined["expected_max_sharpe"]
+    elif missing:
+        undefined["deflated_sharpe_ratio"] = f"the best run has no {', '.join(missing)}"
+    elif not math.isfinite(dsr):
+        undefined["deflated_sharpe_ratio"] = "1 - skew SR + (kurtosis - 1)/4 SR^2 <= 0 for the best run"
+    scale = math.sqrt(periods)
+    out.update(
+        best_run_id=best.run_id,
+        best_run_name=best.run_name,
+        best_sharpe=value,
+        expected_max_sharpe=expected * scale if math.isfinite(expected) else None,
+        deflated_sharpe_ratio=dsr if math.isfinite(dsr) else None,
+        verdict=deflate_verdict(
+            len(usable),
+            best.run_name,
+            value,
+            expected * scale,
+            dsr,
+            "; ".join(dict.fromkeys(undefined.values())),
+        ),
+        periods_per_year=periods,
+        n_bars=int(n_bars) if n_bars else None,
+        skew=skew,
+        kurtosis=kurtosis,
+        per_bar={"best_sharpe": per_bar[index], "expected_max_sharpe": expected, "sharpe_variance": variance},
+        excluded=excluded,
+        undefined=undefined,
+    )
+    return out
+
+
 def render(data, fmt: str) -> str:
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
@@ -919,6 +1123,93 @@ def list_artifacts(client, run_id: str, limit: int = ARTIFACT_LIST_LIMIT) -> tup
     return entries, False
 
 
+def trial_of(run_id: str, name, metrics: dict, params: dict, tags: dict, metric: str) -> Trial:
+    return Trial(
+        run_id=run_id, run_name=name, sharpe=metrics.get(metric), periods_per_year=params.get("periods_per_year"),
+        n_bars=params.get("n_bars"), skew=metrics.get("skew"), kurtosis=metrics.get("kurtosis"),
+        sweep_parent=tags.get(SWEEP_TAG) == "true",
+    )  # fmt: skip
+
+
+def trials_from_search(client, experiment_ids: list[str], filter_string: str, metric: str) -> list[Trial]:
+    """Every finished run through search_runs, a page at a time (any store, the tracking server too)."""
+    runs, _ = search_runs(client, experiment_ids, filter_string, [], math.inf)
+    return [
+        trial_of(r.info.run_id, r.info.run_name, r.data.metrics, r.data.params, r.data.tags, metric)
+        for r in runs
+    ]
+
+
+def trials_from_database(store, experiment_ids: list[str], filter_string: str, metric: str) -> list[Trial]:
+    """The same runs from a database store, reading only the 5 metrics/params deflate needs.
+
+    MLflow's search_runs builds a full Run (every metric, param and tag as ORM objects) for each match:
+    ~1 ms a run of log_backtest's ~90 metrics, seconds for thousands. Here the runs are selected with
+    MLflow's own filter translation (sqlalchemy_store._get_sqlalchemy_filter_clauses, private, so the
+    import is checked and search_runs is the fallback), and only the needed rows are read."""
+    from mlflow.store.tracking import sqlalchemy_store as sql_store
+    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlParam, SqlRun, SqlTag
+    from mlflow.utils.search_utils import SearchUtils
+    from sqlalchemy import select
+
+    with store.ManagedSessionMaker() as session:
+        parsed = SearchUtils.parse_search_filter(filter_string)
+        attribute, non_attribute, dataset = sql_store._get_sqlalchemy_filter_clauses(
+            parsed, session, store._get_dialect()
+        )
+        runs = select(SqlRun.run_uuid)
+        for clause in non_attribute:
+            runs = runs.join(clause)
+        for clause in dataset:
+            runs = runs.join(clause, SqlRun.run_uuid == clause.c.destination_id)
+        runs = runs.where(
+            SqlRun.experiment_id.in_([int(i) for i in experiment_ids]),
+            SqlRun.lifecycle_stage == "active",
+            *attribute,
+        ).distinct()
+        names = dict(
+            session.execute(select(SqlRun.run_uuid, SqlRun.name).where(SqlRun.run_uuid.in_(runs))).all()
+        )
+        metrics: dict[str, dict] = {run_id: {} for run_id in names}
+        params: dict[str, dict] = {run_id: {} for run_id in names}
+        tags: dict[str, dict] = {run_id: {} for run_id in names}
+        latest = SqlLatestMetric
+        for run_id, key, value, is_nan in session.execute(
+            select(latest.run_uuid, latest.key, latest.value, latest.is_nan).where(
+                latest.run_uuid.in_(runs), latest.key.in_([metric, "skew", "kurtosis"])
+            )
+        ):
+            metrics[run_id][key] = math.nan if is_nan else value
+        for table, keys, into in (
+            (SqlParam, ["periods_per_year", "n_bars"], params),
+            (SqlTag, [SWEEP_TAG], tags),
+        ):
+            rows = select(table.run_uuid, table.key, table.value).where(
+                table.run_uuid.in_(runs), table.key.in_(keys)
+            )
+            for run_id, key, value in session.execute(rows):
+                into[run_id][key] = value
+    return [trial_of(i, names[i], metrics[i], params[i], tags[i], metric) for i in names]
+
+
+def fetch_trials(client, experiment_ids: list[str], user_filter: str, metric: str) -> list[Trial]:
+    """Finished, active runs of the experiments that match --filter, as Trials (sweep parents marked)."""
+    from mlflow.exceptions import MlflowException
+
+    filter_string = build_run_filter(user_filter, "FINISHED", None, False)
+    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    if store is None or not hasattr(store, "ManagedSessionMaker"):
+        return trials_from_search(client, experiment_ids, filter_string, metric)
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import _get_sqlalchemy_filter_clauses  # noqa: F401
+    except ImportError:  # MLflow renamed its private helper: the slow, public way still works
+        return trials_from_search(client, experiment_ids, filter_string, metric)
+    try:
+        return trials_from_database(store, experiment_ids, filter_string, metric)
+    except MlflowException as exc:
+        raise (filter_error(exc, "--filter") or exc) from None
+
+
 # ---- subcommands ----
 
 
@@ -1130,6 +1421,29 @@ def cmd_group(client, args) -> list[dict]:
     return rows
 
 
+def cmd_deflate(client, args) -> dict:
+    experiments = resolve_experiments(client, args.experiment)
+    ids = [e.experiment_id for e in experiments]
+    trials = fetch_trials(client, ids, args.filter, args.metric)
+    if not any(defined_value(t.sharpe) is not None for t in trials):
+        sample, _ = search_runs(client, ids, build_run_filter(args.filter, "FINISHED", None, False), [], 100)
+        near = closest(args.metric, sorted({k for r in sample for k in r.data.metrics}))
+        raise CliError(
+            EXIT_NOT_FOUND,
+            f"no finished run has a finite metric {args.metric!r}"
+            + (f" (closest: {', '.join(near)})" if near else "")
+            + ("" if sample else " (no finished runs match at all)"),
+        )
+    summary = deflate_summary(trials, args.metric)
+    for reason, count in summary["excluded"].items():
+        if count and reason != "sweep_parents":
+            print(
+                f"warning: {count} runs with {args.metric!r} left out: {reason.replace('_', ' ')}",
+                file=sys.stderr,
+            )
+    return {"experiment": [e.name for e in experiments], "filter": args.filter or None, **summary}
+
+
 # ---- command line ----
 
 
@@ -1266,12 +1580,27 @@ def build_parser() -> CliParser:
     p.add_argument(
         "--max-runs", type=positive_int, default=GROUP_MAX_RUNS, metavar="N", help=f"default {GROUP_MAX_RUNS}"
     )
+
+    p = add(
+        "deflate",
+        "is the best run better than luck? N, expected maximum Sharpe and deflated Sharpe ratio of an experiment",
+        DEFLATE_HELP,
+    )
+    p.add_argument(
+        "--experiment", action="append", required=True, metavar="NAME", help="name or id (repeatable)"
+    )
+    p.add_argument(
+        "--filter", default="", metavar="S", help="MLflow search filter: which runs are the trials"
+    )
+    p.add_argument(
+        "--metric", default="sharpe", help="the annualised Sharpe-type metric to deflate (default sharpe)"
+    )
     return parser
 
 
 def validate(args) -> None:
     """Input checks that need no MLflow (exit 2 before any import or request)."""
-    if args.command in ("runs", "group"):
+    if args.command in ("runs", "group", "deflate"):
         for name in args.experiment:
             if not name.strip():
                 raise CliError(
@@ -1281,6 +1610,10 @@ def validate(args) -> None:
             raise CliError(EXIT_USAGE, "--parent-run-id is empty")
     if args.command == "runs":
         parse_columns(args.columns)
+    if args.command == "deflate":
+        args.metric = args.metric.strip()
+        if not args.metric or not KEY_PATTERN.match(args.metric):
+            raise CliError(EXIT_USAGE, f"--metric {args.metric!r} is not a metric name, e.g. --metric sharpe")
     if args.command == "compare":
         ids = list(dict.fromkeys(i.strip() for i in args.run_id if i.strip()))
         if len(ids) < len(args.run_id):
@@ -1320,6 +1653,8 @@ def main(argv: list[str] | None = None) -> int:
             data = cmd_run(client, args, tracking_uri)
         elif args.command == "compare":
             data = cmd_compare(client, args, fmt)
+        elif args.command == "deflate":
+            data = cmd_deflate(client, args)
         else:
             data = cmd_group(client, args)
         print_bounded(data, fmt, args.max_chars)

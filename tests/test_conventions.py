@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import subprocess
@@ -178,3 +179,28 @@ def test_an_environment_without_mlflow_gets_the_repair_command(tmp_path):
     result = Result(done.returncode, done.stdout, done.stderr, 0.0)
     assert_clean_error(result, 1, "mlflow is missing", "uv run --reinstall", "create_experiment.py --help")
     assert not (tmp_path / "mlflow.db").exists()
+
+
+DSR_START = "# ---- deflated Sharpe ratio: identical in query_experiments.py and log_backtest.py"
+DSR_END = "# ---- end of deflated Sharpe ratio ----"
+
+
+def test_deflated_sharpe_is_the_same_in_both_scripts(scripts):
+    """The scripts share no code, so the deflated Sharpe ratio lives in log_backtest (sweep parents) and in
+    query_experiments (deflate): one identical block, and the same numbers from it."""
+    blocks = []
+    for name in ("log_backtest", "query_experiments"):
+        text = script_path(name).read_text()
+        assert text.count(DSR_START) == 1 and text.count(DSR_END) == 1, f"{name}: DSR block markers"
+        blocks.append(text.split(DSR_START, 1)[1].split(DSR_END, 1)[0])
+    assert blocks[0] == blocks[1]
+    lb, qe = scripts.log_backtest, scripts.query_experiments
+    for sharpe, trials, bars, skew, kurtosis in (
+        (0.158, [0.01, 0.05, 0.158, -0.02, 0.07], 1250, -3.0, 10.0),
+        (0.02, [0.02, 0.01], 300, 0.4, 3.2),
+        (0.1, [0.1], 300, 0.0, 3.0),
+    ):
+        got = lb.deflated_sharpe_ratio(sharpe, trials, bars, skew, kurtosis)
+        assert got == qe.deflated_sharpe_ratio(sharpe, trials, bars, skew, kurtosis) or all(
+            math.isnan(v) for v in got + qe.deflated_sharpe_ratio(sharpe, trials, bars, skew, kurtosis)
+        )

@@ -160,23 +160,6 @@ def server_seeded(request, tmp_path_factory):
     return seed("server", request, tmp_path_factory)
 
 
-@pytest.fixture
-def query(scripts, monkeypatch, capsys):
-    """Run query_experiments.main(argv) in this process on a store; returns (exit code, stdout, stderr)."""
-
-    def run(env: dict[str, str], *argv: str):
-        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-            monkeypatch.delenv(var, raising=False)
-        for var, value in env.items():
-            monkeypatch.setenv(var, value)
-        capsys.readouterr()
-        code = scripts.query_experiments.main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
 def ok(result):
     code, out, err = result
     assert code == 0, err

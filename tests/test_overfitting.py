@@ -1,0 +1,333 @@
+"""Selection bias and overfitting (issue 15): the deflated Sharpe ratio, PBO by CSCV, and `query_experiments.py
+deflate` on real local sqlite stores. The statistics are checked against the paper's numerical example, a
+Monte Carlo of the expected maximum, a brute-force CSCV loop and scipy; data is seeded here."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+import pytest
+from harness import run_script
+from scipy import stats
+
+# ---------------------------------------------------------------- deflated Sharpe ratio
+
+
+def test_paper_example(scripts):
+    """Bailey & Lopez de Prado (2014), section 6: annualised SR 2.5 over T = 1,250 daily bars (250 a year),
+    N = 100 trials with annualised SR variance 0.5, skewness -3, kurtosis 10 -> E[max] ~ 0.1132 per bar and
+    DSR ~ 0.90."""
+    qe = scripts.query_experiments
+    sharpe, variance = 2.5 / math.sqrt(250), 0.5 / 250
+    expected = qe.expected_max_sharpe(100, variance)
+    assert expected == pytest.approx(0.1132, abs=5e-5)
+    assert qe.probabilistic_sharpe_ratio(sharpe, expected, 1250, -3.0, 10.0) == pytest.approx(0.90, abs=0.005)
+    # The same through deflated_sharpe_ratio, from 100 trial Sharpe ratios with exactly that sample variance.
+    trials = np.random.default_rng(1).normal(size=100)
+    trials = (trials - trials.mean()) / trials.std(ddof=1) * math.sqrt(variance)
+    got_expected, dsr = qe.deflated_sharpe_ratio(sharpe, trials.tolist(), 1250, -3.0, 10.0)
+    assert got_expected == pytest.approx(expected, rel=1e-9)
+    assert dsr == pytest.approx(0.90, abs=0.005)
+
+
+def test_expected_maximum_against_monte_carlo_and_scipy(scripts):
+    """The closed form against the mean maximum of N simulated Sharpe ratios (an asymptotic approximation:
+    +2.4 % at N = 10, closer for larger N) and, term by term, against scipy's normal quantile."""
+    qe = scripts.query_experiments
+    rng = np.random.default_rng(7)
+    for n, variance in ((10, 0.04), (100, 0.002), (1000, 0.5)):
+        simulated = rng.normal(0, math.sqrt(variance), (2_000_000 // n, n)).max(axis=1).mean()
+        formula = qe.expected_max_sharpe(n, variance)
+        assert formula == pytest.approx(simulated, rel=0.03), n
+        gamma = 0.5772156649015329
+        exact = math.sqrt(variance) * (
+            (1 - gamma) * stats.norm.ppf(1 - 1 / n) + gamma * stats.norm.ppf(1 - 1 / (n * math.e))
+        )
+        assert formula == pytest.approx(exact, rel=1e-9)
+
+
+def test_probabilistic_sharpe_against_scipy(scripts):
+    qe = scripts.query_experiments
+    for sr, bench, t, skew, kurt in (
+        (0.1, 0.0, 500, 0.0, 3.0),
+        (0.05, 0.08, 2000, -1.2, 7.5),
+        (0.3, 0.1, 60, 1, 4),
+    ):
+        z = (sr - bench) * math.sqrt(t - 1) / math.sqrt(1 - skew * sr + (kurt - 1) / 4 * sr**2)
+        assert qe.probabilistic_sharpe_ratio(sr, bench, t, skew, kurt) == pytest.approx(
+            stats.norm.cdf(z), abs=1e-12
+        )
+
+
+def test_undefined_is_nan_never_a_number(scripts):
+    qe = scripts.query_experiments
+    assert math.isnan(qe.expected_max_sharpe(1, 0.1))  # fewer than 2 trials
+    assert math.isnan(qe.expected_max_sharpe(10, 0.0))  # zero variance
+    assert math.isnan(qe.expected_max_sharpe(10, math.nan))
+    assert math.isnan(qe.probabilistic_sharpe_ratio(0.1, 0.0, 1, 0.0, 3.0))  # one bar
+    assert math.isnan(qe.probabilistic_sharpe_ratio(0.1, 0.0, 100, math.nan, 3.0))
+    assert math.isnan(qe.probabilistic_sharpe_ratio(1.0, 0.0, 100, 5.0, 1.0))  # 1 - 5 + 0 <= 0
+    assert all(math.isnan(v) for v in qe.deflated_sharpe_ratio(0.1, [0.1], 100, 0.0, 3.0))
+    assert all(math.isnan(v) for v in qe.deflated_sharpe_ratio(0.1, [0.1, 0.1, 0.1], 100, 0.0, 3.0))
+
+
+# ---------------------------------------------------------------- PBO by CSCV
+
+
+def brute_force_pbo(returns: np.ndarray, splits: int) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """CSCV written out as in the paper, one combination at a time, with pandas' std and scipy's ranks."""
+    total, n = returns.shape
+    block = total // splits
+    data = returns[total - block * splits :]
+    pieces = np.split(data, splits)
+    logits, is_best, oos_best = [], [], []
+    for chosen in combinations(range(splits), splits // 2):
+        train = pd.DataFrame(np.vstack([pieces[i] for i in chosen]))
+        test = pd.DataFrame(np.vstack([pieces[i] for i in range(splits) if i not in chosen]))
+        is_sr = (train.mean() / train.std()).to_numpy()
+        oos_sr = (test.mean() / test.std()).to_numpy()
+        star = int(np.argmax(is_sr))
+        omega = stats.rankdata(oos_sr)[star] / (n + 1)
+        logits.append(math.log(omega / (1 - omega)))
+        is_best.append(is_sr[star])
+        oos_best.append(oos_sr[star])
+    logits = np.array(logits)
+    return float((logits <= 0).mean()), logits, np.array(is_best), np.array(oos_best)
+
+
+@pytest.mark.parametrize(("bars", "trials", "splits"), [(203, 7, 6), (64, 3, 4), (500, 12, 10)])
+def test_cscv_matches_a_brute_force_loop(scripts, bars, trials, splits):
+    returns = np.random.default_rng(bars).normal(0.0005, 0.01, (bars, trials))
+    returns[:, 1] += 0.01  # a large mean: the vectorised sums must not lose precision to it
+    got = scripts.log_backtest.probability_of_overfitting(returns, splits)
+    pbo, logits, is_best, oos_best = brute_force_pbo(returns, splits)
+    assert got.reason is None and got.splits == splits and got.bars_used == bars // splits * splits
+    assert len(got.logits) == math.comb(splits, splits // 2)
+    np.testing.assert_allclose(got.logits, logits, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got.is_sharpe, is_best, rtol=1e-9)
+    np.testing.assert_allclose(got.oos_sharpe, oos_best, rtol=1e-9)
+    assert got.pbo == pbo
+
+
+def test_pbo_of_noise_is_near_one_half_and_of_a_real_edge_near_zero(scripts):
+    """20 seeded sweeps of 20 skill-less columns: the in-sample best is a coin flip out of sample, so PBO
+    averages ~0.5 (one sweep alone varies a lot: its 12,870 combinations share the same bars). Give one column a
+    real drift and it wins in and out of sample: PBO near 0."""
+    pbo = scripts.log_backtest.probability_of_overfitting
+    noise, edge = [], []
+    for seed in range(10):
+        returns = np.random.default_rng(seed).normal(0.0003, 0.01, (1000, 20))
+        noise.append(pbo(returns).pbo)
+        returns[:, 3] += 0.002
+        edge.append(pbo(returns).pbo)
+    assert 0.35 <= float(np.mean(noise)) <= 0.65, noise
+    assert max(edge) < 0.1, edge
+
+
+def test_pbo_undefined_cases(scripts):
+    pbo = scripts.log_backtest.probability_of_overfitting
+    rng = np.random.default_rng(3)
+    cases = {
+        "at least 2 trials": (rng.normal(size=(400, 1)), 16),
+        "even and at least 2": (rng.normal(size=(400, 4)), 7),
+        "too few": (rng.normal(size=(31, 4)), 16),
+        "NaN": (np.where(np.eye(40, 4) > 0, np.nan, 1.0) * rng.normal(size=(40, 4)), 4),
+    }
+    flat = rng.normal(size=(400, 4))
+    flat[:, 2] = 0.001  # a constant column: zero variance everywhere
+    cases["zero variance"] = (flat, 16)
+    for words, (returns, splits) in cases.items():
+        result = pbo(returns, splits)
+        assert math.isnan(result.pbo) and words in result.reason and result.logits == [], words
+
+
+# ---------------------------------------------------------------- deflate on a real store
+
+
+def seed_trials(uri: str, experiment: str) -> dict:
+    """Runs as log_backtest writes them: FINISHED daily and weekly runs, a sweep parent repeating its best
+    child (excluded), a FAILED run with the highest Sharpe (excluded), a run without periods_per_year."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment(experiment)
+    rng = np.random.default_rng(11)
+    truth: dict = {"runs": {}}
+
+    def make(name, metrics, params, tags=None, status="FINISHED"):
+        run = client.create_run(experiment_id, run_name=name, tags=tags or {})
+        client.log_batch(
+            run.info.run_id,
+            metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
+            params=[Param(k, str(v)) for k, v in params.items()],
+            tags=[RunTag("mlflow.source.name", "log_backtest.py")],
+        )
+        client.set_terminated(run.info.run_id, status)
+        truth["runs"][run.info.run_id] = {
+            "name": name,
+            "metrics": metrics,
+            "params": params,
+            "status": status,
+        }
+        return run.info.run_id
+
+    for i in range(12):
+        weekly = i % 4 == 3
+        metrics = {
+            "sharpe": float(rng.normal(0.8, 0.5)),
+            "skew": float(rng.normal(-0.3, 0.2)),
+            "kurtosis": float(abs(rng.normal(2, 1))),  # excess, as log_backtest logs it
+        }
+        params = {"periods_per_year": 52 if weekly else 252, "n_bars": 260 if weekly else 1260,
+                  "universe": "sp500" if i % 2 else "nasdaq"}  # fmt: skip
+        make(f"trial-{i}", metrics, params)
+    best = max(
+        (i for i, r in truth["runs"].items()),
+        key=lambda i: (
+            truth["runs"][i]["metrics"]["sharpe"] / math.sqrt(truth["runs"][i]["params"]["periods_per_year"])
+        ),
+    )
+    truth["parent"] = make("sweep", dict(truth["runs"][best]["metrics"], sharpe=9.0), {"periods_per_year": 252,
+                           "n_bars": 1260}, tags={"backtest.sweep": "true"})  # fmt: skip
+    truth["failed"] = make("crashed", {"sharpe": 12.0, "skew": 0.0, "kurtosis": 0.0},
+                           {"periods_per_year": 252, "n_bars": 1260}, status="FAILED")  # fmt: skip
+    truth["no_periods"] = make("bare", {"sharpe": 0.5, "skew": 0.0, "kurtosis": 0.0}, {"n_bars": 100})
+    return truth
+
+
+def independent_deflate(runs: list[dict]) -> dict:
+    """What deflate must print, computed here with numpy and scipy from the seeded values."""
+    per_bar = np.array([r["metrics"]["sharpe"] / math.sqrt(r["params"]["periods_per_year"]) for r in runs])
+    n = len(runs)
+    best = runs[int(per_bar.argmax())]
+    sr = per_bar.max()
+    gamma = np.euler_gamma
+    expected = math.sqrt(per_bar.var(ddof=1)) * (
+        (1 - gamma) * stats.norm.ppf(1 - 1 / n) + gamma * stats.norm.ppf(1 - 1 / (n * math.e))
+    )
+    skew, kurt = best["metrics"]["skew"], best["metrics"]["kurtosis"] + 3
+    z = (
+        (sr - expected)
+        * math.sqrt(best["params"]["n_bars"] - 1)
+        / math.sqrt(1 - skew * sr + (kurt - 1) / 4 * sr**2)
+    )
+    return {
+        "best": best,
+        "expected": expected * math.sqrt(best["params"]["periods_per_year"]),
+        "dsr": stats.norm.cdf(z),
+    }
+
+
+def test_deflate_on_a_local_store(local_store, query):
+    name = f"deflate-{uuid.uuid4().hex[:8]}"
+    truth = seed_trials(local_store["MLFLOW_TRACKING_URI"], name)
+    code, out, err = query(local_store, "deflate", "--experiment", name)
+    assert code == 0, err
+    got = json.loads(out)
+    trials = [
+        r
+        for i, r in truth["runs"].items()
+        if i not in (truth["parent"], truth["failed"], truth["no_periods"])
+    ]
+    want = independent_deflate(trials)
+    assert got["n_trials"] == 12 == len(trials)
+    assert got["best_run_name"] == want["best"]["name"]
+    assert got["best_run_id"] == next(i for i, r in truth["runs"].items() if r is want["best"])
+    assert got["best_sharpe"] == want["best"]["metrics"]["sharpe"]
+    assert got["expected_max_sharpe"] == pytest.approx(want["expected"], rel=1e-9)
+    assert got["deflated_sharpe_ratio"] == pytest.approx(want["dsr"], rel=1e-9)
+    assert got["kurtosis"] == pytest.approx(want["best"]["metrics"]["kurtosis"] + 3)
+    assert got["excluded"] == {"sweep_parents": 1, "no_periods_per_year": 1} and got["undefined"] == {}
+    assert "1 runs with 'sharpe' left out: no periods per year" in err
+    assert f"best of 12 runs, run {want['best']['name']!r}" in got["verdict"]
+    assert f"{got['deflated_sharpe_ratio']:.2f}" in got["verdict"]
+
+    # --filter picks the trials; the same numbers computed on that subset.
+    code, out, err = query(
+        local_store, "deflate", "--experiment", name, "--filter", "params.universe = 'sp500'"
+    )
+    got = json.loads(out)
+    subset = [r for r in trials if r["params"]["universe"] == "sp500"]
+    want = independent_deflate(subset)
+    assert got["n_trials"] == len(subset) == 6 and got["filter"] == "params.universe = 'sp500'"
+    assert got["deflated_sharpe_ratio"] == pytest.approx(want["dsr"], rel=1e-9)
+
+    # One trial: listed as undefined, never a number.
+    code, out, err = query(
+        local_store, "deflate", "--experiment", name, "--filter", "attributes.run_name = 'trial-0'"
+    )
+    got = json.loads(out)
+    assert code == 0 and got["n_trials"] == 1 and got["deflated_sharpe_ratio"] is None
+    assert got["expected_max_sharpe"] is None and "2 trials" in got["undefined"]["deflated_sharpe_ratio"]
+    assert "No verdict" in got["verdict"] and "undefined" in got["verdict"]
+
+    code, out, err = query(local_store, "deflate", "--experiment", name, "--metric", "sharp")
+    assert code == 3 and "'sharp'" in err and "closest: sharpe" in err and out == ""
+    code, out, err = query(local_store, "deflate", "--experiment", name, "--filter", "params.universe = ")
+    assert code == 2 and "--filter" in err
+
+
+def test_database_read_equals_search_runs(local_store, scripts):
+    """deflate reads a database store's rows directly; the public search_runs path gives the same trials."""
+    qe = scripts.query_experiments
+    name = f"deflate-{uuid.uuid4().hex[:8]}"
+    seed_trials(local_store["MLFLOW_TRACKING_URI"], name)
+    client = qe.connect(local_store["MLFLOW_TRACKING_URI"])
+    ids = [client.get_experiment_by_name(name).experiment_id]
+    for user_filter in ("", "params.universe = 'sp500' and metrics.sharpe > 0.5"):
+        filter_string = qe.build_run_filter(user_filter, "FINISHED", None, False)
+        direct = qe.trials_from_database(client._tracking_client.store, ids, filter_string, "sharpe")
+        searched = qe.trials_from_search(client, ids, filter_string, "sharpe")
+        assert direct and sorted(direct, key=lambda t: t.run_id) == sorted(searched, key=lambda t: t.run_id)
+
+
+def test_deflate_reads_what_log_backtest_logged(local_store, tmp_path, query):
+    """A real 4-column sweep from log_backtest: its children are the trials, the parent is not; skew and
+    (excess) kurtosis are the children's logged values."""
+    rng = np.random.default_rng(5)
+    index = pd.bdate_range("2018-01-02", periods=600)
+    frame = pd.DataFrame(rng.normal(0.0004, 0.01, (600, 4)), index=index, columns=["a", "b", "c", "d"])
+    frame.index.name = "date"
+    frame.to_csv(tmp_path / "sweep.csv")
+    name = f"deflate-lb-{uuid.uuid4().hex[:8]}"
+    done = run_script("log_backtest", "--returns", str(tmp_path / "sweep.csv"), "--experiment", name,
+                      "--no-tearsheet", env=local_store)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    sweep = done.json()
+    code, out, err = query(local_store, "deflate", "--experiment", name)
+    assert code == 0, err
+    got = json.loads(out)
+    children = {r["run_id"]: r for r in sweep["runs"]}
+    assert got["n_trials"] == 4 and got["excluded"]["sweep_parents"] == 1
+    best = max(children.values(), key=lambda r: r["metrics"]["sharpe"])
+    assert got["best_run_id"] == best["run_id"] and got["best_sharpe"] == best["metrics"]["sharpe"]
+    column = frame[best["column"]]
+    assert got["n_bars"] == 600 and got["periods_per_year"] == best["periods_per_year"]
+    assert got["skew"] == pytest.approx(column.skew(), rel=1e-9)
+    assert got["kurtosis"] == pytest.approx(column.kurt() + 3, rel=1e-9)
+    assert 0 <= got["deflated_sharpe_ratio"] <= 1
+
+
+@pytest.mark.server
+def test_deflate_over_http_equals_the_local_read(mlflow_server, query):
+    """Through a tracking server deflate pages through search_runs; same trials, same numbers as the direct
+    read of the server's own database file."""
+    name = f"deflate-http-{uuid.uuid4().hex[:8]}"
+    seed_trials(f"sqlite:///{mlflow_server.root / 'mlflow.db'}", name)  # the server's store, no HTTP cost
+    code, out, err = query(mlflow_server.env(), "deflate", "--experiment", name)
+    assert code == 0, err
+    over_http = json.loads(out)
+    code, out, err = query(
+        {"MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_server.root / 'mlflow.db'}"},
+        "deflate",
+        "--experiment",
+        name,
+    )
+    assert code == 0, err
+    assert over_http == json.loads(out) and over_http["n_trials"] == 12
