@@ -699,6 +699,234 @@ def probability_of_overfitting(returns, splits: int = DEFAULT_PBO_SPLITS) -> Ove
     return result
 
 
+# ---- a sweep's search summarised: best by a metric, deflated Sharpe, PBO, out of sample ---------------------
+SPLIT_METRICS = (
+    "sharpe", "sortino", "cagr", "volatility", "max_drawdown", "calmar", "total_return", "win_rate",
+)  # fmt: skip  # computed on each side of --oos-start as is_<name> and oos_<name>
+BEST_OF_PARENT = KEY_METRICS + ("skew", "kurtosis")  # logged on a sweep parent as best_<name>
+
+
+def better_first(name: str):
+    """Sort key putting the better value of metric `name` first (its direction from the metric table);
+    undefined values last."""
+    spec = next((s for s in METRICS if s.name == name.removeprefix("is_").removeprefix("oos_")), None)
+    sign = -1.0 if spec is None or spec.higher_is_better is not False else 1.0
+
+    def key(value):
+        defined = isinstance(value, int | float) and math.isfinite(value)
+        return (0, sign * value) if defined else (1, 0.0)
+
+    return key
+
+
+@dataclass
+class SearchSummary:
+    """What only a sweep parent knows: how many trials, which was best by what, and how much of it is luck."""
+
+    n_trials: int
+    best_by: str  # the metric that chose the best (is_<metric> when chosen in-sample)
+    best: int  # position of the best trial
+    expected_max_sharpe: float  # annualised with the best trial's periods per year; NaN when undefined
+    deflated_sharpe_ratio: float
+    pbo: float
+    oos_rank_of_best: float  # 1 = the best out of sample too; NaN without --oos-start
+    undefined: dict[str, str] = field(default_factory=dict)  # name -> why
+
+
+def summarise_search(
+    metrics: list[dict], periods: list[float], n_bars: list[int], best_by: str, overfitting: Overfitting
+) -> SearchSummary:
+    """The search's statistics from the trials' logged metrics (the same numbers `query_experiments.py
+    deflate` reads back): per-bar Sharpe = sharpe / sqrt(periods); the DSR is the best trial's, against the
+    expected maximum of the trials with a defined Sharpe ratio (their count is n_trials)."""
+    order = sorted(
+        range(len(metrics)), key=lambda i: better_first(best_by)(metrics[i].get(best_by, math.nan))
+    )
+    best = order[0]
+    trials = [i for i, m in enumerate(metrics) if math.isfinite(m.get("sharpe", math.nan))]
+    per_bar = {i: metrics[i]["sharpe"] / math.sqrt(periods[i]) for i in trials}
+    chosen = metrics[best]
+    excess = chosen.get("kurtosis", math.nan)
+    expected, dsr = deflated_sharpe_ratio(
+        per_bar.get(best, math.nan), list(per_bar.values()), n_bars[best], chosen.get("skew", math.nan),
+        excess + 3,  # log_backtest logs excess kurtosis (QuantStats); the formula needs non-excess
+    )  # fmt: skip
+    undefined = {}
+    if len(trials) < 2:
+        undefined["deflated_sharpe_ratio"] = (
+            f"needs at least 2 trials with a Sharpe ratio (got {len(trials)})"
+        )
+    elif not math.isfinite(expected):
+        undefined["deflated_sharpe_ratio"] = "every trial has the same Sharpe ratio (zero variance)"
+    elif not math.isfinite(dsr):
+        undefined["deflated_sharpe_ratio"] = "the best trial has no Sharpe ratio, skew or kurtosis"
+    if "deflated_sharpe_ratio" in undefined and not math.isfinite(expected):
+        undefined["expected_max_sharpe"] = undefined["deflated_sharpe_ratio"]
+    if overfitting.reason:
+        undefined["pbo"] = overfitting.reason
+    rank = math.nan
+    if best_by.startswith("is_"):
+        oos = "oos_" + best_by.removeprefix("is_")
+        ranked = sorted(range(len(metrics)), key=lambda i: better_first(oos)(metrics[i].get(oos, math.nan)))
+        if math.isfinite(metrics[best].get(oos, math.nan)):
+            rank = float(ranked.index(best) + 1)
+        else:
+            undefined["oos_rank_of_best"] = f"the best trial's {oos} is undefined"
+    return SearchSummary(
+        n_trials=len(trials), best_by=best_by, best=best,
+        expected_max_sharpe=expected * math.sqrt(periods[best]) if math.isfinite(expected) else math.nan,
+        deflated_sharpe_ratio=dsr, pbo=overfitting.pbo, oos_rank_of_best=rank, undefined=undefined,
+    )  # fmt: skip
+
+
+def excess_matrix(columns: list, rf: float, periods: float):
+    """The sweep's returns as bars x trials, on the bars all columns share, minus the per-bar risk-free rate
+    as QuantStats' sharpe subtracts it ((1 + rf) ** (1 / periods) - 1)."""
+    import pandas as pd
+
+    frame = pd.concat([c.returns.rename(i) for i, c in enumerate(columns)], axis=1, join="inner")
+    return frame.to_numpy(dtype=float) - ((1 + rf) ** (1 / periods) - 1)
+
+
+def write_overfitting_artifacts(
+    result: Overfitting, names: list[str], periods: float, folder: Path, png: bool = True
+) -> list[str]:
+    """cscv.csv (one row per combination: in-sample blocks, the in-sample best, its IS and OOS Sharpe
+    ratios annualised, relative OOS rank, logit), overfitting.json (the summary) and overfitting.png (the
+    paper's two figures: the logit histogram and OOS against IS Sharpe of the selected trial)."""
+    import csv
+    from itertools import combinations
+
+    scale = math.sqrt(periods)
+    summary = {
+        "method": "CSCV (Bailey, Borwein, Lopez de Prado & Zhu): PBO = share of combinations whose in-sample "
+        "best ranks at or below the median out of sample (logit <= 0); performance = Sharpe ratio",
+        "pbo": result.pbo,
+        "undefined_reason": result.reason,
+        "splits": result.splits,
+        "combinations": len(result.logits),
+        "bars_used": result.bars_used,
+        "n_trials": len(names),
+        "prob_oos_loss": (sum(v < 0 for v in result.oos_sharpe) / len(result.oos_sharpe))
+        if result.oos_sharpe
+        else None,
+        "sharpe_units": f"annualised (x sqrt({periods:g}))",
+        "columns": names,
+    }
+    (folder / "overfitting.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n")
+    written = ["overfitting.json"]
+    if not result.logits:
+        return written
+    blocks = combinations(range(result.splits), result.splits // 2)
+    with (folder / "cscv.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["combination", "in_sample_blocks", "best_column", "is_sharpe", "oos_sharpe",
+                         "oos_relative_rank", "logit"])  # fmt: skip
+        for i, (chosen, logit, is_sr, oos_sr, best) in enumerate(
+            zip(blocks, result.logits, result.is_sharpe, result.oos_sharpe, result.best, strict=True)
+        ):
+            omega = 1 / (1 + math.exp(-logit))
+            writer.writerow([i, " ".join(map(str, chosen)), names[best], repr(is_sr * scale),
+                             repr(oos_sr * scale), repr(omega), repr(logit)])  # fmt: skip
+    written.append("cscv.csv")
+    if png:
+        draw_overfitting_png(result, scale, folder / "overfitting.png")
+        written.append("overfitting.png")
+    return written
+
+
+def draw_overfitting_png(result: Overfitting, scale: float, path: Path) -> None:
+    """The paper's figures: the histogram of logits (PBO = the mass at or left of 0) and the selected
+    trial's out-of-sample against in-sample Sharpe ratio, with a least-squares line (the degradation)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    logits = np.asarray(result.logits)
+    is_sr, oos_sr = np.asarray(result.is_sharpe) * scale, np.asarray(result.oos_sharpe) * scale
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    left.hist(logits, bins=40, color="#4c72b0", edgecolor="white")
+    left.axvline(0, color="#c44e52", linewidth=1.5)
+    left.set(title=f"Rank logits of the in-sample best (PBO = {result.pbo:.2f})", xlabel="logit",
+             ylabel="combinations")  # fmt: skip
+    right.scatter(is_sr, oos_sr, s=6, alpha=0.3, color="#4c72b0")
+    if np.ptp(is_sr) > 0:
+        slope, intercept = np.polyfit(is_sr, oos_sr, 1)
+        xs = np.linspace(is_sr.min(), is_sr.max(), 2)
+        right.plot(
+            xs, slope * xs + intercept, color="#c44e52", label=f"OOS = {intercept:.2f} + {slope:.2f} IS"
+        )
+        right.legend(loc="best")
+    right.axhline(0, color="grey", linewidth=0.8)
+    right.set(title="Out-of-sample vs in-sample Sharpe of the selected trial", xlabel="in-sample Sharpe",
+              ylabel="out-of-sample Sharpe")  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---- out of sample: --oos-start -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OosSplit:
+    """--oos-start: a date (the first out-of-sample bar is the first at or after it) or a fraction of the
+    bars (0 < f < 1: the first f of each series is in-sample)."""
+
+    text: str
+    fraction: float | None = None
+    date: str | None = None  # ISO 8601, checked before pandas is imported
+
+
+def parse_oos_start(text: str) -> OosSplit:
+    from datetime import datetime
+
+    try:
+        fraction = float(text)
+    except ValueError:
+        fraction = None
+    if fraction is not None:
+        if not 0 < fraction < 1:
+            raise CliError(EXIT_USAGE, f"--oos-start {text!r}: a fraction must be between 0 and 1, e.g. 0.7")
+        return OosSplit(text, fraction=fraction)
+    try:
+        datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise CliError(
+            EXIT_USAGE,
+            f"--oos-start {text!r} is neither a date (2021-01-01) nor a fraction of the bars (0.7)",
+        ) from None
+    return OosSplit(text, date=text.strip())
+
+
+def oos_position(returns, has_timestamps: bool, split: OosSplit, name: str) -> int:
+    """Index of the first out-of-sample bar; exit 2 unless both sides have at least 2 bars."""
+    import pandas as pd
+
+    n = len(returns)
+    if split.fraction is not None:
+        position = int(math.floor(split.fraction * n))
+    elif not has_timestamps:
+        raise CliError(
+            EXIT_USAGE, f"--oos-start {split.text}: column {name!r} has no timestamps; give a fraction"
+        )
+    else:
+        stamp = pd.Timestamp(split.date)
+        index = returns.index
+        if stamp.tzinfo is None and index.tz is not None:
+            stamp = stamp.tz_localize(index.tz)
+        elif stamp.tzinfo is not None and index.tz is None:
+            stamp = stamp.tz_convert("UTC").tz_localize(None)
+        position = int(index.searchsorted(stamp, side="left"))
+    if position < 2 or n - position < 2:
+        raise CliError(
+            EXIT_USAGE,
+            f"--oos-start {split.text} leaves {position} in-sample and {n - position} out-of-sample bars in "
+            f"column {name!r}; each side needs at least 2",
+        )
+    return position
+
+
 # ---- request: arguments checked before any data is read or any heavy module imported ---------------------
 @dataclass
 class Request:
