@@ -530,7 +530,7 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("avg_drawdown", "dd_details(dd)['max drawdown'].mean() / 100",
                "Mean depth of the drawdown episodes (<= 0)", "fraction", True, departure=EPISODES),
     MetricSpec("longest_drawdown_days", "dd_details(dd)['days'].max()",
-               "Longest drawdown episode: calendar days from its first to its last bar below the peak, + 1",
+               "Longest drawdown episode: whole days elapsed from its first to its last bar below the peak, + 1",
                "days", False, calendar=True, departure=EPISODES),
     MetricSpec("avg_drawdown_days", "dd_details(dd)['days'].mean()",
                "Mean drawdown episode length in calendar days", "days", False, calendar=True,
