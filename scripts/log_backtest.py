@@ -310,7 +310,8 @@ KEY_METRICS = (
 
 # ---- the metric table: the one place that says what each metric is --------------------------------------
 # `call` is evaluated as written (it IS the code that computes the metric), in a namespace where:
-#   qs          quantstats;  np  numpy;  r  the normalised returns (pandas Series, DatetimeIndex, decimal units)
+#   qs          quantstats;  np  numpy
+#   r           the normalised returns (pandas Series, DatetimeIndex, decimal units)
 #   rf          annual risk-free rate (--rf);  periods  bars per year;  compounded  False with --simple
 #   x           excess returns per bar: r - ((1 + rf) ** (1 / periods) - 1), QuantStats' de-annualisation
 #   years       len(r) / periods (QuantStats' CAGR convention: bars, not calendar time)
@@ -435,7 +436,8 @@ METRICS: tuple[MetricSpec, ...] = (
                "on rf-adjusted returns (every bar exposed when --rf > 0)"),
     # returns
     MetricSpec("total_return", "total(r)", "prod(1 + r) - 1, or sum(r) with --simple", "fraction", True),
-    MetricSpec("cagr", "qs.stats.cagr(r, 0.0, compounded, periods)", "(1 + total_return) ** (1 / years) - 1, years = bars / periods",
+    MetricSpec("cagr", "qs.stats.cagr(r, 0.0, compounded, periods)",
+               "(1 + total_return) ** (1 / years) - 1, years = bars / periods",
                "fraction per year", True, annualised=True),
     MetricSpec("expected_return", f"qs.stats.expected_return(r, compounded=compounded, {NP})",
                "Geometric mean return per bar", "fraction per bar", True),
@@ -530,7 +532,8 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("avg_drawdown", "dd_details(dd)['max drawdown'].mean() / 100",
                "Mean depth of the drawdown episodes (<= 0)", "fraction", True, departure=EPISODES),
     MetricSpec("longest_drawdown_days", "dd_details(dd)['days'].max()",
-               "Longest drawdown episode: whole days elapsed from its first to its last bar below the peak, + 1",
+               "Longest drawdown episode: whole days elapsed from its first to its last bar below the peak "
+               "+ 1",
                "days", False, calendar=True, departure=EPISODES),
     MetricSpec("avg_drawdown_days", "dd_details(dd)['days'].mean()",
                "Mean drawdown episode length in calendar days", "days", False, calendar=True,
@@ -1107,11 +1110,11 @@ def align(
             )
         n_before = len(strategy)
         strategy, dropped = compound_to_bars(strategy, benchmark.index, compounded)
+        outside = f"; {dropped} bars outside the benchmark's span were dropped" if dropped else ""
         warn(
-            f"column {name!r}: its {n_before} {s_label} bars were "
-            f"{'compounded' if compounded else 'summed'} into {len(strategy)} {b_label} benchmark bars "
-            f"(--resample-to-benchmark){f'; {dropped} bars outside the benchmark were dropped' if dropped else ''}; "
-            "every metric is computed on those bars",
+            f"column {name!r}: its {n_before} {s_label} bars were {'compounded' if compounded else 'summed'} "
+            f"into {len(strategy)} {b_label} benchmark bars (--resample-to-benchmark){outside}; every metric "
+            "is computed on those bars",
             warnings,
         )
     common = strategy.index.intersection(benchmark.index)
