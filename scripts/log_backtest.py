@@ -1370,6 +1370,9 @@ def compute_metrics(item: Series, rf: float, periods: float, compounded: bool) -
     import pandas as pd
 
     qs = import_quantstats(full=False)
+    # pandas' reductions (std, mean, ...) take other code paths when bottleneck is installed and differ in the
+    # last bits: the same series must give the same numbers in any environment (this script's own has none).
+    pd.set_option("compute.use_bottleneck", False)
     r = item.returns
     n = len(r)
     years = n / periods
