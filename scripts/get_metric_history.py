@@ -83,6 +83,9 @@ class CliError(Exception):
         super().__init__(message)
         self.code = code
 
+    def __reduce__(self):  # pickled whole (code too) when it comes back from a worker process
+        return type(self), (self.code, str(self))
+
 
 class CliParser(argparse.ArgumentParser):
     """argparse that reports a usage error as one line (exit 2) instead of usage text plus error."""
@@ -132,9 +135,7 @@ def connect(tracking_uri: str, debug: bool = False):
     if not debug:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
         import logging
-        import warnings
 
-        warnings.filterwarnings("ignore")
         for name in ("mlflow", "alembic", "urllib3", "sqlalchemy"):
             logging.getLogger(name).setLevel(logging.ERROR)
     try:
@@ -197,9 +198,15 @@ def classify_error(exc: BaseException) -> tuple[int, str]:
 
 
 def run_cli(action, debug: bool) -> int:
-    """Run action(); turn every failure into one redacted line on stderr and a documented exit code."""
+    """Run action(); turn every failure into one redacted line on stderr and a documented exit code.
+    Library warnings (MLflow, pandas, pydantic) stay off stderr unless --debug, for this call only."""
+    import warnings
+
     try:
-        return action() or EXIT_OK
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.simplefilter("ignore")
+            return action() or EXIT_OK
     except CliError as exc:
         error, message, code = exc, str(exc), exc.code
     except KeyboardInterrupt as exc:

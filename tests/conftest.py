@@ -70,6 +70,20 @@ def secret_scan(tmp_path_factory):
         pytest.fail(f"secrets leaked into: {', '.join(leaks[:20])}", pytrace=False)
 
 
+def pytest_collection_modifyitems(items):
+    """Every test that reaches the session's tracking server carries the `server` marker, also when it gets
+    there through a fixture (`sweep` asks for mlflow_server) or a fixture parameter (store[server],
+    seeded[server]): `-m "not server"` then starts no server. Tests that start a server of their own are
+    marked by hand."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        by_param = callspec is not None and any(
+            isinstance(v, str) and v == "server" for v in callspec.params.values()
+        )
+        if "mlflow_server" in item.fixturenames or by_param:
+            item.add_marker(pytest.mark.server)
+
+
 def pytest_sessionfinish(session, exitstatus):
     """In CI nothing may be skipped: a skipped test turns a green run red (checked where results gather)."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")

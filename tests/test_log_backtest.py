@@ -3,18 +3,16 @@ dedupe, dry run, and a server that dies mid-run. Data is generated here with fix
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import uuid
-import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 from harness import MlflowServer, assert_clean_error, client_for, run_script
-
-warnings.filterwarnings("ignore")
 
 
 def unique(prefix: str) -> str:
@@ -112,8 +110,8 @@ def test_metrics_equal_direct_qs_stats_calls(scripts):
         frame["strategy"].to_numpy(), index=pd.DatetimeIndex(pd.to_datetime(frame["date"])).as_unit("ns")
     )
     b = pd.Series(np.random.default_rng(3).normal(0.0003, 0.009, len(r)), index=r.index)
-    item = lb.Series(name="s", returns=r, has_timestamps=True, benchmark=b)
-    values, failed = lb.compute_metrics(item, 0.02, 252.0, True)
+    column = lb.Column(name="s", returns=r, has_timestamps=True, benchmark=b)
+    values, failed = lb.compute_metrics(column, 0.02, 252.0, True)
     assert failed == []
     expected = {
         "sharpe": qs.stats.sharpe(r, 0.02, 252),
@@ -170,13 +168,14 @@ def test_undefined_metrics_are_nan_never_zero(scripts):
     r = pd.Series(
         rng.uniform(0.0001, 0.002, 300), index=pd.bdate_range("2022-01-03", periods=300).as_unit("ns")
     )
-    values, _ = lb.compute_metrics(lb.Series("up", r, True), 0.0, 252.0, True)
+    values, _ = lb.compute_metrics(lb.Column("up", r, True), 0.0, 252.0, True)
     defined, undefined = lb.split_defined(values)
-    for name in ("profit_factor", "sortino", "avg_loss", "max_drawdown" if False else "payoff_ratio"):
-        assert name in undefined and name not in defined
+    for name in ("profit_factor", "sortino", "avg_loss", "payoff_ratio"):
+        assert name in undefined, name
+        assert name not in defined, name
     assert all(math.isfinite(v) for v in defined.values())
     flat = pd.Series(0.0, index=r.index)
-    values, _ = lb.compute_metrics(lb.Series("flat", flat, True), 0.0, 252.0, True)
+    values, _ = lb.compute_metrics(lb.Column("flat", flat, True), 0.0, 252.0, True)
     assert math.isnan(values["win_rate"]) and math.isnan(values["profit_factor"])
 
 
@@ -534,7 +533,9 @@ def test_sweep_in_helper_processes_logs_what_one_process_logs(sweep, scripts, ca
     if (os.cpu_count() or 1) > 1:
         assert "in 1 helper process" in sweep["result"].stderr, sweep["result"].stderr
     server = client_for(sweep["env"])
-    assert scripts.log_backtest.can_fork() is False  # this pytest process imported mlflow
+    lb = scripts.log_backtest
+    req = lb.build_request(lb.build_parser().parse_args(["--returns", str(sweep["folder"] / "grid.csv")]))
+    assert lb.worker_processes(req, [None, None]) == 0  # this pytest process imported mlflow: inline
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code, out, err = run_main(
         scripts, capsys, "--returns", str(sweep["folder"] / "grid.csv"), "--experiment", "one-process",
@@ -558,40 +559,60 @@ def test_sweep_in_helper_processes_logs_what_one_process_logs(sweep, scripts, ca
             assert sorted(ours) == sorted(theirs) and len(ours) > 700, (name, key)
 
 
-def test_helper_process_results_and_failures(scripts):
-    """A helper's values come back in order; its failure comes back as the exit code our contract gives it;
-    a helper that dies is an unexpected error, never a hang."""
+def square(x):
+    return {"n": x, "arrays": np.arange(3) * x}
+
+
+def refused():
+    raise scripts_module().CliError(4, "tracking server refused the request: permission denied (403)")
+
+
+def broken():
+    raise ValueError("boom")
+
+
+def dies():
+    os._exit(3)
+
+
+def scripts_module():
+    import sys
+
+    return sys.modules["log_backtest"]
+
+
+@pytest.mark.parametrize("processes", [0, 2])
+def test_worker_pool_results_and_failures(scripts, capsys, processes):
+    """The same calls inline (0) and in forked workers: values come back; a failure comes back as the exit
+    code our contract gives it; a worker that dies is an unexpected error, never a hang."""
     lb = scripts.log_backtest
+    with lb.worker_pool(processes) as pool:
+        first = pool.submit(square, 2).result()
+    assert first["n"] == 2
+    assert list(first["arrays"]) == [0, 2, 4]
+    cases = [(refused, 4, "403"), (broken, 1, "boom")] + (
+        [(dies, 1, "terminated abruptly")] if processes else []
+    )
+    for job, code, needle in cases:
 
-    def values(inbox):
-        yield {"n": 1, "arrays": np.arange(3)}
-        yield inbox() * 2
+        def call(job=job):
+            with lb.worker_pool(processes) as pool:
+                return pool.submit(job).result()
 
-    helper = lb.Helper(values)
-    first = helper.result()
-    assert first["n"] == 1 and list(first["arrays"]) == [0, 1, 2]
-    helper.send(21)
-    assert helper.result() == 42
-    helper.stop()
+        assert lb.run_cli(call, debug=False) == code, job.__name__
+        assert needle in capsys.readouterr().err, job.__name__
 
-    def refused(inbox):
-        raise lb.CliError(lb.EXIT_AUTH, "tracking server refused the request: permission denied (403)")
-        yield
 
-    def broken(inbox):
-        raise ValueError("boom")
-        yield
+def test_worker_pool_ends_a_task_nobody_waits_for(scripts):
+    """Leaving the pool ends a task still running (a duplicate's tearsheet), without waiting for it."""
+    import time
 
-    def dies(inbox):
-        os._exit(3)
-        yield
-
-    for job, code, needle in ((refused, 4, "403"), (broken, 1, "ValueError: boom"), (dies, 1, "exit code 3")):
-        helper = lb.Helper(job)
-        with pytest.raises(lb.CliError) as caught:
-            helper.result()
-        helper.stop()
-        assert caught.value.code == code and needle in str(caught.value), (job.__name__, str(caught.value))
+    lb = scripts.log_backtest
+    started = time.monotonic()
+    with lb.worker_pool(1) as pool:
+        pool.submit(time.sleep, 60)
+        time.sleep(0.5)
+    assert time.monotonic() - started < 20
 
 
 def test_a_failing_tearsheet_leaves_no_visible_run(scripts, tmp_path):
@@ -601,23 +622,26 @@ def test_a_failing_tearsheet_leaves_no_visible_run(scripts, tmp_path):
     frame = daily_frame(18, n=300)
     frame.to_csv(tmp_path / "s.csv", index=False)
     req = lb.build_request(lb.build_parser().parse_args(["--returns", str(tmp_path / "s.csv")]))
-    [item] = lb.load_all(req)
-    prep = lb.prepare(item, req, "no-report", tmp_path / "run", column_param=False)
+    [job] = lb.plan(lb.load_all(req), req, tmp_path)
+    prep = lb.prepare_column(job, req)
     client = lb.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment_id = lb.ensure_experiment(client, "no-report")
 
-    def tearsheet():
+    def failing_tearsheet():
         raise lb.CliError(lb.EXIT_UNEXPECTED, "QuantStats could not draw the report")
 
-    code = lb.run_cli(
-        lambda: lb.write_run(client, experiment_id, prep, req, tearsheet=tearsheet), debug=False
-    )
-    assert code == lb.EXIT_UNEXPECTED and prep.run_id
+    with lb.worker_pool(0) as pool:
+        tearsheet = pool.submit(failing_tearsheet)
+        code = lb.run_cli(
+            lambda: lb.write_run(client, experiment_id, job, prep, req, tearsheet=tearsheet), debug=False
+        )
+    assert code == lb.EXIT_UNEXPECTED
     from mlflow.entities import ViewType
 
     assert client.search_runs([experiment_id]) == []  # nothing visible
     [run] = client.search_runs([experiment_id], run_view_type=ViewType.DELETED_ONLY)
-    assert run.info.run_id == prep.run_id and run.info.status == "FAILED"
+    assert run.info.status == "FAILED"
+    assert "sharpe" in run.data.metrics  # the metrics had landed: the tearsheet failed last
 
 
 # ---- a server that dies mid-run ------------------------------------------------------------------------------
@@ -633,7 +657,8 @@ class KillOnRead(dict):
         return super().items()
 
 
-def test_server_dying_mid_run_leaves_no_finished_run(scripts, tmp_path):
+@pytest.mark.server
+def test_server_dying_mid_run_leaves_no_finished_run(scripts, tmp_path, monkeypatch):
     lb = scripts.log_backtest
     server = MlflowServer(tmp_path / "server").start()
     try:
@@ -641,20 +666,22 @@ def test_server_dying_mid_run_leaves_no_finished_run(scripts, tmp_path):
         frame.to_csv(tmp_path / "s.csv", index=False)
         parser = lb.build_parser()
         req = lb.build_request(parser.parse_args(["--returns", str(tmp_path / "s.csv"), "--no-tearsheet"]))
-        [item] = lb.load_all(req)
-        prep = lb.prepare(item, req, "doomed", tmp_path / "run", column_param=False)
-        os.environ.update(server.env())
+        [job] = lb.plan(lb.load_all(req), req, tmp_path)
+        prep = lb.prepare_column(job, req)
+        for key, value in server.env().items():
+            monkeypatch.setenv(key, value)
         client = lb.connect(server.url)
         experiment_id = lb.ensure_experiment(client, "doomed")
-        prep.metrics = KillOnRead(prep.metrics, server)
-        code = lb.run_cli(lambda: lb.write_run(client, experiment_id, prep, req), debug=False)
-        assert code == lb.EXIT_UNREACHABLE and prep.run_id
+        doomed = dataclasses.replace(prep, metrics=KillOnRead(prep.metrics, server))
+        code = lb.run_cli(lambda: lb.write_run(client, experiment_id, job, doomed, req), debug=False)
+        assert code == lb.EXIT_UNREACHABLE
     finally:
         server.kill()
     revived = MlflowServer(server.root, port=server.port, admin=server.admin).start()
     try:
         runs = revived.client().search_runs([experiment_id])
-        assert [r.info.run_id for r in runs] == [prep.run_id]
-        assert runs[0].info.status != "FINISHED" and "sharpe" not in runs[0].data.metrics
+        assert len(runs) == 1
+        assert runs[0].info.status != "FINISHED"
+        assert "sharpe" not in runs[0].data.metrics
     finally:
         revived.stop()

@@ -239,13 +239,10 @@ def check_histories(lb, case: Case, folder: Path) -> None:
     args = lb.build_parser().parse_args(["--returns", str(folder / "returns.csv"), "--dry-run", *case.args])
     with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        items = lb.load_all(lb.build_request(args))
-        for item in items:
-            equity, drawdown = lb.equity_and_drawdown(item.returns, case.compounded)
-            assert np.isfinite(equity).all() and np.isfinite(drawdown).all(), (
-                item.name,
-                item.returns.to_numpy()[:10],
-            )
+        for column in lb.load_all(lb.build_request(args)).columns:
+            equity, drawdown = lb.equity_and_drawdown(column.returns, case.compounded)
+            assert np.isfinite(equity).all(), (column.name, column.returns.to_numpy()[:10])
+            assert np.isfinite(drawdown).all(), (column.name, column.returns.to_numpy()[:10])
 
 
 @settings(
