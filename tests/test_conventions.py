@@ -178,3 +178,29 @@ def test_an_environment_without_mlflow_gets_the_repair_command(tmp_path):
     result = Result(done.returncode, done.stdout, done.stderr, 0.0)
     assert_clean_error(result, 1, "mlflow is missing", "uv run --reinstall", "create_experiment.py --help")
     assert not (tmp_path / "mlflow.db").exists()
+
+
+# ---- what the scripts must agree on but do not share ---------------------------------------------------------
+def test_key_metrics_agree(scripts):
+    """log_backtest logs (and describes) these first; query_experiments shows them by default."""
+    assert set(scripts.log_backtest.KEY_METRICS) == set(scripts.query_experiments.KEY_METRICS)
+
+
+def test_better_direction_agrees(scripts):
+    """Which way is better per metric: query_experiments marks the best value; log_backtest documents it.
+    "zero" (closest to 0 wins) is said of metrics logged as negative fractions: there higher is better."""
+    specs = {spec.name: spec for spec in scripts.log_backtest.METRICS}
+    as_higher = {"higher": True, "lower": False, "zero": True}
+    for name, direction in scripts.query_experiments.METRIC_DIRECTIONS.items():
+        assert name in specs, f"query_experiments ranks {name!r}, which log_backtest does not log"
+        assert specs[name].higher_is_better == as_higher[direction], name
+
+
+def test_experiment_lookup_is_the_same_code(scripts):
+    """Experiment by name or id, with close-name suggestions: one function, copied, kept identical."""
+    import inspect
+
+    for function in ("find_experiment", "closest"):
+        ours = inspect.getsource(getattr(scripts.query_experiments, function))
+        theirs = inspect.getsource(getattr(scripts.get_metric_history, function))
+        assert ours == theirs, function
