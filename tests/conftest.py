@@ -37,6 +37,22 @@ def store(request) -> dict[str, str]:
     return request.getfixturevalue("mlflow_server").env()
 
 
+@pytest.fixture
+def client_for(monkeypatch):
+    """client_for(env) -> an MlflowClient in the test process looking at the store a script used. MlflowClient
+    reads credentials from os.environ on every request: they are set there for this test only."""
+
+    def make(env: dict[str, str]):
+        from mlflow import MlflowClient
+
+        for key, value in env.items():
+            if key.startswith("MLFLOW_TRACKING_"):
+                monkeypatch.setenv(key, value)
+        return MlflowClient(env["MLFLOW_TRACKING_URI"])
+
+    return make
+
+
 def load_script(name: str):
     """Import scripts/NAME.py as a module, to unit-test its pure functions."""
     spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")

@@ -12,7 +12,7 @@ import uuid
 import numpy as np
 import pandas as pd
 import pytest
-from harness import MlflowServer, assert_clean_error, client_for, run_script
+from harness import MlflowServer, assert_clean_error, run_script
 
 
 def unique(prefix: str) -> str:
@@ -384,7 +384,7 @@ def test_single_output_and_clean_stderr(single):
     assert single["result"].stderr == "", single["result"].stderr  # no library noise
 
 
-def test_single_run_holds_everything(single):
+def test_single_run_holds_everything(client_for, single):
     client = client_for(single["env"])
     run = client.get_run(single["out"]["run_id"])
     assert run.info.status == "FINISHED"
@@ -417,7 +417,7 @@ def test_single_run_holds_everything(single):
     ]  # fmt: skip
 
 
-def test_single_histories_and_artifacts(single, tmp_path):
+def test_single_histories_and_artifacts(client_for, single, tmp_path):
     client = client_for(single["env"])
     run_id = single["out"]["run_id"]
     r = read_back(single["folder"] / "momentum.csv")
@@ -444,7 +444,7 @@ def test_single_histories_and_artifacts(single, tmp_path):
     np.testing.assert_array_equal(saved["returns"].to_numpy(), r.to_numpy())
 
 
-def test_dedupe_then_force(single):
+def test_dedupe_then_force(client_for, single):
     env, folder, args = single["env"], single["folder"], single["args"]
     again = run_script("log_backtest", *args, "--no-tearsheet", env=env, cwd=folder)
     assert again.returncode == 0, again.stderr
@@ -483,7 +483,7 @@ def sweep(tmp_path_factory, mlflow_server):
     return {"folder": folder, "env": env, "experiment": experiment, "result": result, "out": result.json()}
 
 
-def test_sweep_parent_and_children(sweep, tmp_path):
+def test_sweep_parent_and_children(client_for, sweep, tmp_path):
     out = sweep["out"]
     client = client_for(sweep["env"])
     assert [r["run_name"] for r in out["runs"]] == ["fast", "medium", "slow", "always_up"]
@@ -507,7 +507,7 @@ def test_sweep_parent_and_children(sweep, tmp_path):
         assert artifacts == {"metrics.json", "returns.csv", "tearsheet.html"}, child.info.run_name
 
 
-def test_sweep_child_with_undefined_metrics(sweep):
+def test_sweep_child_with_undefined_metrics(client_for, sweep):
     client = client_for(sweep["env"])
     up = next(r for r in sweep["out"]["runs"] if r["run_name"] == "always_up")
     assert "profit_factor" in up["undefined_metrics"] and "profit_factor" not in up["metrics"]
@@ -527,7 +527,7 @@ def test_sweep_dedupe(sweep):
     assert [r["run_id"] for r in out["runs"]] == [r["run_id"] for r in sweep["out"]["runs"]]
 
 
-def test_sweep_in_helper_processes_logs_what_one_process_logs(sweep, scripts, capsys, tmp_path):
+def test_sweep_in_helper_processes_logs_what_one_process_logs(client_for, sweep, scripts, capsys, tmp_path):
     """The CLI splits a sweep's columns across processes (one per core); main() called in a process that
     already imported mlflow does all of it itself. Both must log the same runs."""
     if (os.cpu_count() or 1) > 1:
