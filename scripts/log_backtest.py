@@ -2085,8 +2085,8 @@ def sweep_of(shares: list[list[Job]], prepared: list[list[Prepared]], req: Reque
 def log_sweep(jobs: list[Job], req: Request, pool, tmp: Path) -> Result:
     """A parent run with one complete child run per column. Each worker prepares its share of the columns
     and draws their tearsheets while this process prepares its own share and imports mlflow; once all are
-    prepared and no duplicate exists, each process writes its own children (MLflow's store spends ~0.7 s of
-    CPU a run turning 10,000 history points into rows)."""
+    prepared and no duplicate exists, each process writes its own children (MLflow's store spends CPU
+    turning history points into rows: split writes are faster, bench/RESULTS.md)."""
     shares = share_out(jobs, pool.processes)
     prepared = [pool.submit(prepare_share, share, req) for share in shares[1:]]
     drawn = [pool.submit(draw_tearsheets, share, req) for share in shares[1:]] if req.tearsheet else []

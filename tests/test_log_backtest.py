@@ -84,8 +84,11 @@ def test_metric_table_has_the_core_names_and_is_documentable(scripts):
         "alpha", "beta", "correlation", "information_ratio", "r_squared", "treynor_ratio"
     }  # fmt: skip
     for spec in lb.METRICS:
-        assert lb.KEY_PATTERN.match(spec.name) and spec.name == spec.name.lower()
-        assert spec.meaning and spec.units and spec.higher_is_better in (True, False, None)
+        assert lb.KEY_PATTERN.match(spec.name)
+        assert spec.name == spec.name.lower()
+        assert spec.meaning
+        assert spec.units
+        assert spec.higher_is_better in (True, False, None)
         compile(spec.call, spec.name, "eval")
     table = lb.metric_table_markdown()
     assert all(f"| `{name}` |" in table for name in names)
@@ -176,7 +179,8 @@ def test_undefined_metrics_are_nan_never_zero(scripts):
     assert all(math.isfinite(v) for v in defined.values())
     flat = pd.Series(0.0, index=r.index)
     values, _ = lb.compute_metrics(lb.Column("flat", flat, True), 0.0, 252.0, True)
-    assert math.isnan(values["win_rate"]) and math.isnan(values["profit_factor"])
+    assert math.isnan(values["win_rate"])
+    assert math.isnan(values["profit_factor"])
 
 
 # ---- frequency and histories ------------------------------------------------------------------------------
@@ -211,7 +215,10 @@ def test_history_downsampling_keeps_first_last_and_deepest(scripts):
     assert drawdown.max() <= 0
     for deepest in (int(np.argmin(drawdown)), 1, 19_998, 12_345):
         steps = lb.history_steps(len(r), 500, deepest)
-        assert len(steps) <= 500 and steps[0] == 0 and steps[-1] == len(r) - 1 and deepest in steps
+        assert len(steps) <= 500
+        assert steps[0] == 0
+        assert steps[-1] == len(r) - 1
+        assert deepest in steps
         assert (np.diff(steps) > 0).all()
     assert list(lb.history_steps(10, 500, 3)) == list(range(10))
 
@@ -267,9 +274,11 @@ def test_invalid_returns_file_is_exit_2(scripts, capsys, tmp_path, case):
     else:
         path = write(tmp_path, "in.csv", content)
     code, out, err = run_main(scripts, capsys, "--returns", path, "--dry-run")
-    assert code == 2 and out == ""
+    assert code == 2
+    assert out == ""
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1 and needle.lower() in lines[0].lower(), err
+    assert len(lines) == 1, err
+    assert needle.lower() in lines[0].lower(), err
 
 
 @pytest.mark.parametrize(
@@ -291,7 +300,10 @@ def test_invalid_returns_file_is_exit_2(scripts, capsys, tmp_path, case):
 )
 def test_invalid_arguments_are_exit_2(scripts, capsys, tmp_path, extra, needle):
     code, out, err = run_main(scripts, capsys, "--returns", good_csv(tmp_path), "--dry-run", *extra)
-    assert code == 2 and out == "" and needle.lower() in err.lower() and err.count("error: ") == 1, err
+    assert code == 2, err
+    assert out == "", err
+    assert needle.lower() in err.lower(), err
+    assert err.count("error: ") == 1, err
 
 
 def test_benchmark_problems_are_exit_2(scripts, capsys, tmp_path):
@@ -301,13 +313,15 @@ def test_benchmark_problems_are_exit_2(scripts, capsys, tmp_path):
     code, _, err = run_main(
         scripts, capsys, "--returns", returns, "--benchmark", str(tmp_path / "far.csv"), "--dry-run"
     )
-    assert code == 2 and "common" in err
+    assert code == 2
+    assert "common" in err
     two = daily_frame(10, n=30, columns=("a", "b"))
     two.to_csv(tmp_path / "two.csv", index=False)
     code, _, err = run_main(
         scripts, capsys, "--returns", returns, "--benchmark", str(tmp_path / "two.csv"), "--dry-run"
     )
-    assert code == 2 and "--benchmark-column" in err
+    assert code == 2
+    assert "--benchmark-column" in err
 
 
 def test_unsorted_nan_rows_and_time_zones_are_fixed_with_warnings(scripts, capsys, tmp_path):
@@ -318,10 +332,14 @@ def test_unsorted_nan_rows_and_time_zones_are_fixed_with_warnings(scripts, capsy
     code, out, err = run_main(scripts, capsys, "--returns", write(tmp_path, "tz.csv", text), "--dry-run")
     assert code == 0, err
     data = json.loads(out)
-    assert data["n_bars"] == 4 and data["start"] == "2024-01-02" and data["end"] == "2024-01-08"
-    assert any("sorted" in w for w in data["warnings"]) and any("NaN" in w for w in data["warnings"])
+    assert data["n_bars"] == 4
+    assert data["start"] == "2024-01-02"
+    assert data["end"] == "2024-01-08"
+    assert any("sorted" in w for w in data["warnings"])
+    assert any("NaN" in w for w in data["warnings"])
     assert any("UTC" in w for w in data["warnings"])
-    assert "warning: " in err and "Traceback" not in err
+    assert "warning: " in err
+    assert "Traceback" not in err
 
 
 def test_bare_numbers_with_periods_per_year(scripts, capsys, tmp_path):
@@ -330,8 +348,11 @@ def test_bare_numbers_with_periods_per_year(scripts, capsys, tmp_path):
     code, out, err = run_main(scripts, capsys, "--returns", path, "--periods-per-year", "12", "--dry-run")
     assert code == 0, err
     data = json.loads(out)
-    assert data["periods_per_year"] == 12 and data["frequency"] == "bars" and data["start"] == "bar 0"
-    assert "best_month" in data["undefined_metrics"] and "sharpe" in data["metrics"]
+    assert data["periods_per_year"] == 12
+    assert data["frequency"] == "bars"
+    assert data["start"] == "bar 0"
+    assert "best_month" in data["undefined_metrics"]
+    assert "sharpe" in data["metrics"]
 
 
 def test_dry_run_touches_no_store(tmp_path):
@@ -341,7 +362,9 @@ def test_dry_run_touches_no_store(tmp_path):
     result = run_script("log_backtest", "--returns", "strategy.csv", "--dry-run", cwd=folder)
     assert result.returncode == 0, result.stderr
     data = result.json()
-    assert data["dry_run"] is True and data["run_id"] is None and len(data["metrics"]) >= 60
+    assert data["dry_run"] is True
+    assert data["run_id"] is None
+    assert len(data["metrics"]) >= 60
     assert sorted(p.name for p in folder.iterdir()) == ["strategy.csv"]
 
 
@@ -374,13 +397,18 @@ def single(tmp_path_factory):
 
 def test_single_output_and_clean_stderr(single):
     out = single["out"]
-    assert out["run_name"] == "mom-20" and out["experiment"] == "mom" and out["deduplicated"] is False
-    assert out["periods_per_year"] == 252 and out["frequency"] == "daily" and out["n_bars"] == 2000
+    assert out["run_name"] == "mom-20"
+    assert out["experiment"] == "mom"
+    assert out["deduplicated"] is False
+    assert out["periods_per_year"] == 252
+    assert out["frequency"] == "daily"
+    assert out["n_bars"] == 2000
     assert (
         out["benchmark"]["benchmark_bars_dropped"] == 100 and out["benchmark"]["strategy_bars_dropped"] == 0
     )
     assert set(out["artifacts"]) == {"metrics.json", "returns.csv", "tearsheet.html"}
-    assert len(out["metrics"]) >= 66 and out["url"] is None
+    assert len(out["metrics"]) >= 66
+    assert out["url"] is None
     assert single["result"].stderr == "", single["result"].stderr  # no library noise
 
 
@@ -399,16 +427,23 @@ def test_single_run_holds_everything(client_for, single):
     assert (
         params["signal.lookback"] == "20" and params["signal.skip"] == "1" and params["universe"] == "sp500"
     )
-    assert params["n_bars"] == "2000" and params["periods_per_year"] == "252" and params["rf"] == "0.01"
-    assert params["start"] == "2015-01-02" and params["source_file"] == "momentum.csv"
+    assert params["n_bars"] == "2000"
+    assert params["periods_per_year"] == "252"
+    assert params["rf"] == "0.01"
+    assert params["start"] == "2015-01-02"
+    assert params["source_file"] == "momentum.csv"
     assert (
         params["benchmark"] == "spy.csv" and params["compounded"] == "true" and params["frequency"] == "daily"
     )
     tags = run.data.tags
-    assert tags["team"] == "quant" and len(tags["backtest.fingerprint"]) == 64
-    assert tags["backtest.skill_version"] and "backtest.undefined_metrics" in tags
+    assert tags["team"] == "quant"
+    assert len(tags["backtest.fingerprint"]) == 64
+    assert tags["backtest.skill_version"]
+    assert "backtest.undefined_metrics" in tags
     note = tags["mlflow.note.content"]
-    assert note.startswith("Twelve-one momentum") and "| sharpe |" in note and "2015-01-02" in note
+    assert note.startswith("Twelve-one momentum")
+    assert "| sharpe |" in note
+    assert "2015-01-02" in note
     [dataset_input] = run.inputs.dataset_inputs
     assert {(t.key, t.value) for t in dataset_input.tags} == {("mlflow.data.context", "backtest")}
     assert json.loads(dataset_input.dataset.profile)["num_rows"] == 2000
@@ -425,7 +460,8 @@ def test_single_histories_and_artifacts(client_for, single, tmp_path):
     drawdown = equity / np.maximum(equity.cummax(), 1.0) - 1
     history = {m.step: m for m in client.get_metric_history(run_id, "equity")}
     dd_history = {m.step: m for m in client.get_metric_history(run_id, "drawdown")}
-    assert len(history) <= 500 and set(history) == set(dd_history)
+    assert len(history) <= 500
+    assert set(history) == set(dd_history)
     deepest = int(np.argmin(drawdown.to_numpy()))
     assert {0, len(r) - 1, deepest} <= set(history)
     for step, point in history.items():
@@ -436,10 +472,12 @@ def test_single_histories_and_artifacts(client_for, single, tmp_path):
     local = client.download_artifacts(run_id, "", str(tmp_path))
     with open(os.path.join(local, "metrics.json")) as handle:
         doc = json.load(handle)
-    assert doc["metrics"] == single["out"]["metrics"] and doc["settings"]["rf"] == 0.01
+    assert doc["metrics"] == single["out"]["metrics"]
+    assert doc["settings"]["rf"] == 0.01
     with open(os.path.join(local, "tearsheet.html"), encoding="utf-8") as handle:
         html = handle.read()
-    assert "<html" in html.lower() and "mom-20" in html
+    assert "<html" in html.lower()
+    assert "mom-20" in html
     saved = pd.read_csv(os.path.join(local, "returns.csv"))
     np.testing.assert_array_equal(saved["returns"].to_numpy(), r.to_numpy())
 
@@ -449,11 +487,14 @@ def test_dedupe_then_force(client_for, single):
     again = run_script("log_backtest", *args, "--no-tearsheet", env=env, cwd=folder)
     assert again.returncode == 0, again.stderr
     out = again.json()
-    assert out["deduplicated"] is True and out["run_id"] == single["out"]["run_id"] and out["artifacts"] == []
+    assert out["deduplicated"] is True
+    assert out["run_id"] == single["out"]["run_id"]
+    assert out["artifacts"] == []
     assert "--force" in again.stderr
     forced = run_script("log_backtest", *args, "--no-tearsheet", "--force", env=env, cwd=folder)
     assert forced.returncode == 0, forced.stderr
-    assert forced.json()["deduplicated"] is False and forced.json()["run_id"] != single["out"]["run_id"]
+    assert forced.json()["deduplicated"] is False
+    assert forced.json()["run_id"] != single["out"]["run_id"]
     client = client_for(env)
     experiment = client.get_experiment_by_name("mom")
     assert len(client.search_runs([experiment.experiment_id])) == 2
@@ -487,9 +528,11 @@ def test_sweep_parent_and_children(client_for, sweep, tmp_path):
     out = sweep["out"]
     client = client_for(sweep["env"])
     assert [r["run_name"] for r in out["runs"]] == ["fast", "medium", "slow", "always_up"]
-    assert out["url"].endswith(f"/runs/{out['parent_run_id']}") and "[4/4]" in sweep["result"].stderr
+    assert out["url"].endswith(f"/runs/{out['parent_run_id']}")
+    assert "[4/4]" in sweep["result"].stderr
     parent = client.get_run(out["parent_run_id"])
-    assert parent.info.status == "FINISHED" and parent.data.tags["backtest.sweep"] == "true"
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["backtest.sweep"] == "true"
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{out['parent_run_id']}'"
     )
@@ -510,9 +553,11 @@ def test_sweep_parent_and_children(client_for, sweep, tmp_path):
 def test_sweep_child_with_undefined_metrics(client_for, sweep):
     client = client_for(sweep["env"])
     up = next(r for r in sweep["out"]["runs"] if r["run_name"] == "always_up")
-    assert "profit_factor" in up["undefined_metrics"] and "profit_factor" not in up["metrics"]
+    assert "profit_factor" in up["undefined_metrics"]
+    assert "profit_factor" not in up["metrics"]
     run = client.get_run(up["run_id"])
-    assert "profit_factor" not in run.data.metrics and "sortino" not in run.data.metrics
+    assert "profit_factor" not in run.data.metrics
+    assert "sortino" not in run.data.metrics
     assert set(run.data.tags["backtest.undefined_metrics"].split(",")) == set(up["undefined_metrics"])
 
 
@@ -523,7 +568,8 @@ def test_sweep_dedupe(sweep):
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
     out = again.json()
-    assert out["deduplicated"] is True and out["parent_run_id"] == sweep["out"]["parent_run_id"]
+    assert out["deduplicated"] is True
+    assert out["parent_run_id"] == sweep["out"]["parent_run_id"]
     assert [r["run_id"] for r in out["runs"]] == [r["run_id"] for r in sweep["out"]["runs"]]
 
 
@@ -556,7 +602,8 @@ def test_sweep_in_helper_processes_logs_what_one_process_logs(client_for, sweep,
             theirs = [
                 (m.step, m.timestamp, m.value) for m in local.get_metric_history(one[name].info.run_id, key)
             ]
-            assert sorted(ours) == sorted(theirs) and len(ours) > 700, (name, key)
+            assert sorted(ours) == sorted(theirs), (name, key)
+            assert len(ours) > 700, (name, key)
 
 
 def square(x):
@@ -601,6 +648,45 @@ def test_worker_pool_results_and_failures(scripts, capsys, processes):
 
         assert lb.run_cli(call, debug=False) == code, job.__name__
         assert needle in capsys.readouterr().err, job.__name__
+
+
+def test_workers_fork_only_on_linux_with_cores_to_spare(scripts, monkeypatch, tmp_path):
+    """The choice of worker processes: none where fork is unsafe (not Linux), on one core, in a dry run, or
+    in a host that imported mlflow; else the metrics and the tearsheet of a single run in two, and a sweep's
+    columns shared with one worker per further core."""
+    import sys
+    import types
+
+    lb = scripts.log_backtest
+    parser = lb.build_parser()
+    req = lb.build_request(parser.parse_args(["--returns", good_csv(tmp_path)]))
+    one, ten = [None], [None] * 10
+    mlflow = sys.modules.get("mlflow") or types.ModuleType("mlflow")
+    monkeypatch.delitem(sys.modules, "mlflow", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert lb.worker_processes(req, one) == 2
+    assert lb.worker_processes(req, ten) == 3
+    assert lb.worker_processes(dataclasses.replace(req, tearsheet=False), one) == 1
+    assert lb.worker_processes(dataclasses.replace(req, dry_run=True), ten) == 0
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert lb.worker_processes(req, ten) == 0
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setitem(sys.modules, "mlflow", mlflow)  # a host imported mlflow, then called main()
+    assert lb.worker_processes(req, ten) == 0
+    monkeypatch.delitem(sys.modules, "mlflow")
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert lb.worker_processes(req, ten) == 0
+
+
+def test_debug_in_process_prints_phase_timings(scripts, capsys, tmp_path):
+    """--debug is read from the arguments of this call, not from the process's sys.argv."""
+    code, _, err = run_main(scripts, capsys, "--returns", good_csv(tmp_path), "--dry-run", "--debug")
+    assert code == 0, err
+    assert "s data loaded and validated" in err
+    code, _, err = run_main(scripts, capsys, "--returns", good_csv(tmp_path), "--dry-run")
+    assert code == 0, err
+    assert "debug:" not in err
 
 
 def test_worker_pool_ends_a_task_nobody_waits_for(scripts):
