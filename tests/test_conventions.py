@@ -35,7 +35,8 @@ def script_path(name: str) -> Path:
 
 def preamble(name: str) -> str:
     text = script_path(name).read_text()
-    assert text.count(PREAMBLE_START) == 1 and text.count(PREAMBLE_END) == 1, f"{name}: preamble markers"
+    assert text.count(PREAMBLE_START) == 1, f"{name}: preamble markers"
+    assert text.count(PREAMBLE_END) == 1, f"{name}: preamble markers"
     return text.split(PREAMBLE_START, 1)[1].split(PREAMBLE_END, 1)[0]
 
 
@@ -75,7 +76,8 @@ def test_pep723_metadata_and_lockfile_is_current(name):
     assert check.returncode == 0, check.stderr
     # The test server and in-process checks run the same mlflow the scripts are locked to.
     locked = re.search(r'\[\[package\]\]\nname = "mlflow(?:-skinny)?"\nversion = "([^"]+)"', lock.read_text())
-    assert locked and locked.group(1) == version("mlflow"), (locked and locked.group(1), version("mlflow"))
+    assert locked, (locked and locked.group(1), version("mlflow"))
+    assert locked.group(1) == version("mlflow"), (locked and locked.group(1), version("mlflow"))
 
 
 @pytest.mark.parametrize("name", SCRIPT_NAMES)
@@ -95,7 +97,9 @@ def test_help_imports_nothing_heavy_and_lists_exit_codes(name):
     help_text = done.stdout
     for code in range(6):
         assert re.search(rf"^\s+{code}\s+\S", help_text, re.M), f"exit code {code} missing from --help"
-    assert "--format" in help_text and "--tracking-uri" in help_text and "--debug" in help_text
+    assert "--format" in help_text
+    assert "--tracking-uri" in help_text
+    assert "--debug" in help_text
 
 
 # The least each script needs to get past argparse's check of required arguments.
@@ -132,7 +136,8 @@ def test_skill_md_is_valid_per_agent_skills_spec(tmp_path):
     ):  # fmt: skip
         assert phrase.lower() in description.lower(), phrase
     allowed = re.search(r"^allowed-tools: (.+)$", front, re.M).group(1)
-    assert "," not in allowed and len(allowed.split()) >= 2  # the spec's space-separated form
+    assert "," not in allowed
+    assert len(allowed.split()) >= 2  # the spec's space-separated form
 
 
 def test_bundle_layout():
