@@ -1993,7 +1993,9 @@ def build_parser() -> CliParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The pipeline: request -> load -> prepare each column -> find duplicates -> write -> output."""
+    """The pipeline, each stage one function returning a typed value: build_request -> load_all -> plan (a Job
+    per column) -> log_single or log_sweep (prepare each column in worker processes where that is safe, open
+    the store meanwhile, find a duplicate, write the run or the parent and its children) -> emit."""
     argv = sys.argv[1:] if argv is None else argv
 
     def action() -> int:
