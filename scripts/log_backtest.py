@@ -1604,24 +1604,15 @@ def progress(job: Job, text: str) -> None:
         print(f"[{job.position + 1}/{job.of}] {job.column.name}: {text}", file=sys.stderr)
 
 
-def prepare_share(jobs: list[Job], req: Request) -> list[Prepared]:
-    """prepare_column for each of these columns of a sweep, in order."""
-    preps = []
+def each_column(work, jobs: list[Job], req: Request, done: str) -> list:
+    """work(job, req) for each of these columns of a sweep, in order, with a progress line each
+    (work: prepare_column or draw_tearsheet; done: what the line says of it)."""
+    results = []
     for job in jobs:
         started = time.monotonic()
-        preps.append(prepare_column(job, req))
-        progress(job, f"prepared in {time.monotonic() - started:.1f}s")
-    return preps
-
-
-def draw_tearsheets(jobs: list[Job], req: Request) -> list[str | None]:
-    """draw_tearsheet for each of these columns of a sweep, in order."""
-    notes = []
-    for job in jobs:
-        started = time.monotonic()
-        notes.append(draw_tearsheet(job, req))
-        progress(job, f"tearsheet drawn in {time.monotonic() - started:.1f}s")
-    return notes
+        results.append(work(job, req))
+        progress(job, f"{done} in {time.monotonic() - started:.1f}s")
+    return results
 
 
 # ---- worker processes: the same functions, in a pool where that is safe and pays off ------------------------
@@ -2095,12 +2086,16 @@ def log_sweep(jobs: list[Job], req: Request, pool, tmp: Path) -> Result:
     prepared and no duplicate exists, each process writes its own children (MLflow's store spends CPU
     turning history points into rows: split writes are faster, bench/RESULTS.md)."""
     shares = share_out(jobs, pool.processes)
-    prepared = [pool.submit(prepare_share, share, req) for share in shares[1:]]
-    drawn = [pool.submit(draw_tearsheets, share, req) for share in shares[1:]] if req.tearsheet else []
+    prepared = [pool.submit(each_column, prepare_column, share, req, "prepared") for share in shares[1:]]
+    drawn = (
+        [pool.submit(each_column, draw_tearsheet, share, req, "tearsheet drawn") for share in shares[1:]]
+        if req.tearsheet
+        else []
+    )
     if not req.dry_run:
         for _ in shares[1:]:
             pool.submit(import_mlflow)  # before the writes reach the worker
-    own = prepare_share(shares[0], req)
+    own = each_column(prepare_column, shares[0], req, "prepared")
     client = open_store(req)
     sweep = sweep_of(shares, [own] + [future.result() for future in prepared], req)
     warnings = [w for prep in sweep.preps for w in prep.warnings]
@@ -2120,7 +2115,9 @@ def log_sweep(jobs: list[Job], req: Request, pool, tmp: Path) -> Result:
         if req.tearsheet:
             # Every child is a complete run, tearsheet included, drawn before the parent run exists: a failing
             # report leaves nothing half-written.
-            notes = draw_tearsheets(shares[0], req) + [n for future in drawn for n in future.result()]
+            notes = each_column(draw_tearsheet, shares[0], req, "tearsheet drawn") + [
+                n for future in drawn for n in future.result()
+            ]
             for note in filter(None, notes):
                 warn(note, warnings)
         parent, children = write_sweep(client, experiment_id, sweep, req, pool, tmp)
