@@ -552,8 +552,8 @@ def test_benchmark_of_another_frequency_is_refused_or_resampled(scripts):
 
 
 # ---- end to end: a logged run's numbers agree with its own histories ------------------------------------------
-def test_logged_runs_max_drawdown_is_the_minimum_of_their_drawdown_history(tmp_path, local_store):
-    from harness import client_for, run_script
+def test_logged_runs_max_drawdown_is_the_minimum_of_their_drawdown_history(tmp_path, local_store, client_for):
+    from harness import run_script
 
     values = np.zeros(300)
     values[::5] = 0.002
