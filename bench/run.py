@@ -2,7 +2,7 @@
 
     uv run python bench/run.py                 # full run: medians of 3 alternating repetitions, writes RESULTS.md
     uv run python bench/run.py --quick         # tiny sizes, one repetition: checks every case runs (CI)
-    uv run python bench/run.py --only sweep    # one case: help, log, sweep, large, history, query
+    uv run python bench/run.py --only sweep    # one case: help, log, sweep, large, history, query, overfit
 
 Every command is run as a user runs it (`uv run scripts/x.py …`, `uv run bench/baseline_x.py …`), so
 interpreter start-up and imports count on both sides. Each run gets its own copy of a pre-migrated sqlite
@@ -412,6 +412,47 @@ def case_query(args, work: Path, stores: Stores) -> None:
     record(f"top-20 by sharpe of {runs} runs (sqlite)", median(ours), median(base), "<= 0.5x", ratio <= 0.5)
 
 
+SEARCH_STATISTICS = """
+import importlib.util, sys, tempfile, time
+from pathlib import Path
+started = time.perf_counter()
+spec = importlib.util.spec_from_file_location("log_backtest", sys.argv[1])
+lb = importlib.util.module_from_spec(spec); sys.modules["log_backtest"] = lb; spec.loader.exec_module(lb)
+import pandas as pd
+frame = pd.read_csv(sys.argv[2], index_col=0, parse_dates=True)
+t0 = time.perf_counter()
+result = lb.probability_of_overfitting(lb.excess_matrix([lb.Column(c, frame[c], True) for c in frame], 0.0, 252))
+with tempfile.TemporaryDirectory() as folder:
+    lb.write_overfitting_artifacts(result, list(frame.columns), 252, Path(folder))
+print(time.perf_counter() - t0)
+"""
+
+
+def case_overfit(args, work: Path, stores: Stores) -> None:
+    """What a sweep parent's search statistics add to a sweep (issue 15): CSCV's PBO over 12,870
+    combinations, the DSR, cscv.csv and the PNG (matplotlib's import included), timed alone in the script's
+    own environment, against the whole sweep's wall time. An upper bound: in the sweep the figure is drawn by
+    a worker process while the children are written."""
+    columns, years = (3, 1) if args.quick else (10, 20)
+    path = work / "overfit.csv"
+    daily_returns(years, columns).to_csv(path)
+    python = subprocess.run(
+        ["uv", "python", "find", "--script", str(ROOT / "scripts" / "log_backtest.py")],
+        check=True, capture_output=True, text=True, cwd=ROOT,
+    ).stdout.strip()  # fmt: skip
+    sweeps, extras = [], []
+    for _ in range(args.reps):
+        sweep = uv_run("scripts/log_backtest.py", "--returns", str(path), "--no-tearsheet")
+        sweeps.append(checked(run(sweep, stores.fresh()), "sweep"))
+        done = subprocess.run(
+            [python, "-c", SEARCH_STATISTICS, str(ROOT / "scripts" / "log_backtest.py"), str(path)],
+            check=True, capture_output=True, text=True, cwd=ROOT,
+        )  # fmt: skip
+        extras.append(float(done.stdout.strip()))
+    extra, whole = statistics.median(extras), median(sweeps)
+    record(f"sweep {columns} cols: its PBO, DSR and figure", extra, whole, "<= 0.05x", extra / whole <= 0.05)
+
+
 CASES = {
     "help": case_help,
     "log": case_log,
@@ -419,6 +460,7 @@ CASES = {
     "large": case_large,
     "history": case_history,
     "query": case_query,
+    "overfit": case_overfit,
 }
 
 

@@ -543,11 +543,14 @@ def test_sweep_parent_and_children(client_for, sweep, tmp_path):
     assert all(c.info.status == "FINISHED" and c.data.params["grid"] == "v1" for c in children)
     best = max((c for c in children if "sharpe" in c.data.metrics), key=lambda c: c.data.metrics["sharpe"])
     assert parent.data.tags["backtest.best_run_id"] == best.info.run_id == out["best_run_id"]
-    assert parent.data.metrics["sharpe"] == best.data.metrics["sharpe"]
+    assert parent.data.metrics["best_sharpe"] == best.data.metrics["sharpe"]
+    assert "sharpe" not in parent.data.metrics  # the parent summarises the search (tests/test_overfitting.py)
     local = client.download_artifacts(out["parent_run_id"], "", str(tmp_path))
     table = pd.read_csv(os.path.join(local, "comparison.csv"))
     assert list(table["column"]) == ["fast", "medium", "slow", "always_up"]
-    assert set(os.listdir(local)) == {"comparison.csv", "tearsheet.html"}
+    assert set(os.listdir(local)) == {
+        "comparison.csv", "tearsheet.html", "cscv.csv", "overfitting.json", "overfitting.png"
+    }  # fmt: skip
     for child in children:  # every child is a complete run, tearsheet included
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert artifacts == {"metrics.json", "returns.csv", "tearsheet.html"}, child.info.run_name

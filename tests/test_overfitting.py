@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import uuid
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from harness import run_script
+from harness import assert_clean_error, run_script
 from scipy import stats
 
 # ---------------------------------------------------------------- deflated Sharpe ratio
@@ -304,7 +306,10 @@ def test_deflate_reads_what_log_backtest_logged(local_store, tmp_path, query):
     assert code == 0, err
     got = json.loads(out)
     children = {r["run_id"]: r for r in sweep["runs"]}
-    assert got["n_trials"] == 4 and got["excluded"]["sweep_parents"] == 1
+    assert got["n_trials"] == 4
+    # The parent logs best_sharpe, not sharpe: it is no trial (a parent that did, tagged backtest.sweep, is
+    # excluded: test_deflate_on_a_local_store).
+    assert got["excluded"]["sweep_parents"] == 0 and got["best_run_id"] != sweep["parent_run_id"]
     best = max(children.values(), key=lambda r: r["metrics"]["sharpe"])
     assert got["best_run_id"] == best["run_id"] and got["best_sharpe"] == best["metrics"]["sharpe"]
     column = frame[best["column"]]
@@ -331,3 +336,177 @@ def test_deflate_over_http_equals_the_local_read(mlflow_server, query):
     )
     assert code == 0, err
     assert over_http == json.loads(out) and over_http["n_trials"] == 12
+
+
+# ---------------------------------------------------------------- sweep parents and out-of-sample
+
+
+def sweep_frame(seed: int, columns: int = 6, bars: int = 1000) -> pd.DataFrame:
+    """Seeded daily returns; column `edge` has a real drift."""
+    rng = np.random.default_rng(seed)
+    index = pd.bdate_range("2016-01-04", periods=bars, name="date")
+    frame = pd.DataFrame(rng.normal(0.0002, 0.01, (bars, columns)), index=index,
+                         columns=[f"c{i}" for i in range(columns - 1)] + ["edge"])  # fmt: skip
+    frame["edge"] += 0.0015
+    return frame
+
+
+@pytest.fixture(scope="module")
+def logged_sweep(tmp_path_factory):
+    """One real sweep in a local store, as a user runs it (the parent's statistics and artifacts)."""
+    folder = tmp_path_factory.mktemp("overfit-sweep")
+    frame = sweep_frame(21)
+    frame.to_csv(folder / "grid.csv")
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
+    name = f"sweep-{uuid.uuid4().hex[:8]}"
+    done = run_script("log_backtest", "--returns", "grid.csv", "--experiment", name, "--no-tearsheet",
+                      env=env, cwd=folder)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return {"folder": folder, "env": env, "experiment": name, "frame": frame, "out": done.json()}
+
+
+def test_sweep_parent_summarises_the_search(logged_sweep, scripts, query, tmp_path):
+    from mlflow import MlflowClient
+
+    out, frame = logged_sweep["out"], logged_sweep["frame"]
+    client = MlflowClient(logged_sweep["env"]["MLFLOW_TRACKING_URI"])
+    parent = client.get_run(out["parent_run_id"])
+    children = {r["run_id"]: client.get_run(r["run_id"]) for r in out["runs"]}
+    best = max(children.values(), key=lambda r: r.data.metrics["sharpe"])
+    metrics = parent.data.metrics
+    # The parent is not one more strategy: none of the children's metrics under their own names.
+    assert not set(metrics) & set(scripts.log_backtest.METRIC_NAMES)
+    assert metrics["n_trials"] == 6 == out["n_trials"] and out["best_by"] == "sharpe"
+    for name in ("sharpe", "sortino", "max_drawdown", "skew", "kurtosis"):
+        assert metrics[f"best_{name}"] == best.data.metrics[name], name
+    assert parent.data.tags["backtest.best_run_id"] == best.info.run_id == out["best_run_id"]
+    assert parent.data.params["best_by"] == "sharpe" and parent.data.params["pbo_splits"] == "16"
+    assert best.info.run_name == "edge"
+
+    # DSR: the parent's equals `deflate` on the same experiment (the children are its only trials).
+    code, text, err = query(logged_sweep["env"], "deflate", "--experiment", logged_sweep["experiment"])
+    assert code == 0, err
+    deflated = json.loads(text)
+    assert deflated["n_trials"] == 6 and deflated["best_run_id"] == best.info.run_id
+    assert metrics["deflated_sharpe_ratio"] == pytest.approx(deflated["deflated_sharpe_ratio"], rel=1e-12)
+    assert metrics["expected_max_sharpe"] == pytest.approx(deflated["expected_max_sharpe"], rel=1e-12)
+    assert out["deflated_sharpe_ratio"] == metrics["deflated_sharpe_ratio"]
+
+    # PBO: CSCV on the file's returns, built here with pandas (rf 0): one column with an edge -> near 0.
+    expected = scripts.log_backtest.probability_of_overfitting(frame.to_numpy(), 16)
+    assert metrics["pbo"] == expected.pbo == out["pbo"] and metrics["pbo"] < 0.1
+    local = Path(client.download_artifacts(parent.info.run_id, "", str(tmp_path)))
+    assert {"comparison.csv", "cscv.csv", "overfitting.json", "overfitting.png"} <= set(os.listdir(local))
+    cscv = pd.read_csv(local / "cscv.csv")
+    assert len(cscv) == math.comb(16, 8) == 12_870
+    np.testing.assert_allclose(cscv["logit"], expected.logits, rtol=1e-12)
+    np.testing.assert_allclose(cscv["is_sharpe"], np.array(expected.is_sharpe) * math.sqrt(252), rtol=1e-12)
+    assert json.loads((local / "overfitting.json").read_text())["pbo"] == expected.pbo
+    assert (local / "overfitting.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    description = parent.data.tags["mlflow.note.content"]
+    assert "deflated Sharpe ratio" in description and "PBO" in description
+
+
+def test_best_by_follows_the_metric_direction(tmp_path):
+    frame = sweep_frame(4, columns=5, bars=300)
+    frame.to_csv(tmp_path / "grid.csv")
+    stats_of = {
+        "volatility": frame.std(ddof=1).idxmin(),  # lower is better
+        "max_drawdown": ((1 + frame).cumprod() / (1 + frame).cumprod().cummax() - 1)
+        .min()
+        .idxmax(),  # closest to 0
+    }
+    for metric, expected in stats_of.items():
+        done = run_script(
+            "log_backtest", "--returns", str(tmp_path / "grid.csv"), "--dry-run", "--best-by", metric
+        )
+        assert done.returncode == 0, done.stderr
+        out = done.json()
+        assert out["best_by"] == metric and out["best_column"] == expected, metric
+
+
+def segment_metrics(path: Path, extra: tuple[str, ...] = ()) -> dict:
+    done = run_script("log_backtest", "--returns", str(path), "--dry-run", "--no-tearsheet", *extra)
+    assert done.returncode == 0, done.stderr
+    return done.json()
+
+
+def test_out_of_sample_metrics_equal_each_segment_alone(tmp_path):
+    """is_<m> and oos_<m> are the whole-series computation run on each segment alone (its own file)."""
+    frame = sweep_frame(8, columns=1, bars=700)[["edge"]]
+    frame.to_csv(tmp_path / "all.csv")
+    cut = frame.index.searchsorted(pd.Timestamp("2017-06-01"))
+    frame.iloc[:cut].to_csv(tmp_path / "is.csv")
+    frame.iloc[cut:].to_csv(tmp_path / "oos.csv")
+    rf = ("--rf", "0.02")
+    split = segment_metrics(tmp_path / "all.csv", ("--oos-start", "2017-06-01", *rf))
+    whole = segment_metrics(tmp_path / "all.csv", rf)
+    alone = {
+        "is_": segment_metrics(tmp_path / "is.csv", rf),
+        "oos_": segment_metrics(tmp_path / "oos.csv", rf),
+    }
+    names = ("sharpe", "sortino", "cagr", "volatility", "max_drawdown", "calmar", "total_return", "win_rate")
+    assert {k: v for k, v in split["metrics"].items() if k in whole["metrics"]} == whole["metrics"]
+    for prefix, segment in alone.items():
+        assert segment["periods_per_year"] == split["periods_per_year"]
+        for name in names:
+            assert split["metrics"][prefix + name] == pytest.approx(segment["metrics"][name], rel=1e-12), (
+                prefix + name
+            )
+    # A fraction of the bars splits the same way.
+    fraction = segment_metrics(tmp_path / "all.csv", ("--oos-start", f"{cut / len(frame)}", *rf))
+    assert fraction["metrics"]["oos_sharpe"] == split["metrics"]["oos_sharpe"]
+
+
+def test_out_of_sample_run_and_sweep_in_a_store(local_store, tmp_path, scripts):
+    from mlflow import MlflowClient
+
+    frame = sweep_frame(12, columns=5, bars=800)
+    frame.to_csv(tmp_path / "grid.csv")
+    frame[["edge"]].to_csv(tmp_path / "one.csv")
+    done = run_script("log_backtest", "--returns", str(tmp_path / "one.csv"), "--oos-start", "0.75",
+                      "--no-tearsheet", env=local_store)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    client = MlflowClient(local_store["MLFLOW_TRACKING_URI"])
+    run = client.get_run(done.json()["run_id"])
+    assert run.data.params["oos_start"] == "0.75" and run.data.params["is_n_bars"] == "600"
+    assert run.data.params["oos_n_bars"] == "200"
+    assert run.data.params["oos_first_bar"] == frame.index[600].strftime("%Y-%m-%d")
+    assert {"sharpe", "is_sharpe", "oos_sharpe", "is_win_rate", "oos_calmar"} <= set(run.data.metrics)
+    description = run.data.tags["mlflow.note.content"]
+    assert "| metric | in-sample | out-of-sample |" in description and "Out-of-sample" in description
+
+    done = run_script("log_backtest", "--returns", str(tmp_path / "grid.csv"), "--oos-start", "0.75",
+                      "--best-by", "sortino", "--no-tearsheet", env=local_store)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = done.json()
+    children = {r["run_name"]: client.get_run(r["run_id"]).data.metrics for r in out["runs"]}
+    chosen = max(children, key=lambda c: children[c]["is_sortino"])  # chosen in-sample
+    by_oos = sorted(children, key=lambda c: -children[c]["oos_sortino"])
+    assert out["best_by"] == "is_sortino" and out["best_column"] == chosen
+    assert out["oos_rank_of_best"] == by_oos.index(chosen) + 1
+    parent = client.get_run(out["parent_run_id"]).data.metrics
+    assert parent["oos_rank_of_best"] == out["oos_rank_of_best"]
+    assert parent["best_is_sortino"] == children[chosen]["is_sortino"]
+    assert parent["best_oos_sortino"] == children[chosen]["oos_sortino"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (("--oos-start", "1.5"), "between 0 and 1"),
+        (("--oos-start", "last tuesday"), "neither a date"),
+        (("--oos-start", "2031-01-01"), "0 out-of-sample bars"),
+        (("--best-by", "nope"), "not a metric with a better direction"),
+        (("--best-by", "beta"), "not a metric with a better direction"),
+        (("--best-by", "omega", "--oos-start", "0.5"), "chosen in-sample"),
+        (("--pbo-splits", "7"), "must be even"),
+    ],
+)
+def test_search_flags_refuse_bad_input_before_writing(local_store, tmp_path, flags, words):
+    sweep_frame(3, columns=3, bars=200).to_csv(tmp_path / "grid.csv")
+    done = run_script("log_backtest", "--returns", str(tmp_path / "grid.csv"), "--no-tearsheet", *flags,
+                      env=local_store, cwd=tmp_path)  # fmt: skip
+    assert_clean_error(done, 2, words)
+    db = Path(local_store["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///"))
+    assert not db.exists()  # nothing written: not even the store
