@@ -821,7 +821,15 @@ def read_table(path: Path, flag: str, sep: str | None = None):
             header = head.decode("utf-8", "replace").splitlines()[0] if head.strip() else ""
             if sep is None and "," not in header:  # ; (European Excel) or tab: the header names it
                 sep = next((s for s in (";", "\t", "|") if s in header), None)
+            given = sep
             frame = pd.read_csv(path, skipinitialspace=True, sep=sep or ",")
+            first_cell = str(frame.iloc[0, 0]) if len(frame) else ""
+            other = next((s for s in (";", "\t", "|") if s in frame.columns[0] and s in first_cell), None)
+            if given is None and other is not None:
+                raise CliError(
+                    EXIT_USAGE,
+                    f"{flag} {path.name} looks separated by {other!r}, not {sep or ','!r}: pass --sep {other!r}",
+                )
             if not isinstance(frame.index, pd.RangeIndex):
                 # every row has more fields than the header: pandas makes the first column the index and
                 # shifts the others left under the wrong names

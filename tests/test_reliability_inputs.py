@@ -185,3 +185,60 @@ def test_decimal_flag_accepts_what_the_heuristic_refuses_and_the_message_offers_
     assert code == 0, err
     assert out["metrics"]["total_return"] == pytest.approx(np.prod(1 + values) - 1, rel=1e-6)
     refused(lb("--returns", path, "--dry-run", "--decimal", "--percent"), "--decimal")
+
+
+# ---- should fix: messages that say what to do, bounds, warnings ------------------------------------------
+def daily_rows(n: int = 40, sep: str = ",", seed: int = 1) -> list[str]:
+    import pandas as pd
+
+    days = pd.bdate_range("2023-01-02", periods=n)
+    return [f"{d:%Y-%m-%d}{sep}{r:.6f}" for d, r in zip(days, returns(n, seed), strict=True)]
+
+
+def test_semicolon_csv_is_read_and_sep_can_be_given(lb, tmp_path):
+    path = write(tmp_path / "semi.csv", "date;returns", daily_rows(sep=";"))
+    code, out, err = lb("--returns", path, "--dry-run")
+    assert code == 0 and out["n_bars"] == 40, err
+    pipe = write(tmp_path / "pipe.csv", "date|returns|x,y", daily_rows(sep="|"))  # a comma inside a name
+    refused(lb("--returns", pipe, "--dry-run"), "--sep")
+    code, out, err = lb("--returns", pipe, "--dry-run", "--sep", "|", "--column", "returns")
+    assert code == 0 and out["n_bars"] == 40, err
+
+
+def test_parquet_with_dates_in_the_index_or_a_multiindex_uses_the_index(lb, tmp_path):
+    import pandas as pd
+
+    days = pd.bdate_range("2023-01-02", periods=40)
+    frame = pd.DataFrame({"returns": returns(40)}, index=pd.Index(days.strftime("%Y-%m-%d"), name="date"))
+    frame.to_parquet(tmp_path / "text_index.parquet")
+    code, out, err = lb("--returns", str(tmp_path / "text_index.parquet"), "--dry-run")
+    assert code == 0 and out["start"] == "2023-01-02", err
+    multi = pd.DataFrame(
+        {"returns": returns(40)}, index=pd.MultiIndex.from_arrays([days, [1] * 40], names=[None, "level"])
+    )
+    multi.to_parquet(tmp_path / "multi.parquet")
+    code, out, err = lb("--returns", str(tmp_path / "multi.parquet"), "--dry-run", "--column", "returns")
+    assert code == 0 and out["start"] == "2023-01-02" and out["n_bars"] == 40, err
+
+
+def test_excel_workbook_renamed_csv_says_export_as_csv(lb, tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "book.csv", "w") as book:  # an .xlsx is a zip: same first bytes
+        book.writestr("[Content_Types].xml", "<Types/>")
+    refused(lb("--returns", str(tmp_path / "book.csv"), "--dry-run"), "Excel", "export it as CSV")
+
+
+@pytest.mark.parametrize("value", ["1e-300", "1e300", "0.0001", "2e9"])
+def test_absurd_periods_per_year_is_refused(lb, tmp_path, value):
+    path = write(tmp_path / "r.csv", "date,returns", daily_rows())
+    refused(lb("--returns", path, "--dry-run", "--periods-per-year", value), "--periods-per-year", "between")
+
+
+def test_two_bars_and_a_30_year_gap_are_warned(lb, tmp_path):
+    code, out, err = lb("--returns", write(tmp_path / "two.csv", "date,returns", daily_rows(2)), "--dry-run")
+    assert code == 0 and any("only 2 bars" in w for w in out["warnings"]), (err, out)
+    rows = daily_rows(40)
+    rows[20:] = [row.replace("2023-", "1993-", 1) for row in rows[20:]]
+    code, out, err = lb("--returns", write(tmp_path / "gap.csv", "date,returns", rows), "--dry-run")
+    assert code == 0 and any("gap of 29" in w or "gap of 30" in w for w in out["warnings"]), (err, out)
