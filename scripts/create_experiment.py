@@ -108,6 +108,22 @@ def resolve_tracking_uri(cli_uri: str | None) -> str:
         # switches it to the file store, which raises. Spelling the default out avoids that and tells the
         # user which file holds their runs.
         uri = "sqlite:///" + str(Path.cwd() / "mlflow.db")
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else uri.lower()
+    where = "--tracking-uri" if cli_uri else "MLFLOW_TRACKING_URI"
+    if scheme not in ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks"):
+        raise CliError(
+            EXIT_USAGE,
+            f"{where} (MLFLOW_TRACKING_URI) {mask_uri(uri)!r} is not a tracking URI: use http(s)://host:port, "
+            "sqlite:///path/to/mlflow.db, postgresql://, mysql:// or mssql:// (a path needs sqlite:///)",
+        )
+    if scheme == "sqlite" and ":memory:" not in uri:
+        folder = Path(uri.split("://", 1)[1][1:].split("?")[0]).parent
+        if not folder.is_dir():
+            raise CliError(
+                EXIT_USAGE,
+                f"{where} (MLFLOW_TRACKING_URI) {uri}: folder {folder} does not exist; create it or fix the "
+                "path (sqlite:///relative.db, sqlite:////absolute/path.db)",
+            )
     return uri
 
 
@@ -168,6 +184,11 @@ def classify_error(exc: BaseException) -> tuple[int, str]:
     code_name = str(getattr(exc, "error_code", ""))
     status = re.search(r"error code (\d{3})", text)
     status = int(status.group(1)) if status else None
+    if re.search(r"not in a valid JSON format|Response body: '\s*<", text):  # HTML: a web server, not MLflow
+        return EXIT_UNREACHABLE, (
+            f"the tracking URI does not answer like an MLflow tracking server (HTTP {status or 200}, an HTML "
+            "page): check MLFLOW_TRACKING_URI (host, port, path prefix)"
+        )
     if code_name in ("UNAUTHENTICATED", "PERMISSION_DENIED") or status in (401, 403):
         what = "permission denied (403)" if code_name == "PERMISSION_DENIED" or status == 403 else "401"
         return EXIT_AUTH, (
