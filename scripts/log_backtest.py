@@ -142,8 +142,27 @@ def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> 
     return f"{base}/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
 
 
-def connect(tracking_uri: str, debug: bool = False):
-    """Configure bounded HTTP retries and quiet logging, then return an MlflowClient (imports mlflow)."""
+def connect(tracking_uri: str, debug: bool = False, writes: bool = True):
+    """Configure bounded HTTP retries and quiet logging, then return an MlflowClient (imports mlflow).
+    A local store: read commands (writes=False) need it to exist and work when it is read-only; writes need
+    it writable (checked here, before MLflow logs pages about a read-only database)."""
+    local = tracking_uri.startswith("sqlite:///") and ":memory:" not in tracking_uri
+    db = Path(tracking_uri[len("sqlite:///") :].split("?")[0]) if local else None
+    if db is not None and not writes and not db.exists():
+        raise CliError(
+            EXIT_NOT_FOUND,
+            f"no MLflow store at {db.resolve()} (nothing was created): run from the folder that holds "
+            "mlflow.db, or set MLFLOW_TRACKING_URI to your store or server",
+        )
+    read_only = db is not None and not (
+        os.access(db.parent, os.W_OK) and (not db.exists() or os.access(db, os.W_OK))
+    )
+    if read_only and writes:
+        raise CliError(
+            EXIT_AUTH,
+            f"the store {db.resolve()} is read-only for this user: write to a store you own (set "
+            "MLFLOW_TRACKING_URI, e.g. sqlite:///mlflow.db in your folder) or ask its owner for write access",
+        )
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
     if not debug:
@@ -168,7 +187,7 @@ def connect(tracking_uri: str, debug: bool = False):
         ) from None
 
     mlflow.set_tracking_uri(tracking_uri)
-    if not tracking_uri.startswith("sqlite:///") or ":memory:" in tracking_uri:
+    if not local or read_only:  # a read-only store can be read without the lock (nothing to create)
         return mlflow.MlflowClient(tracking_uri)
     # MLflow creates its tables (tracking and model registry) the first time a process opens a new sqlite
     # store; processes starting together on a new file race and fail ("table ... already exists"). Open the
@@ -177,7 +196,7 @@ def connect(tracking_uri: str, debug: bool = False):
         import fcntl
     except ImportError:  # not POSIX: no lock, MLflow's own behaviour
         fcntl = None
-    with open(tracking_uri[len("sqlite:///") :].split("?")[0] + ".lock", "a") as lock:
+    with open(f"{db}.lock", "a") as lock:
         if fcntl is not None:
             fcntl.flock(lock, fcntl.LOCK_EX)
         client = mlflow.MlflowClient(tracking_uri)
