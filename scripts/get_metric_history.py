@@ -428,6 +428,10 @@ def output_path(value: str, formats: dict[str, str], flag: str) -> tuple[Path, s
         raise CliError(EXIT_USAGE, f"{flag}: folder {str(path.parent)!r} does not exist; create it first")
     if path.is_dir():
         raise CliError(EXIT_USAGE, f"{flag}: {str(path)!r} is a folder; give a file name")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise CliError(
+            EXIT_USAGE, f"{flag}: cannot write {str(path)!r} (permissions): choose a folder you can write"
+        )
     return path, fmt
 
 
@@ -614,14 +618,31 @@ def resolve_runs(client, request: Request) -> list[dict]:
                 f"({len(missing)} of {len(request.run_ids)}): check the ids with query_experiments.py",
             )
         runs = found
+        for run in runs:
+            if run.info.lifecycle_stage == "deleted":
+                print(
+                    f"warning: run {run.info.run_id} ({run.info.run_name}) is deleted (in the trash); its history "
+                    "is shown anyway",
+                    file=sys.stderr,
+                )
     else:
         experiment = find_experiment(client, request.experiment)
-        runs = client.search_runs(
-            [experiment.experiment_id],
-            filter_string=request.filter,
-            order_by=request.order_by or None,
-            max_results=request.max_runs,
-        )
+        try:
+            runs = client.search_runs(
+                [experiment.experiment_id],
+                filter_string=request.filter,
+                order_by=request.order_by or None,
+                max_results=request.max_runs,
+            )
+        except MlflowException as exc:
+            if exc.error_code != "INVALID_PARAMETER_VALUE":
+                raise
+            flags = "--filter" + (" or --order-by" if request.order_by else "")
+            raise CliError(
+                EXIT_USAGE,
+                f"{flags} refused by MLflow: {' '.join(exc.message.split())[:200]} (grammar and examples: "
+                "references/query-patterns.md)",
+            ) from None
         if not runs:
             where = f" matching --filter {request.filter!r}" if request.filter else ""
             raise CliError(

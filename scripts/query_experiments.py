@@ -1108,6 +1108,12 @@ def cmd_run(client, args, tracking_uri: str) -> dict:
 
 def cmd_compare(client, args, fmt: str) -> object:
     runs = [get_run(client, run_id) for run_id in args.run_id]
+    for run in runs:
+        if run.info.lifecycle_stage == "deleted":
+            print(
+                f"warning: run {run.info.run_id} ({run.info.run_name}) is deleted (in the trash)",
+                file=sys.stderr,
+            )
     records = [run_record(run, all_columns=True) for run in runs]
     metric_names = None
     if args.metrics:

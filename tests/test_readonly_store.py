@@ -88,3 +88,20 @@ def test_read_commands_in_a_folder_without_a_store_create_none(tmp_path, name, a
     result = run_script(name, *args, cwd=tmp_path)
     assert_clean_error(result, 3, str(tmp_path / "mlflow.db"))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("flag", "name"), [("--output", "history.csv"), ("--plot", "history.png")])
+def test_output_into_a_read_only_folder_is_refused_up_front(read_only_store, flag, name):
+    store, run = read_only_store["store"], read_only_store["run"]
+    result = run_unprivileged(
+        "get_metric_history",
+        "--run-id",
+        run["run_id"],
+        "--metrics",
+        "equity",
+        flag,
+        str(store / name),
+        store=store,
+    )
+    assert_clean_error(result, 2, flag, "cannot write")
+    assert not (store / name).exists()
