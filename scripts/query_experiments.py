@@ -222,16 +222,16 @@ def classify_error(exc: BaseException) -> tuple[int, str]:
     code_name = str(getattr(exc, "error_code", ""))
     status = re.search(r"error code (\d{3})", text)
     status = int(status.group(1)) if status else None
-    if re.search(r"not in a valid JSON format|Response body: '\s*<", text):  # HTML: a web server, not MLflow
-        return EXIT_UNREACHABLE, (
-            f"the tracking URI does not answer like an MLflow tracking server (HTTP {status or 200}, an HTML "
-            "page): check MLFLOW_TRACKING_URI (host, port, path prefix)"
-        )
     if code_name in ("UNAUTHENTICATED", "PERMISSION_DENIED") or status in (401, 403):
         what = "permission denied (403)" if code_name == "PERMISSION_DENIED" or status == 403 else "401"
         return EXIT_AUTH, (
             f"tracking server refused the request: {what}. Check MLFLOW_TRACKING_USERNAME and "
             "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) and that this user may do this"
+        )
+    if (status or 200) < 500 and re.search(r"not in a valid JSON format|Response body: '\s*<", text):  # HTML
+        return EXIT_UNREACHABLE, (
+            f"the tracking URI does not answer like an MLflow tracking server (HTTP {status or 200}, an HTML "
+            "page): check MLFLOW_TRACKING_URI (host, port, path prefix)"
         )
     unreachable = (
         r"Max retries exceeded|Connection refused|timed out|Timeout|NewConnectionError|Failed to establish"
