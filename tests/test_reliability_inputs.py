@@ -86,9 +86,8 @@ def test_time_only_column_is_refused(lb, tmp_path):
 
 
 # ---- item 3: what MLflow would refuse, caught before the first write -----------------------------------
-def test_pre_1970_bars_are_logged_with_real_dates_in_params(lb, tmp_path):
+def test_pre_1970_bars_are_logged_with_real_dates_in_params(lb, tmp_path, client_for):
     import pandas as pd
-    from harness import client_for
 
     days = pd.bdate_range("1965-01-04", periods=300)
     rows = [f"{d:%Y-%m-%d},{r:.6f}" for d, r in zip(days, returns(300), strict=True)]

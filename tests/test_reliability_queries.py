@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from harness import DATA, client_for
+from harness import DATA
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,9 @@ def store_with_a_deleted_run(tmp_path_factory, scripts):
             code = scripts.log_backtest.main(["--returns", str(DATA / "example_returns.csv"), "--no-tearsheet",
                                               "--experiment", "deleted", "--param", f"note={note}"])  # fmt: skip
             assert code == 0
-        client = client_for(env)
+        from mlflow import MlflowClient
+
+        client = MlflowClient(env["MLFLOW_TRACKING_URI"])  # a local store: no credentials
         experiment = client.get_experiment_by_name("deleted")
         ids = [r.info.run_id for r in client.search_runs([experiment.experiment_id], order_by=["start_time"])]
         client.delete_run(ids[0])
