@@ -11,6 +11,9 @@
 #     "orjson>=3.9",  # parses a server's bulk responses (~2.5 MB each) 2.5x faster than json
 #     "pyarrow>=15",  # .parquet output
 #     "matplotlib>=3.8",  # --plot
+#     # the PostgreSQL driver for a direct MLFLOW_TRACKING_URI=postgresql://… (imported only then; SQLAlchemy
+#     # >= 2.1 maps postgresql:// to psycopg 3)
+#     "psycopg[binary]>=3.2",
 # ]
 # ///
 """Get the metric time series of one or many MLflow runs: rows, per-series summaries, files and plots.
@@ -151,6 +154,12 @@ def connect(tracking_uri: str, debug: bool = False):
         ) from None
 
     mlflow.set_tracking_uri(tracking_uri)
+    if re.match(r"(postgresql|mysql|mssql)\b", tracking_uri):
+        # MLflow retries a database it cannot reach or log in to 10 times over ~100 s
+        # (mlflow.store.db.utils.create_sqlalchemy_engine_with_retry); like HTTP, ours give up in seconds.
+        import mlflow.store.db.utils
+
+        mlflow.store.db.utils.MAX_RETRY_COUNT = 3
     if not tracking_uri.startswith("sqlite:///") or ":memory:" in tracking_uri:
         return mlflow.MlflowClient(tracking_uri)
     # MLflow creates its tables (tracking and model registry) the first time a process opens a new sqlite
@@ -179,6 +188,14 @@ def classify_error(exc: BaseException) -> tuple[int, str]:
         return EXIT_AUTH, (
             f"tracking server refused the request: {what}. Check MLFLOW_TRACKING_USERNAME and "
             "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) and that this user may do this"
+        )
+    if re.search(r"password authentication failed", text):  # a database URI's user or password is wrong
+        return EXIT_AUTH, "the database refused the login: check the user and password in MLFLOW_TRACKING_URI"
+    if re.search(r"NoCredentialsError|Unable to locate credentials|InvalidAccessKeyId|SignatureDoesNotMatch",
+                 f"{type(exc).__name__} {text}"):  # fmt: skip
+        return EXIT_AUTH, (
+            "the S3 artifact store got no valid AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(or AWS_PROFILE), and MLFLOW_S3_ENDPOINT_URL for an S3-compatible store"
         )
     unreachable = (
         r"Max retries exceeded|Connection refused|timed out|Timeout|NewConnectionError|Failed to establish"
