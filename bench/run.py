@@ -501,6 +501,8 @@ WHY = {
     "minute bars + benchmark: wall": "vectorised drawdown episodes; the tearsheet is drawn from daily compounded "
     "returns; metrics and tearsheet in helpers",
     "peak RSS": "summed over the process tree, so pages forked helpers share with the parent count twice",
+    "runs (PostgreSQL server)": "one request: the filter, sort and limit run in PostgreSQL (ANALYZEd after the "
+    "bulk load); the baseline pages every run of the experiment over HTTP, 1,000 a request, and sorts in pandas",
     "history": "the server spends ~28 us of CPU a point on every history endpoint (~14 CPU-s for 500,000 points, "
     ">= 7 s on 2 cores shared with the client); the script sends 26 bulk requests, each point once, and keeps "
     "both server workers ~93% busy",
