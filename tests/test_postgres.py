@@ -293,14 +293,15 @@ def s3(tmp_path_factory):
     import boto3
     from moto.server import ThreadedMotoServer
 
-    emulator = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
+    port = free_port()
+    emulator = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     emulator.start()
     secret = harness.strong_password()
     env = {
         "AWS_ACCESS_KEY_ID": "testing-key-id",
         "AWS_SECRET_ACCESS_KEY": secret,
         "AWS_DEFAULT_REGION": "us-east-1",
-        "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{emulator._port}",
+        "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
     }
     bucket = boto3.client("s3", endpoint_url=env["MLFLOW_S3_ENDPOINT_URL"], aws_access_key_id="testing-key-id",
                           aws_secret_access_key=secret, region_name="us-east-1")  # fmt: skip
