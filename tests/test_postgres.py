@@ -22,10 +22,11 @@ import harness
 import numpy as np
 import pandas as pd
 import pytest
-from harness import MlflowServer, PostgresServer, assert_clean_error, client_for, free_port, run_script
+from harness import MlflowServer, PostgresServer, assert_clean_error, free_port, run_script
 from test_load import N_BARS, check_complete, run_many
 
-pytestmark = pytest.mark.postgres
+# every test here starts PostgreSQL, and most an MLflow server of their own: `-m "not server"` skips them
+pytestmark = [pytest.mark.postgres, pytest.mark.server]
 
 COLUMNS = ("fast", "medium", "slow")
 
@@ -55,8 +56,10 @@ def pg_server(postgres, tmp_path_factory):
 @pytest.fixture(scope="module")
 def pg_database(postgres, tmp_path_factory) -> dict[str, str]:
     """Environment for a script pointed straight at a PostgreSQL database (tables made here first)."""
+    from mlflow import MlflowClient
+
     env = {"MLFLOW_TRACKING_URI": postgres.create_database("mlflow_direct")}
-    client_for(env).search_experiments()
+    MlflowClient(env["MLFLOW_TRACKING_URI"]).search_experiments()
     return env
 
 
@@ -96,7 +99,7 @@ def ok(result: harness.Result):
     return result.json()
 
 
-def test_log_single_and_sweep_complete(logged, tmp_path):
+def test_log_single_and_sweep_complete(logged, tmp_path, client_for):
     client = client_for(logged["env"])
     single, sweep = logged["single"], logged["sweep"]
     returns = pd.read_csv(logged["folder"] / "single.csv")["returns"].to_numpy()
@@ -125,7 +128,7 @@ def test_log_single_and_sweep_complete(logged, tmp_path):
         assert max(m.value for m in points) == pytest.approx(np.cumprod(1 + frame[child["run_name"]]).max())
 
 
-def test_every_query_subcommand(logged):
+def test_every_query_subcommand(logged, client_for):
     env, experiment, sweep = logged["env"], logged["experiment"], logged["sweep"]
     client = client_for(env)
     expected = {r.info.run_id: r for r in client.search_runs([logged["single"]["experiment_id"]])}
@@ -167,7 +170,7 @@ def test_every_query_subcommand(logged):
     assert sum(row["count"] for row in groups) == len(expected)
 
 
-def test_history_bulk_and_summary(logged, tmp_path):
+def test_history_bulk_and_summary(logged, tmp_path, client_for):
     env, sweep = logged["env"], logged["sweep"]
     client = client_for(env)
     out = tmp_path / "history.parquet"
@@ -222,7 +225,7 @@ def test_wrong_database_password_is_exit_4_and_not_printed(postgres, pg_database
 
 
 @pytest.mark.parametrize("store", ["server", "database"])
-def test_8_processes_racing_to_create_one_experiment(store, request):
+def test_8_processes_racing_to_create_one_experiment(store, request, client_for):
     if store == "server":
         server = request.getfixturevalue("pg_server")
         env = server.env(server.alice)
