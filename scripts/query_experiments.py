@@ -106,9 +106,10 @@ class CliParser(argparse.ArgumentParser):
         raise CliError(EXIT_USAGE, f"{message} (see --help)")
 
 
-# The credentials of a URI: everything from "://" to the LAST "@" of the authority (a password may hold "@"),
-# in any scheme (http, postgresql+psycopg2, mysql, ...).
-URI_CREDENTIALS = re.compile(r"(?<=://)[^/?#\s]*@")
+# The credentials of a URI: everything from "://" to the LAST "@" before the host (a password may hold "@", and
+# SQLAlchemy/psycopg accept a raw "/", "?" or "#" in one too), in any scheme (http, postgresql+psycopg, mysql, ...).
+# An "@" later in a path or query may mask the host as well: over-masking is the safe side.
+URI_CREDENTIALS = re.compile(r"(?<=://)\S*@(?=[^@\s/?#]*(?:[/?#\s]|$))")
 
 
 def mask_uri(uri: str) -> str:
