@@ -114,11 +114,13 @@ def resolve_tracking_uri(cli_uri: str | None) -> str:
 
 
 def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str | None:
-    """The MLflow UI address of an experiment or run, for http(s) tracking servers only."""
+    """The MLflow UI address of an experiment or run, for http(s) tracking servers only. The UI (3.17)
+    opens in GenAI mode (traces, "Evaluations"); ?workflowType=machine_learning opens the runs view."""
     if not tracking_uri.lower().startswith(("http://", "https://")):
         return None
     base = re.sub(r"(?<=://)[^/@\s]+@", "", tracking_uri).rstrip("/")
-    return f"{base}/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    path = f"/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{base}{path}?workflowType=machine_learning"
 
 
 def connect(tracking_uri: str, debug: bool = False):
@@ -992,7 +994,7 @@ def load_series(path: Path, flag: str, pick: str | None, pick_flag: str, req: Re
 
 def align(strategy, benchmark, name: str, warnings: list[str]):
     """Inner join on timestamps, done in pandas once (QuantStats' own alignment takes seconds per call)."""
-    common = strategy.index.intersection(benchmark.index)
+    common = strategy.index.intersection(benchmark.index).rename(strategy.index.name)  # the user's name
     info = {
         "common_bars": int(len(common)),
         "strategy_bars_dropped": int(len(strategy) - len(common)),
@@ -1276,9 +1278,29 @@ def fmt_value(name: str, value) -> str:
     return f"{value:.3f}"
 
 
+HEADLINE = (("sharpe", "Sharpe"), ("cagr", "CAGR"), ("max_drawdown", "MaxDD"), ("volatility", "Vol"))
+
+
+def headline(metrics: dict) -> str:
+    """The one line a person reads first: Sharpe 0.28 · CAGR 3.64 % · MaxDD −56.78 % · Vol 19.10 %."""
+    parts = []
+    for name, label in HEADLINE:
+        value = metrics.get(name)
+        if value is None or not math.isfinite(value):
+            text = "undefined"
+        elif name == "sharpe":
+            text = f"{value:.2f}"
+        else:
+            text = f"{value * 100:.2f} %"
+        parts.append(f"{label} " + text.replace("-", "\N{MINUS SIGN}"))
+    return " · ".join(parts)
+
+
 def description_markdown(summary: dict, user_description: str | None) -> str:
-    """The run page's first screen: what, when, settings, key metrics."""
-    lines = []
+    """The run page's description. MLflow's UI shows its first two lines until "Show more" is clicked, so
+    the headline numbers come first; its markdown renderer draws tables without cell padding, so the key
+    metrics are a list."""
+    lines = [headline(summary["metrics"]), ""]
     if user_description:
         lines += [user_description.strip(), ""]
     lines += [
@@ -1289,12 +1311,12 @@ def description_markdown(summary: dict, user_description: str | None) -> str:
         f"{'compounded' if summary['compounded'] else 'simple (not compounded)'}"
         + (f" · benchmark `{summary['benchmark']}`" if summary.get("benchmark") else ""),
         "",
-        "| metric | value |",
-        "| --- | --- |",
+        "**Key metrics**",
+        "",
     ]
     metrics = summary["metrics"]
     for name in KEY_METRICS + (("alpha", "beta") if "beta" in metrics else ()):
-        lines.append(f"| {name} | {fmt_value(name, metrics.get(name))} |")
+        lines.append(f"- {name}: **{fmt_value(name, metrics.get(name))}**")
     if summary["undefined_metrics"]:
         lines += ["", "Undefined (not logged): " + ", ".join(summary["undefined_metrics"])]
     lines += ["", f"Logged by {SKILL_NAME} log_backtest.py {SKILL_VERSION}; all metrics in `metrics.json`."]
@@ -1309,18 +1331,43 @@ def write_returns_artifact(item: Series, folder: Path) -> str:
 
     frame = pd.DataFrame({"returns": item.returns.to_numpy()})
     if item.has_timestamps:
-        frame.insert(0, "timestamp", item.returns.index.tz_localize("UTC"))
+        frame.insert(0, timestamp_name(item), item.returns.index)
     else:
         frame.insert(0, "bar", range(len(frame)))
     if item.benchmark is not None:
         frame["benchmark"] = item.benchmark.to_numpy()
     if len(frame) >= PARQUET_ARTIFACT_MIN_BARS:
         path = folder / "returns.parquet"
+        if item.has_timestamps:  # a typed column: say it is UTC
+            frame[frame.columns[0]] = frame[frame.columns[0]].dt.tz_localize("UTC")
         frame.to_parquet(path, index=False)
     else:
+        # UTC as the user's file had it: dates stay dates (pandas writes midnight-only stamps as dates),
+        # times carry no "+00:00", and the column keeps its name, so the file reads like the input
         path = folder / "returns.csv"
         frame.to_csv(path, index=False, float_format="%.17g")
     return path.name
+
+
+def timestamp_name(item: Series) -> str:
+    """The name of the user's timestamp column (kept on the index), for the files we write."""
+    return str(item.returns.index.name or "timestamp")
+
+
+DAILY_OR_SLOWER = ("daily", "daily_calendar", "weekly", "monthly", "quarterly", "semiannual", "yearly")
+
+
+def history_stamps(index, steps, frequency: str):
+    """Milliseconds of the equity/drawdown points. The MLflow UI shows metric times in the browser's time
+    zone: a daily-or-slower bar is stored at 12:00 UTC of its date, so that date shows in every zone from
+    UTC-11 to UTC+11 (at midnight UTC it would read as the day before anywhere west of Greenwich).
+    Intraday bars keep their exact time."""
+    import pandas as pd
+
+    stamps = index[steps]
+    if frequency in DAILY_OR_SLOWER:
+        stamps = stamps.normalize() + pd.Timedelta(hours=12)
+    return stamps.asi8 // 1_000_000
 
 
 def write_tearsheet(
@@ -1337,6 +1384,7 @@ def write_tearsheet(
 
     qs = import_quantstats()
     returns, benchmark, report_periods, note = item.returns, item.benchmark, periods, None
+    strategy = title  # the run's name heads the report's columns (a column is often just "returns")
     if not item.has_timestamps:
         note = "bars without timestamps: the tearsheet's calendar tables use a synthetic daily calendar"
     elif periods > 400 and len(returns) > TEARSHEET_MAX_INTRADAY_BARS:
@@ -1355,11 +1403,11 @@ def write_tearsheet(
 
     with warnings.catch_warnings(), np.errstate(all="ignore"), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        kwargs = {"strategy_title": item.name}
+        kwargs = {"strategy_title": strategy}
         if benchmark is not None:
             kwargs["benchmark_title"] = (item.benchmark_info or {}).get("column") or "benchmark"
         qs.reports.html(
-            returns.rename(item.name),
+            returns.rename(strategy),
             benchmark=benchmark.rename(kwargs.get("benchmark_title")) if benchmark is not None else None,
             rf=rf,
             title=title,
@@ -1369,7 +1417,15 @@ def write_tearsheet(
             **kwargs,
         )
         plt.close("all")
+    tidy_tearsheet(path)
     return note
+
+
+def tidy_tearsheet(path: Path) -> None:
+    """QuantStats 0.0.86 labels CAGR "CAGR﹪" (U+FE6A SMALL PERCENT SIGN, its way to keep the "%" that
+    marks percent rows): fonts without that glyph (Debian's defaults) draw a box. A plain % reads the same."""
+    html = path.read_text(encoding="utf-8")
+    path.write_text(html.replace("\N{SMALL PERCENT SIGN}", "%"), encoding="utf-8")
 
 
 # ---- one prepared run: everything computed and written to a local folder before MLflow is touched ---------
@@ -1467,7 +1523,7 @@ def prepare(item: Series, req: Request, run_name: str, folder: Path, column_para
     }
     tags = {
         FINGERPRINT_TAG: fp,
-        UNDEFINED_TAG: ",".join(undefined),
+        **({UNDEFINED_TAG: ",".join(undefined)} if undefined else {}),  # an empty tag reads like a flag
         VERSION_TAG: SKILL_VERSION,
         DESCRIPTION_TAG: description_markdown(summary, req.description),
         "mlflow.source.name": "log_backtest.py",
@@ -1480,7 +1536,7 @@ def prepare(item: Series, req: Request, run_name: str, folder: Path, column_para
     equity, drawdown = equity_and_drawdown(item.returns, req.compounded)
     steps = history_steps(n, req.max_history_points, int(np.argmin(drawdown)))
     if item.has_timestamps:
-        stamps = item.returns.index.asi8[steps] // 1_000_000
+        stamps = history_stamps(item.returns.index, steps, frequency)
     else:
         stamps = np.full(len(steps), int(time.time() * 1000))
     prep = Prepared(
@@ -1661,7 +1717,7 @@ def dataset_entity(prep: Prepared, req: Request):
     item = prep.item
     head = pd.DataFrame({"returns": item.returns.iloc[:100].to_numpy()})
     if item.has_timestamps:
-        head.insert(0, "timestamp", item.returns.index[:100])
+        head.insert(0, timestamp_name(item), item.returns.index[:100])
     if item.benchmark is not None:
         head["benchmark"] = item.benchmark.iloc[:100].to_numpy()
     name = req.returns_path.stem
@@ -1879,19 +1935,16 @@ def comparison_csv(preps: list[Prepared], folder: Path) -> str:
 
 
 def sweep_description(preps: list[Prepared], best: Prepared, req: Request) -> str:
-    lines = []
+    """Headline of the best child first (the UI shows two lines), then one list item per column."""
+    lines = [f"Best `{best.item.name}`: {headline(best.metrics)}", ""]
     if req.description:
         lines += [req.description.strip(), ""]
     lines += [
         f"**Sweep** of {len(preps)} columns of `{req.returns_path.name}`; best by sharpe: `{best.item.name}`",
         "",
-        "| column | " + " | ".join(KEY_METRICS[:6]) + " |",
-        "| --- |" + " --- |" * 6,
     ]
     for p in preps:
-        lines.append(
-            f"| {p.item.name} | " + " | ".join(fmt_value(k, p.metrics.get(k)) for k in KEY_METRICS[:6]) + " |"
-        )
+        lines.append(f"- **{p.item.name}**: {headline(p.metrics)}")
     lines += [
         "",
         f"Logged by {SKILL_NAME} log_backtest.py {SKILL_VERSION}; key metrics per child in `comparison.csv`.",

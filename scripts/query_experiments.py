@@ -36,7 +36,8 @@ Output (JSON when stdout is not a terminal, a table when it is; --format overrid
                metrics, params, tags}]  (table: sweep children indented under their parent)
   run          {run_id, run_name, experiment_id, experiment_name, status, start_time, end_time, duration_s,
                description, metrics, params, tags, datasets, artifacts, parent, children, children_count, url}
-  compare      {runs, metrics: [{metric, direction, best, values}], params_differ, params_same}
+  compare      {runs: [{run_id, run_name, label, ...}], metrics: [{metric, direction, best, values}],
+               params_differ, params_same}; table/csv columns are labels: "run name (id prefix)"
   group        [{<by>, count, mean, median, max, ...}] one row per value of --by, ordered by that value
 """
 
@@ -126,11 +127,13 @@ def resolve_tracking_uri(cli_uri: str | None) -> str:
 
 
 def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str | None:
-    """The MLflow UI address of an experiment or run, for http(s) tracking servers only."""
+    """The MLflow UI address of an experiment or run, for http(s) tracking servers only. The UI (3.17)
+    opens in GenAI mode (traces, "Evaluations"); ?workflowType=machine_learning opens the runs view."""
     if not tracking_uri.lower().startswith(("http://", "https://")):
         return None
     base = re.sub(r"(?<=://)[^/@\s]+@", "", tracking_uri).rstrip("/")
-    return f"{base}/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    path = f"/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{base}{path}?workflowType=machine_learning"
 
 
 def connect(tracking_uri: str, debug: bool = False):
@@ -527,13 +530,9 @@ def best_runs(values: dict[str, float | None], direction: str | None) -> list[st
 
 
 def run_labels(runs: list[tuple[str, str | None]]) -> dict[str, str]:
-    """Short unique column labels for compared runs: the run name, disambiguated by an id prefix."""
-    names = [name or "" for _, name in runs]
-    labels = {}
-    for run_id, name in runs:
-        label = name if name and names.count(name) == 1 else f"{name or 'run'}-{run_id[:6]}"
-        labels[run_id] = label
-    return labels
+    """Column labels for compared runs: the run name a person recognises and the id prefix that finds it,
+    e.g. "mom-12-1 (3355eb87)"."""
+    return {run_id: f"{name or 'run'} ({run_id[:8]})" for run_id, name in runs}
 
 
 def compare_runs(runs: list[dict], metric_names: list[str] | None) -> dict:
@@ -560,10 +559,15 @@ def compare_runs(runs: list[dict], metric_names: list[str] | None) -> dict:
             differ.append({"param": key, "values": values})
         else:
             same[key] = next(iter(values.values()))
+    labels = run_labels([(r["run_id"], r["run_name"]) for r in runs])
     return {
         "runs": [
-            {k: r[k] for k in ("run_id", "run_name", "experiment_id", "status", "start_time")} for r in runs
-        ],
+            {
+                **{k: r[k] for k in ("run_id", "run_name", "experiment_id", "status", "start_time")},
+                "label": labels[r["run_id"]],
+            }
+            for r in runs
+        ],  # fmt: skip
         "metrics": metrics,
         "params_differ": differ,
         "params_same": same,
@@ -572,7 +576,7 @@ def compare_runs(runs: list[dict], metric_names: list[str] | None) -> dict:
 
 def compare_rows(result: dict, mark: bool) -> list[dict]:
     """The compare object as a metric x run matrix for table/csv (mark: add '*' to best values)."""
-    labels = run_labels([(r["run_id"], r["run_name"]) for r in result["runs"]])
+    labels = {r["run_id"]: r["label"] for r in result["runs"]}
     rows = []
     for item in result["metrics"]:
         row = {

@@ -24,7 +24,7 @@ import uuid
 import numpy as np
 import pandas as pd
 import pytest
-from harness import DATA, ROOT, assert_clean_error, run_script
+from harness import DATA, ROOT, assert_clean_error, client_for, run_script
 
 N = 300
 RUNS = ("alpha", "beta", "gamma")
@@ -329,13 +329,25 @@ def test_log_backtest_equity_and_drawdown_come_back_with_the_bars_dates(tmp_path
     returns = pd.read_csv(source, parse_dates=["date"])
     equity = np.cumprod(1 + returns["returns"].to_numpy())
     drawdown = equity / np.maximum.accumulate(equity) - 1
-    dates = returns["date"].dt.strftime("%Y-%m-%dT%H:%M:%SZ").tolist()
+    dates = returns["date"].dt.strftime("%Y-%m-%d").tolist()  # daily bars come back as their dates
     series = by_series(json.loads(out))
     for metric, expected in (("equity", equity), ("drawdown", drawdown)):
         rows = series[("example_returns", metric)]
         assert [r["step"] for r in rows] == list(range(len(returns)))
         assert [r["timestamp"] for r in rows] == dates
         assert np.allclose([r["value"] for r in rows], expected, rtol=1e-12, atol=1e-12)
+    # in the store each bar sits at 12:00 UTC of its date: the same date in every zone from UTC-11 to UTC+11
+    stored = [m.timestamp for m in client_for(env).get_metric_history(run_id, "equity")]
+    noon = (returns["date"].dt.tz_localize("UTC") + pd.Timedelta(hours=12)).astype("int64") // 1_000_000
+    assert sorted(stored) == noon.tolist()
+    code, out, err = call(env, "--run-id", run_id, "--metrics", "equity,sharpe", "--summary")
+    assert code == 0, err
+    summary = {row["metric"]: row for row in json.loads(out)}
+    assert (summary["equity"]["first_time"], summary["equity"]["last_time"]) == (dates[0], dates[-1])
+    assert summary["sharpe"]["first_time"].endswith("Z")  # a scalar keeps the time it was logged
+    code, out, err = call(env, "--run-id", run_id, "--metrics", "equity", "--output", str(tmp_path / "e.csv"))
+    assert code == 0, err
+    assert pd.read_csv(tmp_path / "e.csv")["timestamp"].tolist() == dates
 
 
 # ---------------------------------------------------------------- errors

@@ -407,9 +407,18 @@ def test_single_run_holds_everything(single):
     )
     tags = run.data.tags
     assert tags["team"] == "quant" and len(tags["backtest.fingerprint"]) == 64
-    assert tags["backtest.skill_version"] and "backtest.undefined_metrics" in tags
+    assert tags["backtest.skill_version"]
+    undefined = single["out"]["undefined_metrics"]
+    assert tags.get("backtest.undefined_metrics") == (",".join(undefined) if undefined else None)
     note = tags["mlflow.note.content"]
-    assert note.startswith("Twelve-one momentum") and "| sharpe |" in note and "2015-01-02" in note
+    first, _, rest = note.partition("\n")
+    m = single["out"]["metrics"]
+    assert first == (
+        f"Sharpe {m['sharpe']:.2f} · CAGR {m['cagr'] * 100:.2f} % · "
+        f"MaxDD {m['max_drawdown'] * 100:.2f} % · Vol {m['volatility'] * 100:.2f} %"
+    ).replace("-", "\N{MINUS SIGN}")  # the line the UI's collapsed description shows
+    assert rest.lstrip().startswith("Twelve-one momentum") and "2015-01-02" in note
+    assert f"- sharpe: **{m['sharpe']:.3f}**" in note  # a list: MLflow draws tables without padding
     [dataset_input] = run.inputs.dataset_inputs
     assert {(t.key, t.value) for t in dataset_input.tags} == {("mlflow.data.context", "backtest")}
     assert json.loads(dataset_input.dataset.profile)["num_rows"] == 2000
@@ -430,7 +439,8 @@ def test_single_histories_and_artifacts(single, tmp_path):
     deepest = int(np.argmin(drawdown.to_numpy()))
     assert {0, len(r) - 1, deepest} <= set(history)
     for step, point in history.items():
-        assert point.timestamp == r.index[step].value // 1_000_000
+        # a daily bar sits at 12:00 UTC of its date (its date in the UI in every zone from UTC-11 to UTC+11)
+        assert point.timestamp == (r.index[step].normalize() + pd.Timedelta(hours=12)).value // 1_000_000
         assert point.value == pytest.approx(equity.iloc[step], rel=1e-12)
         assert dd_history[step].value == pytest.approx(drawdown.iloc[step], rel=1e-12, abs=1e-15)
     assert dd_history[deepest].value == pytest.approx(single["out"]["metrics"]["max_drawdown"], rel=1e-12)
@@ -441,8 +451,14 @@ def test_single_histories_and_artifacts(single, tmp_path):
     with open(os.path.join(local, "tearsheet.html"), encoding="utf-8") as handle:
         html = handle.read()
     assert "<html" in html.lower() and "mom-20" in html
+    # the metrics table is headed by the run's name, not the file's column; no glyph fonts lack (CAGR﹪)
+    assert "<th>mom-20</th>" in html and "<th>strategy</th>" not in html
+    assert "\N{SMALL PERCENT SIGN}" not in html and "CAGR%" in html
     saved = pd.read_csv(os.path.join(local, "returns.csv"))
     np.testing.assert_array_equal(saved["returns"].to_numpy(), r.to_numpy())
+    source = pd.read_csv(single["folder"] / "momentum.csv")
+    assert saved.columns[0] == source.columns[0]  # the user's timestamp column, by its name
+    assert saved.iloc[:, 0].tolist() == source.iloc[:, 0].tolist()  # dates as dates, no "+00:00"
 
 
 def test_dedupe_then_force(single):
