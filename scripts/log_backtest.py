@@ -569,6 +569,7 @@ class Request:
     force: bool
     max_history_points: int
     warnings: list[str] = field(default_factory=list)
+    code_files: dict[str, Path] = field(default_factory=dict)  # --code: artifact path -> file
 
 
 def warn(message: str, sink: list[str] | None = None) -> None:
@@ -715,7 +716,7 @@ def build_request(args) -> Request:
         experiment=experiment,
         run_name=args.run_name.strip() if args.run_name else None,
         params=parse_params(args.params, args.param),
-        tags=parse_tags(args.tag),
+        tags={**parse_tags(args.tag), **code_version_tags(args), **package_version_tags()},
         description=args.description,
         rf=float(args.rf),
         periods_per_year=args.periods_per_year,
@@ -724,7 +725,137 @@ def build_request(args) -> Request:
         dry_run=args.dry_run,
         force=args.force,
         max_history_points=args.max_history_points,
+        code_files=code_artifacts(args.code, args.code_dir),
     )
+
+
+# ---- the code version: which strategy code produced the returns ---------------------------------------------
+GIT_TIMEOUT = 5  # seconds per git call: a hung filesystem or credential helper must not hang a backtest
+PACKAGES = ("quantstats", "pandas", "numpy", "mlflow")
+
+
+def git_output(directory: Path, *args: str) -> str | None:
+    """stdout of `git -C directory ARGS`, or None when git is missing, fails or times out."""
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(directory), *args],
+            capture_output=True,
+            text=True,
+            timeout=GIT_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"},
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def strip_url_credentials(url: str) -> str:
+    """https://user:token@host/repo.git -> https://host/repo.git (a token in a remote URL is a secret);
+    scp-style git@host:repo keeps its user, which is no secret."""
+    return re.sub(r"(?<=://)[^/?#]*@", "", url)
+
+
+def code_version_tags(args) -> dict[str, str]:
+    """The git repository holding --code-dir (default: the current folder): commit, branch, remote URL
+    without credentials, and whether tracked files (or the --code files) have uncommitted changes. MLflow
+    would record the repository of the script it runs, i.e. this skill's, not the strategy's. Outside a
+    git repository: no tags (a warning when --code-dir named the folder)."""
+    directory = Path(args.code_dir).expanduser() if args.code_dir else Path.cwd()
+    if args.code_dir and not directory.is_dir():
+        raise CliError(EXIT_USAGE, f"--code-dir {args.code_dir}: no such directory")
+    commit = git_output(directory, "rev-parse", "--verify", "--quiet", "HEAD")
+    if not commit:
+        if args.code_dir:
+            warn(f"--code-dir {args.code_dir} is not in a git repository with a commit: no git tags")
+        return {}
+    tags = {"mlflow.source.git.commit": commit}
+    branch = git_output(directory, "symbolic-ref", "--quiet", "--short", "HEAD")  # none when detached
+    if branch:
+        tags["mlflow.source.git.branch"] = branch
+    remotes = (git_output(directory, "remote") or "").split()
+    if remotes:
+        remote = "origin" if "origin" in remotes else remotes[0]
+        url = git_output(directory, "remote", "get-url", remote)
+        if url:
+            tags["mlflow.source.git.repoURL"] = strip_url_credentials(url)[:MAX_TAG_VALUE_LENGTH]
+    # Untracked files do not count (the local store ./mlflow.db is one), except --code files: a strategy
+    # file git does not know is not in the commit.
+    changed = git_output(directory, "status", "--porcelain", "--untracked-files=no")
+    code = [str(Path(f).expanduser().resolve()) for f in args.code or []]
+    untracked = (
+        git_output(directory, "status", "--porcelain", "--untracked-files=all", "--", *code) if code else ""
+    )
+    if changed is not None and untracked is not None:
+        tags["backtest.git_dirty"] = "true" if changed or untracked else "false"
+    return tags
+
+
+def package_version_tags() -> dict[str, str]:
+    """Versions of what computed the numbers: backtest.version.python, .quantstats, .pandas, .numpy, .mlflow
+    (read from the installed metadata: nothing imported)."""
+    import importlib.metadata
+    import platform
+
+    tags = {"backtest.version.python": platform.python_version()}
+    for package in PACKAGES:
+        for distribution in (package, f"{package}-skinny") if package == "mlflow" else (package,):
+            try:
+                tags[f"backtest.version.{package}"] = importlib.metadata.version(distribution)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    return tags
+
+
+def code_artifacts(files: list[str] | None, code_dir: str | None) -> dict[str, Path]:
+    """--code FILE...: checked before anything is written; stored under code/ by their path relative to
+    --code-dir (default: the current folder) when inside it, else by file name."""
+    base = (Path(code_dir).expanduser() if code_dir else Path.cwd()).resolve()
+    out: dict[str, Path] = {}
+    for text in files or []:
+        path = Path(text).expanduser()
+        if not path.exists():
+            raise CliError(EXIT_USAGE, f"--code {text}: no such file")
+        if not path.is_file():
+            raise CliError(EXIT_USAGE, f"--code {text} is not a file: give the strategy's source files")
+        if not os.access(path, os.R_OK):
+            raise CliError(EXIT_USAGE, f"--code {text} is not readable (check its permissions)")
+        resolved = path.resolve()
+        name = resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else resolved.name
+        if name in out and out[name] != resolved:
+            raise CliError(EXIT_USAGE, f"--code: two files would be stored as code/{name}; pass --code-dir")
+        out[name] = resolved
+    return out
+
+
+def copy_code(req: Request, folder: Path) -> list[str]:
+    """The --code files into folder/code/ (logged with the run's other artifacts); their artifact paths."""
+    import shutil
+
+    for name, path in req.code_files.items():
+        target = folder / "code" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    return copy_names(req)
+
+
+def copy_names(req: Request) -> list[str]:
+    return [f"code/{name}" for name in req.code_files]
+
+
+def git_summary(tags: dict[str, str]) -> dict | None:
+    """The code version for the JSON output: {commit, branch, repo_url, dirty}, or None outside git."""
+    if "mlflow.source.git.commit" not in tags:
+        return None
+    return {
+        "commit": tags["mlflow.source.git.commit"],
+        "branch": tags.get("mlflow.source.git.branch"),
+        "repo_url": tags.get("mlflow.source.git.repoURL"),
+        "dirty": {"true": True, "false": False}.get(tags.get("backtest.git_dirty", "")),
+    }
 
 
 RESERVED_PARAMS = frozenset(
@@ -1556,7 +1687,7 @@ def prepare(item: Series, req: Request, run_name: str, folder: Path, column_para
         "skill_version": SKILL_VERSION,
     }
     (folder / "metrics.json").write_text(json.dumps(json_safe(metrics_doc), indent=2) + "\n")
-    prep.artifacts = ["metrics.json", write_returns_artifact(item, folder)]
+    prep.artifacts = ["metrics.json", write_returns_artifact(item, folder), *copy_code(req, folder)]
     phase(f"{item.name}: histories and artifacts prepared")
     return prep
 
@@ -1848,6 +1979,8 @@ def run_output(prep: Prepared, req: Request, experiment_id, tracking_uri: str | 
         "fingerprint": prep.fingerprint,
         "benchmark": prep.item.benchmark_info,
     }
+    if not key_only:  # a sweep says it once, for all its runs
+        out["git"] = git_summary(req.tags)
     return out
 
 
@@ -1894,6 +2027,11 @@ def build_parser() -> CliParser:
     where.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="repeatable")
     where.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="repeatable")
     where.add_argument("--description", metavar="TEXT", help="markdown shown first on the run page")
+    where.add_argument("--code", nargs="+", metavar="FILE",
+                       help="strategy source files to attach (artifacts under code/)")  # fmt: skip
+    where.add_argument("--code-dir", metavar="DIR",
+                       help="the strategy's git repository (default: the current folder): commit, branch, "
+                       "remote and uncommitted changes become tags")  # fmt: skip
     calc = parser.add_argument_group("calculation")
     calc.add_argument("--rf", "--risk-free-rate", type=float, default=0.0, metavar="RATE",
                       help="annual risk-free rate, decimal (0.04 = 4 %%); default 0")  # fmt: skip
@@ -2037,6 +2175,7 @@ def write_sweep(
     parent's comparison, metrics and artifacts; FINISHED last. Returns the parent's run id."""
     parent_dir = tmp / "parent"
     parent_dir.mkdir()
+    copy_code(req, parent_dir)
     if req.tearsheet:
         # Every child is a complete run, tearsheet included (QuantStats' report costs ~3-5 s a series;
         # --no-tearsheet skips them all). The parent carries a copy of the best child's. All are drawn
@@ -2162,10 +2301,12 @@ def run_sweep(
         "dry_run": req.dry_run,
         "best_run_id": best.run_id,
         "best_column": best.item.name,
+        "best_by": "sharpe",  # the metric that chose best_run_id
+        "git": git_summary(req.tags),
         "fingerprint": parent_fp,
         "artifacts": []
         if deduplicated or req.dry_run
-        else ["comparison.csv"] + (["tearsheet.html"] if req.tearsheet else []),
+        else ["comparison.csv"] + (["tearsheet.html"] if req.tearsheet else []) + copy_names(req),
         "runs": runs,
     }
     return out
