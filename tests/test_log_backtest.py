@@ -674,3 +674,94 @@ def test_server_dying_mid_run_leaves_no_finished_run(scripts, tmp_path):
         assert runs[0].info.status != "FINISHED" and "sharpe" not in runs[0].data.metrics
     finally:
         revived.stop()
+
+
+# ---- the strategy's code version ---------------------------------------------------------------------------
+def git(folder, *args: str) -> str:
+    import subprocess
+
+    command = ["git", "-C", str(folder), "-c", "user.name=quant", "-c", "user.email=q@example.com", *args]
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_code_version_tags_and_code_artifacts(scripts, tmp_path, monkeypatch, capsys):
+    """The git repository holding the current folder (or --code-dir) is recorded: commit, branch, remote
+    without its credentials, dirty or not; --code files ride along as artifacts; package versions as tags.
+    Outside git: no git tags and no error. A missing --code file is exit 2 before anything is written."""
+    import importlib.metadata
+    import platform
+
+    lb = scripts.log_backtest
+    repo = tmp_path / "strategy"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "research")
+    (repo / "signal.py").write_text("LOOKBACK = 20\n")
+    daily_frame(21, n=300).to_csv(repo / "returns.csv", index=False)
+    git(repo, "add", "signal.py")
+    git(repo, "commit", "-q", "-m", "first")
+    canary = "tok-" + uuid.uuid4().hex
+    git(repo, "remote", "add", "origin", f"https://quant:{canary}@git.example.com/desk/strategy.git")
+    commit = git(repo, "rev-parse", "HEAD")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.chdir(repo)
+
+    def log(*argv: str):
+        capsys.readouterr()
+        code = lb.main(["--returns", "returns.csv", "--no-tearsheet", "--force", *argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, err = log("--code", "signal.py")  # returns.csv and mlflow.db are untracked: still clean
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["git"] == {
+        "commit": commit, "branch": "research", "repo_url": "https://git.example.com/desk/strategy.git",
+        "dirty": False,
+    }  # fmt: skip
+    assert "code/signal.py" in got["artifacts"] and canary not in out + err
+    client = client_for({"MLFLOW_TRACKING_URI": store})
+    tags = client.get_run(got["run_id"]).data.tags
+    assert tags["mlflow.source.git.commit"] == commit and tags["mlflow.source.git.branch"] == "research"
+    assert tags["mlflow.source.git.repoURL"] == "https://git.example.com/desk/strategy.git"
+    assert tags["backtest.git_dirty"] == "false" and canary not in json.dumps(tags)
+    assert tags["backtest.version.python"] == platform.python_version()
+    for package in ("quantstats", "pandas", "numpy", "mlflow"):
+        assert tags[f"backtest.version.{package}"] == importlib.metadata.version(package)
+    local = client.download_artifacts(got["run_id"], "code", str(tmp_path / "down"))
+    assert (tmp_path / "down" / "code" / "signal.py").read_text() == "LOOKBACK = 20\n", local
+
+    (repo / "signal.py").write_text("LOOKBACK = 60\n")  # an uncommitted change to a tracked file
+    code, out, err = log()
+    assert code == 0, err
+    assert client.get_run(json.loads(out)["run_id"]).data.tags["backtest.git_dirty"] == "true"
+    git(repo, "checkout", "-q", "signal.py")
+    (repo / "new_signal.py").write_text("x = 1\n")  # a --code file git does not know: not in the commit
+    code, out, err = log("--code", "new_signal.py")
+    assert code == 0 and json.loads(out)["git"]["dirty"] is True, err
+
+    elsewhere = tmp_path / "not-git"  # outside any repository: no git tags, no error
+    elsewhere.mkdir()
+    daily_frame(22, n=300).to_csv(elsewhere / "returns.csv", index=False)
+    monkeypatch.chdir(elsewhere)
+    code, out, err = log()
+    assert code == 0 and json.loads(out)["git"] is None and err == "", err
+    tags = client.get_run(json.loads(out)["run_id"]).data.tags
+    assert not [k for k in tags if k.startswith("mlflow.source.git") or k == "backtest.git_dirty"]
+    code, out, err = log("--code-dir", str(repo))  # the strategy's repository named explicitly
+    assert code == 0 and json.loads(out)["git"]["commit"] == commit, err
+
+    runs_before = len(client.search_runs([client.get_experiment_by_name("backtests").experiment_id]))
+    for argv, needle in ((["--code", "missing.py"], "missing.py"), (["--code-dir", "nowhere"], "nowhere")):
+        code, out, err = log(*argv)
+        assert code == 2 and out == "" and needle in err and err.startswith("error: "), err
+    after = client.search_runs([client.get_experiment_by_name("backtests").experiment_id])
+    assert len(after) == runs_before  # nothing written
+
+
+def test_url_credentials_are_stripped(scripts):
+    strip = scripts.log_backtest.strip_url_credentials
+    assert strip("https://u:p@host/r.git") == "https://host/r.git"
+    assert strip("ssh://git@host:22/r.git") == "ssh://host:22/r.git"
+    assert strip("git@github.com:desk/r.git") == "git@github.com:desk/r.git"  # a user name, no secret
+    assert strip("https://host/r.git") == "https://host/r.git"
