@@ -9,7 +9,8 @@ Rules for writing the docs (this test enforces them):
   with `mise x --` or `mise run` run through real mise, with a .env.local that points at the test server,
   which is seeded the same way.
 - Placeholders are replaced with real values from the seeded store: <RUN_ID>, <RUN_ID_2> (the two runs of
-  `backtests`), <PARENT_RUN_ID> (the sweep's parent run).
+  `backtests`), <PARENT_RUN_ID> (the sweep's parent run), <COMMIT_PREFIX> (the folder is a git repository;
+  the first 8 characters of the commit the runs were logged at).
 - A command expected to fail ends with the comment `# exit N`; every other command must exit 0.
 - A block that cannot run here says why on the line before its fence: `<!-- not-run: reason -->`.
 - ```python blocks run with the test environment's Python, in the same folder, after the bash blocks of the
@@ -122,6 +123,7 @@ def docs_world(tmp_path_factory, mlflow_server):
     (folder / "tests").mkdir()
     (folder / "tests" / "data").symlink_to(DATA)
     sample_files(folder)
+    commit = commit_samples(folder)
     local = {"MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'docs-store.db'}"}
     server_user = mlflow_server.alice
     (folder / ".env.local").write_text(
@@ -132,11 +134,23 @@ def docs_world(tmp_path_factory, mlflow_server):
     home = folder.parent / "home"
     home.mkdir()
     mise_env = {"HOME": str(home), "MISE_TRUSTED_CONFIG_PATHS": str(folder), "MISE_YES": "1"}
+    code = {"<COMMIT_PREFIX>": commit[:8]}
     return {
         "folder": folder,
-        "local": (local, seed(local, folder)),
-        "server": (mise_env, seed(mlflow_server.env(server_user), folder)),
+        "local": (local, {**seed(local, folder), **code}),
+        "server": (mise_env, {**seed(mlflow_server.env(server_user), folder), **code}),
     }
+
+
+def commit_samples(folder: Path) -> str:
+    """The docs' folder is a user's project under git (branch main), as log_backtest records it."""
+    git = [require_tool("git"), "-C", str(folder), "-c", "user.name=quant", "-c", "user.email=q@example.com"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "add", "returns.csv", "prices.csv", "sweep.csv", "benchmark.csv"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "samples"], check=True)
+    return subprocess.run(
+        [*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def run_command(command: Command, world) -> subprocess.CompletedProcess:
