@@ -504,7 +504,8 @@ def test_sweep_parent_and_children(sweep, tmp_path):
     out = sweep["out"]
     client = client_for(sweep["env"])
     assert [r["run_name"] for r in out["runs"]] == ["fast", "medium", "slow", "always_up"]
-    assert out["url"].endswith(f"/runs/{out['parent_run_id']}") and "[4/4]" in sweep["result"].stderr
+    assert out["url"].endswith(f"/runs/{out['parent_run_id']}?workflowType=machine_learning")  # runs view
+    assert "[4/4]" in sweep["result"].stderr and out["best_by"] == "sharpe"
     parent = client.get_run(out["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["backtest.sweep"] == "true"
     children = client.search_runs(
@@ -515,6 +516,9 @@ def test_sweep_parent_and_children(sweep, tmp_path):
     best = max((c for c in children if "sharpe" in c.data.metrics), key=lambda c: c.data.metrics["sharpe"])
     assert parent.data.tags["backtest.best_run_id"] == best.info.run_id == out["best_run_id"]
     assert parent.data.metrics["sharpe"] == best.data.metrics["sharpe"]
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith(f"Best `{best.info.run_name}`: Sharpe {best.data.metrics['sharpe']:.2f} · ")
+    assert all(f"- **{c.info.run_name}**: Sharpe " in note for c in children)  # a list, one line a column
     local = client.download_artifacts(out["parent_run_id"], "", str(tmp_path))
     table = pd.read_csv(os.path.join(local, "comparison.csv"))
     assert list(table["column"]) == ["fast", "medium", "slow", "always_up"]
