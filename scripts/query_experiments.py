@@ -35,7 +35,8 @@ Output (JSON when stdout is not a terminal, a table when it is; --format overrid
   runs         [{run_id, run_name, experiment_id, status, start_time, end_time, duration_s, parent_run_id,
                metrics, params, tags}]  (table: sweep children indented under their parent)
   run          {run_id, run_name, experiment_id, experiment_name, status, start_time, end_time, duration_s,
-               description, metrics, params, tags, datasets, artifacts, parent, children, children_count, url}
+               description, git, metrics, params, tags, datasets, artifacts, parent, children,
+               children_count, url}   (git: {commit, branch, repo_url, dirty} of the strategy's code, or null)
   compare      {runs: [{run_id, run_name, label, ...}], metrics: [{metric, direction, best, values}],
                params_differ, params_same}; table/csv columns are labels: "run name (id prefix)"
   group        [{<by>, count, mean, median, max, ...}] one row per value of --by, ordered by that value
@@ -1042,6 +1043,7 @@ def cmd_run(client, args, tracking_uri: str) -> dict:
             "experiment_name": experiment.name,
             "lifecycle_stage": info.lifecycle_stage,
             "description": data.tags.get(DESCRIPTION_TAG),
+            "git": code_version(data.tags),
             "datasets": datasets,
             "artifacts": artifacts,
             "parent": parent,
@@ -1063,6 +1065,18 @@ def cmd_run(client, args, tracking_uri: str) -> dict:
         "start_time",
     ]
     return {**{k: record[k] for k in order}, **{k: v for k, v in record.items() if k not in order}}
+
+
+def code_version(tags: dict[str, str]) -> dict | None:
+    """The strategy's code version log_backtest recorded (mlflow.source.git.* tags), or None."""
+    if "mlflow.source.git.commit" not in tags:
+        return None
+    return {
+        "commit": tags["mlflow.source.git.commit"],
+        "branch": tags.get("mlflow.source.git.branch"),
+        "repo_url": tags.get("mlflow.source.git.repoURL"),
+        "dirty": {"true": True, "false": False}.get(tags.get("backtest.git_dirty", "")),
+    }
 
 
 def cmd_compare(client, args, fmt: str) -> object:

@@ -732,6 +732,9 @@ def test_code_version_tags_and_code_artifacts(scripts, tmp_path, monkeypatch, ca
     assert tags["backtest.version.python"] == platform.python_version()
     for package in ("quantstats", "pandas", "numpy", "mlflow"):
         assert tags[f"backtest.version.{package}"] == importlib.metadata.version(package)
+    capsys.readouterr()
+    assert scripts.query_experiments.main(["run", "--run-id", got["run_id"]]) == 0
+    assert json.loads(capsys.readouterr().out)["git"] == got["git"]  # what query_experiments shows of it
     local = client.download_artifacts(got["run_id"], "code", str(tmp_path / "down"))
     assert (tmp_path / "down" / "code" / "signal.py").read_text() == "LOOKBACK = 20\n", local
 
