@@ -80,14 +80,19 @@ class CliParser(argparse.ArgumentParser):
         raise CliError(EXIT_USAGE, f"{message} (see --help)")
 
 
+# The credentials of a URI: everything from "://" to the LAST "@" of the authority (a password may hold "@"),
+# in any scheme (http, postgresql+psycopg2, mysql, ...).
+URI_CREDENTIALS = re.compile(r"(?<=://)[^/?#\s]*@")
+
+
 def mask_uri(uri: str) -> str:
-    """Hide credentials in a URI: user:password@host -> ***@host."""
-    return re.sub(r"(?<=://)[^/@\s]+@", "***@", uri or "")
+    """Hide credentials in a URI: user:p@ss@host -> ***@host."""
+    return URI_CREDENTIALS.sub("***@", uri or "")
 
 
 def redact(text: str) -> str:
     """Mask URI credentials and the values of secret env vars in text that will be shown or stored."""
-    text = re.sub(r"(?<=://)[^/@\s'\"]+@", "***@", str(text))
+    text = URI_CREDENTIALS.sub("***@", str(text))
     for var in SECRET_ENV_VARS:
         value = os.environ.get(var, "")
         if len(value) >= 4:
@@ -111,7 +116,7 @@ def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> 
     opens in GenAI mode (traces, "Evaluations"); ?workflowType=machine_learning opens the runs view."""
     if not tracking_uri.lower().startswith(("http://", "https://")):
         return None
-    base = re.sub(r"(?<=://)[^/@\s]+@", "", tracking_uri).rstrip("/")
+    base = URI_CREDENTIALS.sub("", tracking_uri).rstrip("/")
     path = f"/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
     return f"{base}{path}?workflowType=machine_learning"
 
@@ -197,8 +202,8 @@ def run_cli(action, debug: bool) -> int:
         error, message, code = exc, "interrupted", 130
     except Exception as exc:  # noqa: BLE001 - the one place every unexpected failure is reported
         error, (code, message) = exc, classify_error(exc)
-    if debug and code != 130:
-        traceback.print_exception(error)
+    if debug and code != 130:  # the traceback holds URIs and messages too: redacted like the error line
+        sys.stderr.write(redact("".join(traceback.format_exception(error))))
     print(f"error: {redact(message)}", file=sys.stderr)
     return code
 

@@ -87,14 +87,19 @@ class CliParser(argparse.ArgumentParser):
         raise CliError(EXIT_USAGE, f"{message} (see --help)")
 
 
+# The credentials of a URI: everything from "://" to the LAST "@" of the authority (a password may hold "@"),
+# in any scheme (http, postgresql+psycopg2, mysql, ...).
+URI_CREDENTIALS = re.compile(r"(?<=://)[^/?#\s]*@")
+
+
 def mask_uri(uri: str) -> str:
-    """Hide credentials in a URI: user:password@host -> ***@host."""
-    return re.sub(r"(?<=://)[^/@\s]+@", "***@", uri or "")
+    """Hide credentials in a URI: user:p@ss@host -> ***@host."""
+    return URI_CREDENTIALS.sub("***@", uri or "")
 
 
 def redact(text: str) -> str:
     """Mask URI credentials and the values of secret env vars in text that will be shown or stored."""
-    text = re.sub(r"(?<=://)[^/@\s'\"]+@", "***@", str(text))
+    text = URI_CREDENTIALS.sub("***@", str(text))
     for var in SECRET_ENV_VARS:
         value = os.environ.get(var, "")
         if len(value) >= 4:
@@ -118,7 +123,7 @@ def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> 
     opens in GenAI mode (traces, "Evaluations"); ?workflowType=machine_learning opens the runs view."""
     if not tracking_uri.lower().startswith(("http://", "https://")):
         return None
-    base = re.sub(r"(?<=://)[^/@\s]+@", "", tracking_uri).rstrip("/")
+    base = URI_CREDENTIALS.sub("", tracking_uri).rstrip("/")
     path = f"/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
     return f"{base}{path}?workflowType=machine_learning"
 
@@ -204,8 +209,8 @@ def run_cli(action, debug: bool) -> int:
         error, message, code = exc, "interrupted", 130
     except Exception as exc:  # noqa: BLE001 - the one place every unexpected failure is reported
         error, (code, message) = exc, classify_error(exc)
-    if debug and code != 130:
-        traceback.print_exception(error)
+    if debug and code != 130:  # the traceback holds URIs and messages too: redacted like the error line
+        sys.stderr.write(redact("".join(traceback.format_exception(error))))
     print(f"error: {redact(message)}", file=sys.stderr)
     return code
 
@@ -312,84 +317,135 @@ KEY_METRICS = (
 
 # ---- the metric table: the one place that says what each metric is --------------------------------------
 # `call` is evaluated as written (it IS the code that computes the metric), in a namespace where:
-#   qs          quantstats;  r  the normalised returns (pandas Series, UTC DatetimeIndex, decimal units)
+#   qs          quantstats;  np  numpy
+#   r           the normalised returns (pandas Series, DatetimeIndex, decimal units)
 #   rf          annual risk-free rate (--rf);  periods  bars per year;  compounded  False with --simple
-#   dd          qs.stats.to_drawdown_series(r), computed once
+#   x           excess returns per bar: r - ((1 + rf) ** (1 / periods) - 1), QuantStats' de-annualisation
+#   years       len(r) / periods (QuantStats' CAGR convention: bars, not calendar time)
+#   rf_total    the risk-free growth over the run's span: (1 + rf) ** years - 1 (rf x years with --simple)
 #   total(x)    qs.stats.comp(x) when compounded, else x.sum()   (QuantStats' report does the same)
-#   since(x, months=N | period="mtd"/"ytd")  the bars of the last N months / month / year to date, counted
-#               back from the last bar as QuantStats' report does
-#   dd_details(dd)  a vectorised copy of qs.stats.drawdown_details(dd) (same columns and numbers; the
-#               original loops over every drawdown episode and takes minutes on 1M bars)
-#   rp, bp      strategy and benchmark aligned on common timestamps, positionally indexed (see
-#               benchmark_namespace: QuantStats' own alignment compares Python sets of timestamps)
+#   cagr        qs.stats.cagr(r, 0.0, compounded, periods)
+#   dd, mdd     OUR drawdown series (equity_and_drawdown: the logged `drawdown` history) and its minimum.
+#               QuantStats re-reads a non-negative series whose max is exactly 1.0 as prices in its drawdown
+#               functions (_looks_like_returns: max < 1) and always compounds: every drawdown-based metric here
+#               comes from the run's own equity curve instead (same numbers on ordinary series, tests check).
+#   ulcer       sqrt(sum(dd ** 2) / (n - 1)), QuantStats' ulcer index on our dd
+#   since(x, months=N | period="mtd"/"ytd")  the bars of the last N months / month / year to date
+#   short(N)    the series does not reach back N months (its first bar's period starts after the window)
+#   dd_details(dd)  a vectorised qs.stats.drawdown_details(dd) that also counts an episode open at the last
+#               bar and one open from the first bar (QuantStats drops the latter)
+#   flat(s)     the dispersion of s is ~0 relative to the data's scale (std <= DISPERSION_RTOL x max|s|, |r|)
+#   downside(s) sqrt(sum(min(s, 0) ** 2) / n): the Sortino denominator;  tiny(v, s)  |v| ~0 at s's scale
+#   rp, bp      strategy and benchmark aligned on common timestamps, positionally indexed (QuantStats' own
+#               alignment compares Python sets of timestamps: seconds at 1M bars)
 # prepare_returns=False skips QuantStats' re-cleaning of r where the function allows it: r is already what
 # _prepare_returns would return (validated: no prices, no inf, no NaN; tests check the identity).
-# `guard`: when true, the metric is undefined (QuantStats would return 0 or a meaningless number there).
+# `guard`: when true, the metric is undefined (QuantStats would return 0, inf or a meaningless huge number).
 # `calendar`: needs real timestamps (a bare column of numbers has none: such metrics are undefined).
+# `annualised`: scaled to a year from `periods`; `departure`: where and why we differ from QuantStats 0.0.86.
 @dataclass(frozen=True)
 class MetricSpec:
     name: str
     call: str
-    meaning: str
+    meaning: str  # the definition (formula) in words
     units: str
     higher_is_better: bool | None  # None: descriptive, no better direction
     guard: str | None = None
     calendar: bool = False
     benchmark: bool = False
+    annualised: bool = False
+    departure: str = ""
 
 
+# A dispersion below this fraction of the data's largest |return| is float noise, not risk: float64 returns
+# computed from prices carry absolute errors of a few ulps of 1.0 (~1e-16), i.e. <= ~1e-11 of any bar return
+# of 1e-5 or more, while any real strategy's std is >= ~1e-4 of its largest bar. Ratios over such a
+# denominator (sharpe ~1e16 on a constant series, differing with and without bottleneck) are undefined.
+DISPERSION_RTOL = 1e-10
 NO_NONZERO_BAR = "(r != 0).sum() == 0"
-FLAT_BENCHMARK = "bp.var() == 0"
+FLAT_BENCHMARK = "flat(bp)"
+SHARPE_GUARD = "flat(x)"
+SORTINO_GUARD = "tiny(downside(x), x)"
 NP = "prepare_returns=False"
+SHORT = "undefined when the series is shorter than the window (QuantStats uses the whole series)"
+EPISODES = (
+    "from our drawdown; an episode still open at the last bar counts (it ends there), as does one open from "
+    "the first bar (QuantStats finds no episode in a series that starts below its peak and never recovers)"
+)
+OWN_DD = "from our drawdown (the logged history), not QuantStats' re-reading of r"
+SPAN_RF = (
+    "rf is subtracted as the risk-free growth over the run's span (rf_total); QuantStats subtracts the "
+    "annual rf from a multi-year total return, a unit error (identical when --rf is 0)"
+)
 METRICS: tuple[MetricSpec, ...] = (
     # ratios
     MetricSpec("sharpe", "qs.stats.sharpe(r, rf, periods)",
-               "Annualised Sharpe ratio: mean excess return per bar / sample std x sqrt(periods)", "ratio",
-               True),
+               "mean(x) / std(x, ddof=1) x sqrt(periods)", "ratio", True, guard=SHARPE_GUARD,
+               annualised=True, departure="undefined when std(x) is ~0 (QuantStats: ~1e16)"),
     MetricSpec("smart_sharpe", "qs.stats.smart_sharpe(r, rf, periods)",
-               "Sharpe ratio penalised for autocorrelation of returns", "ratio", True),
+               "sharpe / autocorr_penalty", "ratio", True, guard=SHARPE_GUARD, annualised=True,
+               departure="undefined when std(x) is ~0"),
     MetricSpec("sortino", "qs.stats.sortino(r, rf, periods)",
-               "Annualised Sortino ratio: mean excess return / downside deviation", "ratio", True),
+               "mean(x) / downside(x) x sqrt(periods); downside(x) = sqrt(sum(min(x, 0)^2) / n)", "ratio",
+               True, guard=SORTINO_GUARD, annualised=True, departure="undefined when downside(x) is ~0"),
     MetricSpec("smart_sortino", "qs.stats.smart_sortino(r, rf, periods)",
-               "Sortino ratio penalised for autocorrelation of returns", "ratio", True),
+               "sortino / autocorr_penalty", "ratio", True, guard=SORTINO_GUARD, annualised=True,
+               departure="undefined when downside(x) is ~0"),
     MetricSpec("adjusted_sortino", "qs.stats.adjusted_sortino(r, rf, periods)",
-               "Sortino / sqrt(2) (Jack Schwager), comparable with Sharpe", "ratio", True),
+               "sortino / sqrt(2) (Jack Schwager), comparable with Sharpe", "ratio", True, guard=SORTINO_GUARD,
+               annualised=True, departure="undefined when downside(x) is ~0"),
     MetricSpec("smart_adjusted_sortino", "qs.stats.adjusted_sortino(r, rf, periods, smart=True)",
-               "Adjusted Sortino penalised for autocorrelation", "ratio", True),
+               "smart_sortino / sqrt(2)", "ratio", True, guard=SORTINO_GUARD, annualised=True,
+               departure="undefined when downside(x) is ~0"),
     MetricSpec("probabilistic_sharpe_ratio", "qs.stats.probabilistic_sharpe_ratio(r, rf, periods)",
-               "Probability that the true (per-bar) Sharpe ratio is above 0, given skew and kurtosis",
-               "probability", True),
+               "Phi(SR / sqrt((1 - skew SR + (kurt - 1) / 4 SR^2) / (n - 1))), SR the per-bar Sharpe, "
+               "skew and kurt (non-excess) the bias-corrected sample moments of r",
+               "probability", True, guard=SHARPE_GUARD, departure="undefined when std(x) is ~0"),
     MetricSpec("probabilistic_smart_sharpe_ratio",
                "qs.stats.probabilistic_sharpe_ratio(r, rf, periods, smart=True)",
-               "Probabilistic Sharpe ratio with the autocorrelation penalty", "probability", True),
+               "probabilistic_sharpe_ratio of the per-bar smart Sharpe", "probability", True,
+               guard=SHARPE_GUARD, departure="undefined when std(x) is ~0"),
     MetricSpec("probabilistic_sortino_ratio", "qs.stats.probabilistic_sortino_ratio(r, rf, periods)",
-               "Probability that the true (per-bar) Sortino ratio is above 0", "probability", True),
+               "probabilistic_sharpe_ratio's formula with the per-bar Sortino in place of SR", "probability",
+               True, guard=SORTINO_GUARD, departure="undefined when downside(x) is ~0"),
     MetricSpec("probabilistic_adjusted_sortino_ratio",
                "qs.stats.probabilistic_adjusted_sortino_ratio(r, rf, periods)",
-               "Probability that the true adjusted Sortino ratio is above 0", "probability", True),
+               "probabilistic_sharpe_ratio's formula with the per-bar adjusted Sortino", "probability", True,
+               guard=SORTINO_GUARD, departure="undefined when downside(x) is ~0"),
     MetricSpec("omega", "qs.stats.omega(r, rf, 0.0, periods)",
-               "Omega ratio at a 0 threshold: sum of excess gains / sum of excess losses", "ratio", True),
-    MetricSpec("calmar", f"qs.stats.calmar(r, {NP}, compounded=compounded, periods=periods)",
-               "CAGR / |max drawdown|", "ratio", True),
+               "sum(x[x > 0]) / -sum(x[x < 0]) (threshold 0)", "ratio", True, guard="tiny(x[x < 0].sum(), x)",
+               departure="undefined when the losses sum to ~0"),
+    MetricSpec("calmar", "cagr / -mdd", "cagr / |max_drawdown|", "ratio", True, guard="mdd == 0",
+               annualised=True, departure=OWN_DD),
     MetricSpec("risk_return_ratio", f"qs.stats.risk_return_ratio(r, {NP})",
-               "Mean / std of bar returns (per-bar Sharpe without rf)", "ratio", True),
+               "mean(r) / std(r, ddof=1) (per-bar Sharpe without rf)", "ratio", True, guard="flat(r)",
+               departure="undefined when std(r) is ~0 (QuantStats: ~1e15)"),
     MetricSpec("gain_to_pain_ratio", "qs.stats.gain_to_pain_ratio(r, rf)",
-               "Sum of daily returns / |sum of losing days| (Jack Schwager)", "ratio", True, calendar=True),
+               "sum of daily sums / |sum of losing daily sums| (Jack Schwager; rf not applied)", "ratio", True,
+               calendar=True),
     MetricSpec("gain_to_pain_ratio_monthly", "qs.stats.gain_to_pain_ratio(r, rf, 'ME')",
-               "Gain-to-pain ratio on monthly sums", "ratio", True, calendar=True),
-    MetricSpec("ulcer_performance_index", "qs.stats.ulcer_performance_index(r, rf)",
-               "(Total compounded return - rf) / ulcer index", "ratio", True),
-    MetricSpec("serenity_index", "qs.stats.serenity_index(r, rf)",
-               "(Sum of returns - rf) / (ulcer index x pitfall), KeyQuant", "ratio", True),
-    MetricSpec("recovery_factor", f"qs.stats.recovery_factor(r, {NP})",
-               "|Sum of returns| / |max drawdown|", "ratio", True),
-    MetricSpec("risk_adjusted_return", "qs.stats.rar(r, rf, periods, compounded)",
-               "CAGR / exposure (time in market)", "fraction per year", True),
+               "gain_to_pain_ratio on monthly sums", "ratio", True, calendar=True),
+    MetricSpec("ulcer_performance_index", "(total(r) - rf_total) / ulcer",
+               "(total_return - rf_total) / ulcer_index", "ratio", True, guard="ulcer == 0",
+               departure=f"{OWN_DD}; {SPAN_RF}; total return simple with --simple"),
+    MetricSpec("serenity_index",
+               f"(total(r) - rf_total) / (ulcer * -qs.stats.conditional_value_at_risk(dd, {NP}) / r.std())",
+               "(total_return - rf_total) / (ulcer_index x pitfall), pitfall = -CVaR95(dd) / std(r) "
+               "(KeyQuant)", "ratio", True, guard="flat(r) or ulcer == 0",
+               departure=f"{OWN_DD}; {SPAN_RF}; numerator total_return (QuantStats: plain sum of r)"),
+    MetricSpec("recovery_factor", "total(r) / -mdd",
+               "total_return / |max_drawdown| (negative for a losing run)", "ratio", True, guard="mdd == 0",
+               departure="sign-correct: QuantStats takes |sum of returns|, so a run that lost 40 % scores "
+               f"+0.88; total return compounded (simple with --simple); {OWN_DD}"),
+    MetricSpec("risk_adjusted_return", f"cagr / qs.stats.exposure(r, {NP})", "cagr / exposure",
+               "fraction per year", True, guard=NO_NONZERO_BAR, annualised=True,
+               departure="QuantStats' rar calls cagr() without periods (always 252) and measures exposure "
+               "on rf-adjusted returns (every bar exposed when --rf > 0)"),
     # returns
-    MetricSpec("total_return", "total(r)",
-               "Total return over the period: qs.stats.comp(r), or r.sum() with --simple", "fraction", True),
-    MetricSpec("cagr", "qs.stats.cagr(r, rf, compounded, periods)",
-               "Compound annual growth rate; years = bars / periods", "fraction per year", True),
+    MetricSpec("total_return", "total(r)", "prod(1 + r) - 1, or sum(r) with --simple", "fraction", True),
+    MetricSpec("cagr", "qs.stats.cagr(r, 0.0, compounded, periods)",
+               "(1 + total_return) ** (1 / years) - 1, years = bars / periods",
+               "fraction per year", True, annualised=True),
     MetricSpec("expected_return", f"qs.stats.expected_return(r, compounded=compounded, {NP})",
                "Geometric mean return per bar", "fraction per bar", True),
     MetricSpec("expected_return_monthly",
@@ -425,20 +481,22 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("returns_mtd", "total(since(r, period='mtd'))", "Return month to date (of the last bar)",
                "fraction", True, calendar=True),
     MetricSpec("returns_3m", "total(since(r, months=3))", "Return over the last 3 months", "fraction", True,
-               calendar=True),
+               guard="short(3)", calendar=True, departure=SHORT),
     MetricSpec("returns_6m", "total(since(r, months=6))", "Return over the last 6 months", "fraction", True,
-               calendar=True),
+               guard="short(6)", calendar=True, departure=SHORT),
     MetricSpec("returns_ytd", "total(since(r, period='ytd'))", "Return year to date (of the last bar)",
                "fraction", True, calendar=True),
     MetricSpec("returns_1y", "total(since(r, months=12))", "Return over the last 12 months", "fraction", True,
-               calendar=True),
+               guard="short(12)", calendar=True, departure=SHORT),
     MetricSpec("cagr_3y", "qs.stats.cagr(since(r, months=35), 0.0, compounded, periods)",
                "CAGR of the last 3 years (35 months back, as QuantStats' report)", "fraction per year", True,
-               calendar=True),
+               guard="short(35)", calendar=True, annualised=True, departure=SHORT),
     MetricSpec("cagr_5y", "qs.stats.cagr(since(r, months=59), 0.0, compounded, periods)",
-               "CAGR of the last 5 years (59 months back)", "fraction per year", True, calendar=True),
+               "CAGR of the last 5 years (59 months back)", "fraction per year", True, guard="short(59)",
+               calendar=True, annualised=True, departure=SHORT),
     MetricSpec("cagr_10y", "qs.stats.cagr(since(r, months=119), 0.0, compounded, periods)",
-               "CAGR of the last 10 years (119 months back)", "fraction per year", True, calendar=True),
+               "CAGR of the last 10 years (119 months back)", "fraction per year", True, guard="short(119)",
+               calendar=True, annualised=True, departure=SHORT),
     # trade-style (computed from bars, not from discrete trades)
     MetricSpec("win_rate", f"qs.stats.win_rate(r, {NP})", "Share of non-zero bars that are positive",
                "fraction", True, guard=NO_NONZERO_BAR),
@@ -473,19 +531,22 @@ METRICS: tuple[MetricSpec, ...] = (
                "Time in market: share of bars with a non-zero return, rounded up to 1 %", "fraction", None),
     # risk and tail
     MetricSpec("volatility", f"qs.stats.volatility(r, periods, {NP})",
-               "Annualised volatility: sample std x sqrt(periods)", "fraction per year", False),
-    MetricSpec("max_drawdown", "qs.stats.max_drawdown(r)",
-               "Deepest peak-to-trough fall of the equity curve (<= 0; closer to 0 is better)", "fraction",
-               True),
+               "std(r, ddof=1) x sqrt(periods)", "fraction per year", False, annualised=True),
+    MetricSpec("max_drawdown", "mdd",
+               "min(equity / running peak - 1), the peak including the starting 1.0; equity prod(1 + r), "
+               "1 + cumsum(r) with --simple (<= 0; closer to 0 is better)", "fraction", True,
+               departure=f"{OWN_DD}; simple equity with --simple (QuantStats always compounds)"),
     MetricSpec("avg_drawdown", "dd_details(dd)['max drawdown'].mean() / 100",
-               "Mean depth of the drawdown episodes (<= 0)", "fraction", True),
+               "Mean depth of the drawdown episodes (<= 0)", "fraction", True, departure=EPISODES),
     MetricSpec("longest_drawdown_days", "dd_details(dd)['days'].max()",
-               "Longest drawdown episode, calendar days from start to recovery", "days", False,
-               calendar=True),
+               "Longest drawdown episode: whole days elapsed from its first to its last bar below the peak "
+               "+ 1",
+               "days", False, calendar=True, departure=EPISODES),
     MetricSpec("avg_drawdown_days", "dd_details(dd)['days'].mean()",
-               "Mean drawdown episode length in calendar days", "days", False, calendar=True),
-    MetricSpec("ulcer_index", "qs.stats.ulcer_index(r)", "Root mean square of the drawdown series",
-               "fraction", False),
+               "Mean drawdown episode length in calendar days", "days", False, calendar=True,
+               departure=EPISODES),
+    MetricSpec("ulcer_index", "ulcer", "sqrt(sum(dd^2) / (n - 1)) (QuantStats' n - 1)", "fraction", False,
+               departure=OWN_DD),
     MetricSpec("value_at_risk", f"qs.stats.value_at_risk(r, {NP})",
                "Parametric 95 % value at risk of one bar (normal with the bars' mean and std; < 0)",
                "fraction per bar", True),
@@ -498,28 +559,34 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("outlier_loss_ratio", f"qs.stats.outlier_loss_ratio(r, {NP})",
                "1st percentile bar / mean of losing bars", "ratio", None),
     MetricSpec("risk_of_ruin", f"qs.stats.risk_of_ruin(r, {NP})",
-               "((1 - win rate) / (1 + win rate)) ** bars", "probability", False),
-    MetricSpec("skew", f"qs.stats.skew(r, {NP})", "Skewness of bar returns", "unitless", True),
-    MetricSpec("kurtosis", f"qs.stats.kurtosis(r, {NP})", "Excess kurtosis of bar returns (normal = 0)",
-               "unitless", False),
+               "((1 - win rate) / (1 + win rate)) ** bars", "probability", False, guard=NO_NONZERO_BAR,
+               departure="undefined when no bar is non-zero, like win_rate (QuantStats: 1.0)"),
+    MetricSpec("skew", f"qs.stats.skew(r, {NP})", "Bias-corrected sample skewness of bar returns",
+               "unitless", True, guard="flat(r)", departure="undefined when std(r) is ~0 (pandas: 0)"),
+    MetricSpec("kurtosis", f"qs.stats.kurtosis(r, {NP})",
+               "Bias-corrected sample excess kurtosis of bar returns (normal = 0)", "unitless", False,
+               guard="flat(r)", departure="undefined when std(r) is ~0 (pandas: 0)"),
     MetricSpec("autocorr_penalty", "qs.stats.autocorr_penalty(r)",
                "Lag-1 autocorrelation penalty used by the smart ratios (>= 1)", "unitless", None),
     # against the benchmark (--benchmark)
     MetricSpec("alpha", f"qs.stats.greeks(rp, bp, periods, {NP})['alpha']",
-               "Annualised alpha: (mean - beta x benchmark mean) x periods", "fraction per year", True,
-               guard=FLAT_BENCHMARK, benchmark=True),
+               "(mean(rp) - beta x mean(bp)) x periods: arithmetic, rf ignored (QuantStats' convention)",
+               "fraction per year", True, guard=FLAT_BENCHMARK, benchmark=True, annualised=True),
     MetricSpec("beta", f"qs.stats.greeks(rp, bp, periods, {NP})['beta']",
                "Beta: cov(strategy, benchmark) / var(benchmark)", "ratio", None, guard=FLAT_BENCHMARK,
                benchmark=True),
     MetricSpec("correlation", "bp.corr(rp)", "Pearson correlation with the benchmark (QuantStats' report)",
-               "unitless", None, benchmark=True),
+               "unitless", None, guard="flat(rp) or flat(bp)", benchmark=True),
     MetricSpec("r_squared", f"qs.stats.r_squared(rp, bp, {NP})", "R^2 of the regression on the benchmark",
-               "unitless", None, guard=FLAT_BENCHMARK, benchmark=True),
+               "unitless", None, guard="flat(rp) or flat(bp)", benchmark=True),
     MetricSpec("information_ratio", f"qs.stats.information_ratio(rp, bp, {NP})",
                "Mean active return / tracking error, per bar (not annualised)", "ratio", True,
-               guard="(rp - bp).std() == 0", benchmark=True),
-    MetricSpec("treynor_ratio", "qs.stats.treynor_ratio(rp, bp, periods, rf)",
-               "(Total compounded return - rf) / beta", "ratio", True, guard=FLAT_BENCHMARK, benchmark=True),
+               guard="flat(rp - bp)", benchmark=True),
+    MetricSpec("treynor_ratio", f"(total(r) - rf_total) / qs.stats.greeks(rp, bp, periods, {NP})['beta']",
+               "(total_return - rf_total) / beta: over the whole run, not annualised", "ratio", True,
+               guard="flat(bp) or flat(rp)", benchmark=True,
+               departure=f"{SPAN_RF}; total return simple with --simple; undefined when beta is 0 "
+               "(QuantStats: 0)"),
 )  # fmt: skip
 METRIC_NAMES = tuple(spec.name for spec in METRICS)
 
@@ -528,8 +595,8 @@ def metric_table_markdown() -> str:
     """The metric table as markdown, for references/quantstats-metrics.md (generated, never hand-edited)."""
     direction = {True: "higher", False: "lower", None: "-"}
     lines = [
-        "| metric | QuantStats call | meaning | units | better | notes |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| metric | computed as | definition | units | annualised | better | departs from QuantStats | notes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for spec in METRICS:
         notes = []
@@ -539,11 +606,10 @@ def metric_table_markdown() -> str:
             notes.append("needs timestamps")
         if spec.guard:
             notes.append(f"undefined when `{spec.guard}`")
-        call = spec.call.replace("|", "\\|")
-        lines.append(
-            f"| `{spec.name}` | `{call}` | {spec.meaning} | {spec.units} | "
-            f"{direction[spec.higher_is_better]} | {'; '.join(notes)} |"
-        )
+        cells = [f"`{spec.name}`", f"`{spec.call}`", spec.meaning, spec.units,
+                 "yes" if spec.annualised else "no", direction[spec.higher_is_better], spec.departure or "-",
+                 "; ".join(notes)]  # fmt: skip
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -569,6 +635,7 @@ class Request:
     force: bool
     max_history_points: int
     warnings: list[str] = field(default_factory=list)
+    resample_to_benchmark: bool = False
     code_files: dict[str, Path] = field(default_factory=dict)  # --code: artifact path -> file
 
 
@@ -725,6 +792,7 @@ def build_request(args) -> Request:
         dry_run=args.dry_run,
         force=args.force,
         max_history_points=args.max_history_points,
+        resample_to_benchmark=args.resample_to_benchmark,
         code_files=code_artifacts(args.code, args.code_dir),
     )
 
@@ -1123,8 +1191,70 @@ def load_series(path: Path, flag: str, pick: str | None, pick_flag: str, req: Re
     return has_timestamps, out
 
 
-def align(strategy, benchmark, name: str, warnings: list[str]):
-    """Inner join on timestamps, done in pandas once (QuantStats' own alignment takes seconds per call)."""
+def bar_spacing(index) -> float:
+    """Median spacing of the bars in nanoseconds."""
+    import numpy as np
+
+    return float(np.median(np.diff(index.asi8))) if len(index) > 1 else 0.0
+
+
+def compound_to_bars(strategy, bars, compounded: bool):
+    """The strategy's returns compounded (summed with --simple) into the benchmark's bars.
+
+    Which benchmark bar a strategy bar belongs to: bars stamped at midnight are dates and cover that day
+    (a strategy bar at 2024-01-02 10:00 joins 2024-01-02); other bars end at their timestamp and cover the
+    time since the previous one (10:00 joins the bar stamped 16:00 that day). Strategy bars outside the
+    benchmark's span are dropped. Returns (Series on the benchmark bars that received bars, bars dropped)."""
+    import numpy as np
+    import pandas as pd
+
+    b, t = bars.asi8, strategy.index.asi8
+    step = np.int64(bar_spacing(bars))
+    if (bars == bars.normalize()).all():
+        pos = np.searchsorted(b, t, side="right") - 1
+        keep = (pos >= 0) & ((pos < len(b) - 1) | (t < b[-1] + step))
+    else:
+        pos = np.searchsorted(b, t, side="left")
+        keep = (pos < len(b)) & ((pos > 0) | (t > b[0] - step))
+    groups, values = pos[keep], strategy.to_numpy(dtype=float)[keep]
+    sums = np.bincount(groups, weights=np.log1p(values) if compounded else values, minlength=len(b))
+    present = np.bincount(groups, minlength=len(b)) > 0
+    out = np.expm1(sums) if compounded else sums
+    return pd.Series(out[present], index=bars[present], name=strategy.name), int((~keep).sum())
+
+
+def align(
+    strategy, benchmark, name: str, warnings: list[str], resample: bool = False, compounded: bool = True
+):
+    """Inner join on timestamps, done in pandas once (QuantStats' own alignment takes seconds per call).
+
+    Bars of different sizes (an hourly strategy, a daily benchmark) are an error: their common timestamps
+    are a few midnight bars and every metric would silently become a daily one. With resample (the flag
+    --resample-to-benchmark) the strategy is compounded into the benchmark's bars first, and a warning
+    says so."""
+    s_space, b_space = bar_spacing(strategy.index), bar_spacing(benchmark.index)
+    if min(s_space, b_space) > 0 and max(s_space, b_space) / min(s_space, b_space) > 1.5:
+        s_label, b_label = detect_periods(strategy.index)[1], detect_periods(benchmark.index)[1]
+        if not resample or s_space > b_space:
+            hint = (
+                "pass --resample-to-benchmark to compound the strategy into the benchmark's bars"
+                if s_space < b_space
+                else "give a benchmark with bars at least as long as the strategy's (resample it yourself)"
+            )
+            raise CliError(
+                EXIT_USAGE,
+                f"--benchmark bars are {b_label} but column {name!r} is {s_label}: common timestamps would "
+                f"silently turn the metrics {b_label}; {hint}",
+            )
+        n_before = len(strategy)
+        strategy, dropped = compound_to_bars(strategy, benchmark.index, compounded)
+        outside = f"; {dropped} bars outside the benchmark's span were dropped" if dropped else ""
+        warn(
+            f"column {name!r}: its {n_before} {s_label} bars were {'compounded' if compounded else 'summed'} "
+            f"into {len(strategy)} {b_label} benchmark bars (--resample-to-benchmark){outside}; every metric "
+            "is computed on those bars",
+            warnings,
+        )
     common = strategy.index.intersection(benchmark.index).rename(strategy.index.name)  # the user's name
     info = {
         "common_bars": int(len(common)),
@@ -1168,7 +1298,9 @@ def load_all(req: Request) -> list[Series]:
     for name, returns in columns.items():
         item = Series(name=name, returns=returns, has_timestamps=has_ts)
         if bench is not None:
-            item.returns, item.benchmark, info = align(returns, bench, name, req.warnings)
+            item.returns, item.benchmark, info = align(
+                returns, bench, name, req.warnings, req.resample_to_benchmark, req.compounded
+            )
             item.benchmark_info = {"file": req.benchmark_path.name, "column": bench_name, **info}
         out.append(item)
     return out
@@ -1176,7 +1308,32 @@ def load_all(req: Request) -> list[Series]:
 
 # ---- frequency ------------------------------------------------------------------------------------------
 def detect_periods(index) -> tuple[float, str]:
-    """Bars per year and a frequency label from the timestamps (median spacing, weekends, bars per day)."""
+    """Bars per year and a frequency label from the timestamps (median spacing, weekends, bars per day).
+
+    The named convention (252 trading days, 365 calendar days, bars per day x those, 52, 12, ...) is used
+    unless the series spans at least a year and its OBSERVED bars per year (bars - 1 over the span in years
+    of 365.25 days) contradict it: intraday, where the convention multiplies a guessed day count (EURUSD
+    hourly trades ~260 weekdays: ~6,200 bars a year, not 24 x 252 = 6,048), whenever they differ at all;
+    daily and slower when they differ by more than 10 % (a daily series with Sunday bars has ~311 a year,
+    not 365; a weekday calendar without holidays, 261, stays 252). Shorter series keep the convention: a
+    few weeks of bars say little about a year."""
+    import numpy as np
+
+    named, label = named_periods(index)
+    if len(index) < 3:
+        return named, label
+    span_years = float(index[-1].value - index[0].value) / (365.25 * 86_400e9)
+    if span_years < 1:
+        return named, label
+    observed = float(round((len(index) - 1) / span_years))
+    intraday = float(np.median(np.diff(index.asi8))) < 0.8 * 86_400e9
+    if (intraday and observed != named) or abs(observed / named - 1) > 0.10:
+        return observed, label
+    return named, label
+
+
+def named_periods(index) -> tuple[float, str]:
+    """The named convention for the bar spacing: (bars per year, label)."""
     import numpy as np
 
     if len(index) < 2:
@@ -1215,50 +1372,85 @@ def _code(expression: str):
 
 
 def drawdown_details(dd):
-    """qs.stats.drawdown_details(dd) for one series, vectorised: same episodes, 'days', 'max drawdown'.
+    """qs.stats.drawdown_details(dd) for one series, vectorised: episodes with 'start', 'end', 'days' and
+    'max drawdown' (percent), as QuantStats computes them (tests compare).
 
     QuantStats builds each episode with a Python loop, a label slice and a quantile (minutes on 1M bars).
-    Episode starts: bars in drawdown after a bar at 0; ends: the last bar before a return to 0 (or the last
-    bar); a series that begins in drawdown without any later start yields no episodes, as in QuantStats.
+    An episode is a maximal run of bars below the peak: it starts at its first such bar and ends at its last
+    (the bar before the recovery, or the last bar when it is still open). Departure: a series that is below
+    its peak from the first bar (a first-bar loss: the peak is the starting 1.0) has an episode starting at
+    bar 0 even when no later episode exists; QuantStats finds none there, so a series underwater for its
+    whole length had no avg_drawdown or longest_drawdown_days.
     """
     import numpy as np
     import pandas as pd
 
     values = dd.to_numpy(dtype=float)
-    zero = values == 0
-    n = len(values)
-    starts = list(np.flatnonzero(~zero[1:] & zero[:-1]) + 1)
-    ends = list(np.flatnonzero(~zero[:-1] & zero[1:]))
+    under = values < 0
+    before = np.concatenate(([False], under[:-1]))
+    after = np.concatenate((under[1:], [False]))
+    starts = np.flatnonzero(under & ~before)
+    ends = np.flatnonzero(under & ~after)
     columns = ["start", "end", "days", "max drawdown"]
-    if not starts:
+    if not len(starts):
         return pd.DataFrame(columns=columns)
-    if ends and starts[0] > ends[0]:
-        starts.insert(0, 0)
-    if not ends or starts[-1] > ends[-1]:
-        ends.append(n - 1)
-    s = np.asarray(starts)
-    e = np.asarray(ends)
-    mins = np.minimum.reduceat(values, s)
+    mins = np.minimum.reduceat(values, starts)
     stamps = dd.index
-    days = ((stamps[e] - stamps[s]) // np.timedelta64(1, "D")).to_numpy() + 1
+    days = ((stamps[ends] - stamps[starts]) // np.timedelta64(1, "D")).to_numpy() + 1
     return pd.DataFrame(
-        {"start": stamps[s], "end": stamps[e], "days": days.astype(int), "max drawdown": mins * 100}
+        {"start": stamps[starts], "end": stamps[ends], "days": days.astype(int), "max drawdown": mins * 100}
     )
 
 
-def since(x, months: int | None = None, period: str | None = None):
-    """The bars of the last N months, or of the month/year to date, counted back from the last bar."""
+def window_start(x, months: int | None = None, period: str | None = None):
+    """Where the window of the last N months (or the month/year to date) begins, from the last bar."""
     import pandas as pd
     from dateutil.relativedelta import relativedelta
 
     last = x.index[-1]
     if period == "mtd":
-        start = pd.Timestamp(last.year, last.month, 1)
-    elif period == "ytd":
-        start = pd.Timestamp(last.year, 1, 1)
-    else:
-        start = last - relativedelta(months=months)
-    return x[x.index >= start]
+        return pd.Timestamp(last.year, last.month, 1)
+    if period == "ytd":
+        return pd.Timestamp(last.year, 1, 1)
+    return last - relativedelta(months=months)
+
+
+def since(x, months: int | None = None, period: str | None = None):
+    """The bars of the last N months, or of the month/year to date, counted back from the last bar."""
+    return x[x.index >= window_start(x, months, period)]
+
+
+def shorter_than(x, months: int) -> bool:
+    """The series does not reach back `months` from its last bar: its first bar's period (one median bar
+    spacing before its timestamp) starts after the window's start. QuantStats then quietly uses the whole
+    series for a '3y' or '1y' figure; we report it undefined."""
+    import numpy as np
+
+    spacing = np.median(np.diff(x.index.asi8)) if len(x) > 1 else 0
+    return x.index[0] - np.timedelta64(int(spacing), "ns") > window_start(x, months)
+
+
+def dispersion_tests(r):
+    """flat(s), downside(s), tiny(v, s) for the metric namespace; the scale is max(|s|, |r|) (r: the data)."""
+    import numpy as np
+
+    data_scale = float(np.max(np.abs(r.to_numpy()))) if len(r) else 0.0
+
+    def scale(s) -> float:
+        return max(float(np.max(np.abs(np.asarray(s, dtype=float)))) if len(s) else 0.0, data_scale)
+
+    def tiny(value, s) -> bool:
+        return not abs(float(value)) > DISPERSION_RTOL * scale(s)
+
+    def flat(s) -> bool:
+        values = np.asarray(s, dtype=float)
+        return len(values) < 2 or tiny(np.std(values, ddof=1), values)
+
+    def downside(s) -> float:
+        values = np.asarray(s, dtype=float)
+        return float(np.sqrt(np.sum(np.minimum(values, 0.0) ** 2) / len(values)))
+
+    return {"flat": flat, "tiny": tiny, "downside": downside}
 
 
 def import_quantstats(full: bool = True):
@@ -1303,33 +1495,53 @@ def import_quantstats(full: bool = True):
 
 
 def compute_metrics(item: Series, rf: float, periods: float, compounded: bool) -> tuple[dict, list[str]]:
-    """Every metric of the table for one series -> ({name: float or nan}, [names that raised])."""
+    """Every metric of the table for one series -> ({name: float or nan}, [warnings for the output]).
+
+    The warnings name the metrics QuantStats could not compute (reported undefined) and say when annualised
+    figures extrapolate from less than a year of bars."""
     import contextlib
     import io
     import logging
     import warnings
 
     import numpy as np
+    import pandas as pd
 
     qs = import_quantstats(full=False)
+    # pandas' reductions (std, mean, ...) take other code paths when bottleneck is installed and differ in the
+    # last bits: the same series must give the same numbers in any environment (this script's own has none).
+    pd.set_option("compute.use_bottleneck", False)
     r = item.returns
+    n = len(r)
+    years = n / periods
+    equity, drawdown = equity_and_drawdown(r, compounded)
+    dd = pd.Series(drawdown, index=r.index)
+    rf_bar = (1.0 + rf) ** (1.0 / periods) - 1.0 if rf else 0.0  # QuantStats' to_excess_returns
     ns = {
         "qs": qs,
         "np": np,
         "r": r,
+        "x": r - rf_bar if rf else r,
         "rf": rf,
         "periods": periods,
         "compounded": compounded,
-        "total": (lambda x: qs.stats.comp(x)) if compounded else (lambda x: x.sum()),
+        "years": years,
+        "rf_total": ((1.0 + rf) ** years - 1.0) if compounded else rf * years,
+        "total": (lambda s: qs.stats.comp(s)) if compounded else (lambda s: s.sum()),
         "since": since,
+        "short": lambda months: shorter_than(r, months),
         "dd_details": drawdown_details,
+        "dd": dd,
+        "mdd": float(drawdown.min()),
+        "ulcer": float(np.sqrt(np.sum(drawdown**2) / (n - 1))),
+        **dispersion_tests(r),
     }
     values: dict[str, float] = {}
-    failed: list[str] = []
+    notes: list[str] = []
     logging.getLogger("matplotlib").setLevel(logging.ERROR)
     with warnings.catch_warnings(), np.errstate(all="ignore"), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        ns["dd"] = qs.stats.to_drawdown_series(r)
+        ns["cagr"] = float(qs.stats.cagr(r, 0.0, compounded, periods))
         if item.benchmark is not None:
             # Positionally indexed copies: QuantStats' _prepare_benchmark skips its set-of-timestamps
             # comparison (seconds at 1M bars) for a non-datetime index; both are already aligned, so the
@@ -1346,12 +1558,19 @@ def compute_metrics(item: Series, rf: float, periods: float, compounded: bool) -
                 if spec.guard and bool(eval(_code(spec.guard), ns)):
                     values[spec.name] = float("nan")
                     continue
-                value = eval(_code(spec.call), ns)
-                values[spec.name] = float(value)
+                value = float(eval(_code(spec.call), ns))
+                values[spec.name] = value if math.isfinite(value) else float("nan")
             except Exception:  # noqa: BLE001 - a metric QuantStats cannot compute is undefined, not fatal
                 values[spec.name] = float("nan")
-                failed.append(spec.name)
-    return values, failed
+                notes.append(f"QuantStats could not compute {spec.name}; it is reported undefined")
+    if years < 1:
+        annualised = [s.name for s in METRICS if s.annualised and math.isfinite(values.get(s.name, math.nan))]
+        if annualised:
+            notes.append(
+                f"{n} bars are {years:.2f} of a year at {periods:g} bars per year: annualised metrics "
+                f"({', '.join(annualised)}) extrapolate less than a year of history"
+            )
+    return values, notes
 
 
 def split_defined(values: dict) -> tuple[dict[str, float], list[str]]:
@@ -1602,13 +1821,10 @@ def prepare(item: Series, req: Request, run_name: str, folder: Path, column_para
     import numpy as np
 
     periods, frequency = periods_of(item, req)
-    values, failed = compute_metrics(item, req.rf, periods, req.compounded)
+    values, notes = compute_metrics(item, req.rf, periods, req.compounded)
     phase(f"{item.name}: {len(values)} metrics")
-    for name in failed:
-        warn(
-            f"column {item.name!r}: QuantStats could not compute {name}; it is reported undefined",
-            req.warnings,
-        )
+    for note in notes:
+        warn(f"column {item.name!r}: {note}", req.warnings)
     metrics, undefined = split_defined(values)
     settings = {
         "rf": req.rf,
@@ -2014,6 +2230,9 @@ def build_parser() -> CliParser:
     data.add_argument("--percent", action="store_true", help="values are percent returns: divide by 100")
     data.add_argument("--benchmark", metavar="PATH", help="benchmark returns, aligned on common timestamps")
     data.add_argument("--benchmark-column", metavar="NAME", help="benchmark column when the file has several")
+    data.add_argument("--resample-to-benchmark", action="store_true",
+                      help="compound a finer-grained strategy (e.g. hourly) into the benchmark's bars (e.g. "
+                      "daily); without it, bars of different sizes are an error")  # fmt: skip
     where = parser.add_argument_group("where and what to record")
     where.add_argument(
         "--experiment", metavar="NAME", help=f"default: MLFLOW_EXPERIMENT_NAME, else {DEFAULT_EXPERIMENT!r}"
@@ -2043,15 +2262,23 @@ def build_parser() -> CliParser:
     run.add_argument("--force", action="store_true", help="log even if an identical backtest is logged")
     run.add_argument("--max-history-points", type=int, default=DEFAULT_MAX_HISTORY_POINTS, metavar="N",
                      help=f"equity/drawdown points per run ({DEFAULT_MAX_HISTORY_POINTS})")  # fmt: skip
-    run.add_argument("--format", choices=["json", "table"], help="default: table at a terminal, else json")
+    run.add_argument(
+        "--format", choices=["json", "table", "csv"], help="default: table at a terminal, else json"
+    )
     run.add_argument("--tracking-uri", metavar="URI", help="overrides MLFLOW_TRACKING_URI")
     run.add_argument("--debug", action="store_true", help="tracebacks and library logging on stderr")
     return parser
 
 
 def best_of(preps: list[Prepared]) -> Prepared:
-    """The sweep's best child: highest sharpe (undefined sharpe ranks last)."""
-    return max(preps, key=lambda p: p.metrics.get("sharpe", -math.inf))
+    """The sweep's best child: highest sharpe. An undefined sharpe (a flat column: zero dispersion, or a
+    value that is not finite) ranks last, below any defined one; ties keep the column order."""
+
+    def rank(p: Prepared) -> float:
+        value = p.metrics.get("sharpe", math.nan)
+        return value if isinstance(value, float | int) and math.isfinite(value) else -math.inf
+
+    return max(preps, key=rank)
 
 
 def comparison_csv(preps: list[Prepared], folder: Path) -> str:

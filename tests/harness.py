@@ -172,8 +172,9 @@ class MlflowServer:
             text = response.read().decode()
         return json.loads(text) if text.strip() else {}
 
-    def create_user(self, username: str) -> User:
-        user = User(username, strong_password())
+    def create_user(self, username: str, password: str | None = None) -> User:
+        user = User(username, password or strong_password())
+        SECRETS.add(user.password)
         self.api(
             "POST", "/api/2.0/mlflow/users/create", {"username": user.username, "password": user.password}
         )

@@ -182,9 +182,12 @@ def test_server_killed_while_log_backtest_writes_leaves_no_finished_run(tmp_path
 @pytest.mark.server
 def test_credentials_in_uri_and_env_are_never_printed_or_logged(mlflow_server, tmp_path):
     """Each script with a password in the environment AND another user's in --tracking-uri
-    (http://user:pass@host): nothing printed holds either, URIs shown are masked, and the run logged with
-    them holds neither in a param or tag."""
-    uri_user = mlflow_server.create_user(f"uri-{uuid.uuid4().hex[:6]}")
+    (http://user:p@ss@host: the password holds "@" twice): nothing printed holds either, URIs shown are masked
+    up to the last "@", and the run logged with them holds neither in a param or tag."""
+    tail = uuid.uuid4().hex
+    at_password = "Pw@" + uuid.uuid4().hex + "@9aZ-" + tail
+    harness.SECRETS.update({at_password, at_password.split("@", 1)[1], tail})  # and what follows each "@"
+    uri_user = mlflow_server.create_user(f"uri-{uuid.uuid4().hex[:6]}", at_password)
     env_user = mlflow_server.alice
     uri = f"http://{uri_user.username}:{uri_user.password}@127.0.0.1:{mlflow_server.port}"
     seed = mlflow_server.client(env_user)
@@ -249,3 +252,66 @@ def test_env_local_is_ignored_by_git():
     )
     assert tracked.returncode != 0
     assert os.path.exists(ROOT / ".gitignore")
+
+
+# ---- issue 14 item 1: credentials in URIs, passwords holding "@", postgresql forms, --debug tracebacks ------
+AT_PASSWORD = "Pw@ss@Word9-" + uuid.uuid4().hex[:12]  # a password holding "@" twice
+harness.SECRETS.update({AT_PASSWORD, AT_PASSWORD.split("@", 1)[1], AT_PASSWORD.rsplit("@", 1)[1]})
+CREDENTIAL_URIS = [
+    f"http://user:{AT_PASSWORD}@127.0.0.1:5000",
+    f"https://user:{AT_PASSWORD}@tracking.example.com/mlflow/",
+    f"postgresql://user:{AT_PASSWORD}@db.example.com:5432/mlflow",
+    f"postgresql+psycopg2://user:{AT_PASSWORD}@db.example.com/mlflow?sslmode=require",
+    f"mysql://user:{AT_PASSWORD}@localhost/mlflow",
+]
+
+
+@pytest.mark.parametrize("name", CALLS)
+@pytest.mark.parametrize(
+    "uri", CREDENTIAL_URIS, ids=["http", "https", "postgresql", "postgresql+driver", "mysql"]
+)
+def test_uri_credentials_are_masked_up_to_the_last_at(scripts, name, uri):
+    module = getattr(scripts, name)
+    scheme, rest = uri.split("://", 1)
+    host_and_path = rest.rsplit("@", 1)[1]
+    assert module.mask_uri(uri) == f"{scheme}://***@{host_and_path}"
+    said = module.redact(f"API request to '{uri}/api/2.0/x' failed; retry {uri}")
+    assert no_secret_in(said) and "user:" not in said, said
+    if scheme.startswith("http"):
+        url = module.ui_url(uri, "7", "abc")
+        assert url == f"{scheme}://{host_and_path.rstrip('/')}/#/experiments/7/runs/abc" or (
+            url.startswith(f"{scheme}://{host_and_path.rstrip('/')}/#/experiments/7/runs/abc")
+        ), url
+
+
+@pytest.mark.parametrize("name", CALLS)
+def test_debug_traceback_masks_uri_credentials(scripts, capsys, name):
+    """--debug prints the traceback: the URI in the exception message (and its chained cause) is masked."""
+    module = getattr(scripts, name)
+
+    def boom():
+        try:
+            raise ConnectionError(f"could not reach {CREDENTIAL_URIS[0]}/api")
+        except ConnectionError as exc:
+            raise RuntimeError(f"request to {CREDENTIAL_URIS[2]} failed") from exc
+
+    code = module.run_cli(boom, debug=True)
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback (most recent call last)" in err, err
+    assert no_secret_in(err) and "user:" not in err, err
+    assert "http://***@127.0.0.1:5000/api" in err and "postgresql://***@db.example.com:5432/mlflow" in err
+
+
+@pytest.mark.parametrize("name", CALLS)
+@pytest.mark.parametrize("kind", ["refused", "postgresql"])
+def test_scripts_with_debug_never_print_a_uri_password(name, kind, tmp_path):
+    """Real processes, --debug on: a refused http port and a postgresql URI (no such database)."""
+    if kind == "refused":
+        uri = f"http://user:{AT_PASSWORD}@127.0.0.1:{free_port()}"
+    else:
+        uri = f"postgresql://user:{AT_PASSWORD}@127.0.0.1:{free_port()}/mlflow"
+    env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    result = run_script(name, *CALLS[name], "--debug", env=env, cwd=tmp_path)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0, text
+    assert no_secret_in(text) and "user:" not in text, text[-2000:]
