@@ -10,25 +10,16 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import signal
-import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from harness import DATA, ROOT, clean_env, free_port, require_tool, run_script
+from harness import DATA, readme_ui, require_tool, run_script
 
 pytestmark = pytest.mark.browser
 TIMEOUT_MS = 120_000  # one page or element: the UI is slow on a busy 2-core machine
-
-
-def readme_ui_command() -> str:
-    """README's UI line, exactly as a person copies it."""
-    return re.findall(r"(?m)^uvx .*mlflow ui.*$", (ROOT / "README.md").read_text())[0]
 
 
 @pytest.fixture(scope="module")
@@ -38,31 +29,7 @@ def ui(tmp_path_factory):
     through that UI server's tracking API so that they print their links."""
     folder = tmp_path_factory.mktemp("browser")
     started = time.monotonic()
-    port = free_port()
-    uvx = shutil.which("uvx") or require_tool("uvx")
-    line = readme_ui_command().replace("uvx", uvx, 1)
-    log = open(folder / "ui.log", "wb")  # noqa: SIM115 - closed at teardown
-    process = subprocess.Popen(
-        ["bash", "-c", f"exec {line} --host 127.0.0.1 --port {port}"],
-        cwd=folder,
-        env=clean_env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert process.poll() is None, (folder / "ui.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "README's mlflow ui did not answer within 240 s"
-            time.sleep(1)
+    with readme_ui(folder) as url:
         print(f"mlflow ui answered after {time.monotonic() - started:.0f} s")
         env = {"MLFLOW_TRACKING_URI": url}
         created = run_script("create_experiment", "--name", "sp500-momentum", env=env, cwd=folder)
@@ -76,14 +43,6 @@ def ui(tmp_path_factory):
         shots = Path(os.environ.get("BROWSER_SCREENSHOTS") or folder / "shots")
         shots.mkdir(parents=True, exist_ok=True)
         yield {"experiment": created.json(), "run": logged.json(), "shots": shots}
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")

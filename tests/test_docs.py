@@ -20,7 +20,6 @@ Rules for writing the docs (this test enforces them):
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from harness import DATA, OUTPUTS, ROOT, clean_env, require_tool, run_script
+from harness import DATA, OUTPUTS, ROOT, clean_env, readme_ui, require_tool, run_script
 
 DOC_FILES = [ROOT / "SKILL.md", ROOT / "README.md", *sorted((ROOT / "references").glob("*.md"))]
 BLOCK = re.compile(
@@ -190,41 +189,12 @@ def test_docs_have_commands_to_run():
 
 
 def test_readme_ui_command_serves_the_local_store(tmp_path):
-    """README's `mlflow ui` line, run as written (plus a free port), answers /health."""
-    import time
+    """README's `mlflow ui` line, run as written (plus a free port), answers /health
+    (tests/test_browser.py looks at what it shows)."""
     import urllib.request
 
-    from harness import free_port
-
-    line = next(c for c in re.findall(r"(?m)^uvx .*mlflow ui.*$", (ROOT / "README.md").read_text()))
-    port = free_port()
-    uvx = shutil.which("uvx") or require_tool("uvx")
-    process = subprocess.Popen(
-        ["bash", "-c", f"exec {line.replace('uvx', uvx, 1)} --host 127.0.0.1 --port {port}"],
-        cwd=tmp_path,
-        env=clean_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                    assert response.status == 200
-                    break
-            except OSError:
-                assert process.poll() is None, "mlflow ui exited"
-                time.sleep(1)
-        else:
-            pytest.fail("mlflow ui did not answer within 240 s")
-    finally:
-        import os
-        import signal
-
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
+    with readme_ui(tmp_path) as url, urllib.request.urlopen(f"{url}/health", timeout=10) as response:
+        assert response.status == 200
 
 
 def test_metrics_reference_is_generated_from_the_script_table(scripts):
