@@ -1717,7 +1717,7 @@ def history_stamps(index, steps, frequency: str):
     stamps = index[steps]
     if frequency in DAILY_OR_SLOWER:
         stamps = stamps.normalize() + pd.Timedelta(hours=12)
-    return stamps.asi8 // 1_000_000
+    return stamps.as_unit("ms").asi8
 
 
 def write_tearsheet(

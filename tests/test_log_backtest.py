@@ -775,3 +775,26 @@ def test_url_credentials_are_stripped(scripts):
     assert strip("ssh://git@host:22/r.git") == "ssh://host:22/r.git"
     assert strip("git@github.com:desk/r.git") == "git@github.com:desk/r.git"  # a user name, no secret
     assert strip("https://host/r.git") == "https://host/r.git"
+
+
+def test_history_stamps_daily_at_noon_utc_intraday_exact(scripts, tmp_path):
+    """Daily-or-slower bars are stored at 12:00 UTC of their date (the MLflow UI shows metric times in the
+    browser's zone: midnight UTC would read as the day before west of Greenwich); intraday bars keep their
+    exact time. returns.csv keeps the user's timestamp column and writes UTC without "+00:00"."""
+    lb = scripts.log_backtest
+    days = pd.DatetimeIndex(["2024-01-02", "2024-01-03 21:00", "2024-01-08"])
+    noon = [pd.Timestamp(f"2024-01-0{d} 12:00", tz="UTC").value // 1_000_000 for d in (2, 3, 8)]
+    for frequency in ("daily", "daily_calendar", "weekly", "monthly", "yearly"):
+        assert lb.history_stamps(days, np.arange(3), frequency).tolist() == noon, frequency
+    minutes = pd.date_range("2024-01-02 14:30", periods=4, freq="5min")
+    exact = minutes.as_unit("ms").asi8[[0, 3]].tolist()
+    assert lb.history_stamps(minutes, np.array([0, 3]), "5min").tolist() == exact
+    for name, stamps, first in (("Date", pd.bdate_range("2024-01-02", periods=30), "2024-01-02"),
+                                ("Time", pd.date_range("2024-01-02 14:30", periods=30, freq="5min"),
+                                 "2024-01-02 14:30:00")):  # fmt: skip
+        frame = pd.DataFrame({name: stamps, "alpha": np.random.default_rng(1).normal(0, 0.01, 30)})
+        frame.to_csv(tmp_path / "r.csv", index=False)
+        req = lb.build_request(lb.build_parser().parse_args(["--returns", str(tmp_path / "r.csv")]))
+        [item] = lb.load_all(req)
+        written = pd.read_csv(tmp_path / lb.write_returns_artifact(item, tmp_path), dtype=str)
+        assert list(written.columns[:2]) == [name, "returns"] and written.iloc[0, 0] == first
