@@ -18,7 +18,10 @@ import pandas as pd
 import pytest
 from harness import DATA, readme_ui, require_tool, run_script
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]  # the inner loop (-m "not server and not slow") skips them
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+]  # the inner loop (-m "not server and not slow") skips them
 TIMEOUT_MS = 120_000  # one page or element: the UI is slow on a busy 2-core machine
 
 
