@@ -40,6 +40,7 @@ A metric missing from some runs is a warning on stderr; missing from every run, 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import os
@@ -69,11 +70,10 @@ HTTP_DEFAULTS = {
 SECRET_ENV_VARS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 KEY_PATTERN = re.compile(r"^[/\w.\- :]*$")  # what MLflow accepts in metric, param and tag keys
 MAX_KEY_LENGTH = 250
-# PYTHONDONTWRITEBYTECODE=1 (set in many containers and CI images, this machine's too) makes Python compile
-# mlflow, pandas and quantstats from source on every run: `import mlflow` takes 3.4 s instead of 1.2 s
-# (measured). Everything this script imports beyond the standard library lives in uv's cached environment,
-# never in your tree, so its bytecode is cached there. (uv's `compile-bytecode` setting was measured too: it
-# re-checks the whole environment on every `uv run`, +0.26 s even for --help.)
+# PYTHONDONTWRITEBYTECODE=1 (set in many containers and CI images) would make Python compile this script's
+# dependencies from source on every run, which makes their import several times slower. They live in
+# uv's cached environment, never in your tree, so caching their bytecode there is safe. (uv's
+# `compile-bytecode` setting instead re-checks the whole environment on every `uv run`.)
 sys.dont_write_bytecode = False
 
 
@@ -83,6 +83,9 @@ class CliError(Exception):
     def __init__(self, code: int, message: str):
         super().__init__(message)
         self.code = code
+
+    def __reduce__(self):  # pickled whole (code too) when it comes back from a worker process
+        return type(self), (self.code, str(self))
 
 
 class CliParser(argparse.ArgumentParser):
@@ -140,9 +143,7 @@ def connect(tracking_uri: str, debug: bool = False):
     if not debug:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
         import logging
-        import warnings
 
-        warnings.filterwarnings("ignore")
         for name in ("mlflow", "alembic", "urllib3", "sqlalchemy"):
             logging.getLogger(name).setLevel(logging.ERROR)
     try:
@@ -205,9 +206,15 @@ def classify_error(exc: BaseException) -> tuple[int, str]:
 
 
 def run_cli(action, debug: bool) -> int:
-    """Run action(); turn every failure into one redacted line on stderr and a documented exit code."""
+    """Run action(); turn every failure into one redacted line on stderr and a documented exit code.
+    Library warnings (MLflow, pandas, pydantic) stay off stderr unless --debug, for this call only."""
+    import warnings
+
     try:
-        return action() or EXIT_OK
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.simplefilter("ignore")
+            return action() or EXIT_OK
     except CliError as exc:
         error, message, code = exc, str(exc), exc.code
     except KeyboardInterrupt as exc:
@@ -640,7 +647,20 @@ def resolve_runs(client, request: Request) -> list[dict]:
     ]
 
 
+def closest(word: str, candidates, n: int = 5) -> list[str]:
+    """Up to n candidates like word: those containing it first, then difflib's close matches."""
+    candidates = [c for c in dict.fromkeys(candidates) if c]
+    found = [c for c in candidates if word and (c.startswith(word) or word.lower() in c.lower())][:n]
+    for match in difflib.get_close_matches(word, candidates, n=n, cutoff=0.4):
+        if match not in found:
+            found.append(match)
+    return found[:n]
+
+
 def find_experiment(client, name_or_id: str):
+    """An active experiment by name, else by id; unknown or deleted: exit 3 naming the closest names.
+    Identical in query_experiments.py and get_metric_history.py (tests/test_conventions.py checks)."""
+    from mlflow.entities import ViewType
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(name_or_id)
@@ -651,12 +671,19 @@ def find_experiment(client, name_or_id: str):
             if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
     if experiment is None:
+        known = [e.name for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000)]
+        near = closest(name_or_id, known)
+        hint = f"closest: {', '.join(near)}" if near else "no experiment has a similar name"
         raise CliError(
             EXIT_NOT_FOUND,
-            f"experiment {name_or_id!r} not found: check the name (query_experiments.py lists them)",
+            f"experiment {name_or_id!r} not found ({hint}); list them with: query_experiments.py experiments",
         )
     if experiment.lifecycle_stage == "deleted":
-        raise CliError(EXIT_NOT_FOUND, f"experiment {name_or_id!r} is deleted: restore it or choose another")
+        raise CliError(
+            EXIT_NOT_FOUND,
+            f"experiment {experiment.name!r} (id {experiment.experiment_id}) is deleted; bring it back "
+            f"with create_experiment.py --name {experiment.name!r} --restore",
+        )
     return experiment
 
 

@@ -64,11 +64,10 @@ HTTP_DEFAULTS = {
 SECRET_ENV_VARS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 KEY_PATTERN = re.compile(r"^[/\w.\- :]*$")  # what MLflow accepts in metric, param and tag keys
 MAX_KEY_LENGTH = 250
-# PYTHONDONTWRITEBYTECODE=1 (set in many containers and CI images, this machine's too) makes Python compile
-# mlflow, pandas and quantstats from source on every run: `import mlflow` takes 3.4 s instead of 1.2 s
-# (measured). Everything this script imports beyond the standard library lives in uv's cached environment,
-# never in your tree, so its bytecode is cached there. (uv's `compile-bytecode` setting was measured too: it
-# re-checks the whole environment on every `uv run`, +0.26 s even for --help.)
+# PYTHONDONTWRITEBYTECODE=1 (set in many containers and CI images) would make Python compile this script's
+# dependencies from source on every run, which makes their import several times slower. They live in
+# uv's cached environment, never in your tree, so caching their bytecode there is safe. (uv's
+# `compile-bytecode` setting instead re-checks the whole environment on every `uv run`.)
 sys.dont_write_bytecode = False
 
 
@@ -78,6 +77,9 @@ class CliError(Exception):
     def __init__(self, code: int, message: str):
         super().__init__(message)
         self.code = code
+
+    def __reduce__(self):  # pickled whole (code too) when it comes back from a worker process
+        return type(self), (self.code, str(self))
 
 
 class CliParser(argparse.ArgumentParser):
@@ -135,9 +137,7 @@ def connect(tracking_uri: str, debug: bool = False):
     if not debug:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
         import logging
-        import warnings
 
-        warnings.filterwarnings("ignore")
         for name in ("mlflow", "alembic", "urllib3", "sqlalchemy"):
             logging.getLogger(name).setLevel(logging.ERROR)
     try:
@@ -200,9 +200,15 @@ def classify_error(exc: BaseException) -> tuple[int, str]:
 
 
 def run_cli(action, debug: bool) -> int:
-    """Run action(); turn every failure into one redacted line on stderr and a documented exit code."""
+    """Run action(); turn every failure into one redacted line on stderr and a documented exit code.
+    Library warnings (MLflow, pandas, pydantic) stay off stderr unless --debug, for this call only."""
+    import warnings
+
     try:
-        return action() or EXIT_OK
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.simplefilter("ignore")
+            return action() or EXIT_OK
     except CliError as exc:
         error, message, code = exc, str(exc), exc.code
     except KeyboardInterrupt as exc:
@@ -634,7 +640,9 @@ class Request:
     dry_run: bool
     force: bool
     max_history_points: int
-    warnings: list[str] = field(default_factory=list)
+    tracking_uri: str  # resolved: --tracking-uri, MLFLOW_TRACKING_URI or ./mlflow.db
+    output_format: str | None  # --format; None: by terminal
+    debug: bool  # tracebacks, library logging and phase timings on stderr
     resample_to_benchmark: bool = False
     code_files: dict[str, Path] = field(default_factory=dict)  # --code: artifact path -> file
 
@@ -647,12 +655,11 @@ def warn(message: str, sink: list[str] | None = None) -> None:
 
 
 _T0 = time.monotonic()
-DEBUG_TIMES = "--debug" in sys.argv
 
 
-def phase(label: str) -> None:
-    """With --debug: how long since the process started, per phase (where the time goes)."""
-    if DEBUG_TIMES:
+def phase(req: Request, label: str) -> None:
+    """With --debug: how long since this module was loaded, per phase (where the time goes)."""
+    if req.debug:
         print(f"debug: {time.monotonic() - _T0:7.2f}s {label}", file=sys.stderr)
 
 
@@ -792,6 +799,9 @@ def build_request(args) -> Request:
         dry_run=args.dry_run,
         force=args.force,
         max_history_points=args.max_history_points,
+        tracking_uri=resolve_tracking_uri(args.tracking_uri),
+        output_format=args.format,
+        debug=args.debug,
         resample_to_benchmark=args.resample_to_benchmark,
         code_files=code_artifacts(args.code, args.code_dir),
     )
@@ -914,6 +924,11 @@ def copy_names(req: Request) -> list[str]:
     return [f"code/{name}" for name in req.code_files]
 
 
+def artifact_names(folder: Path) -> list[str]:
+    """Every file a run logs from its folder, by its artifact path (code/strategy.py)."""
+    return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
+
+
 def git_summary(tags: dict[str, str]) -> dict | None:
     """The code version for the JSON output: {commit, branch, repo_url, dirty}, or None outside git."""
     if "mlflow.source.git.commit" not in tags:
@@ -934,8 +949,8 @@ RESERVED_PARAMS = frozenset(
 
 # ---- loading and checking the data (pandas) ----------------------------------------------------------------
 @dataclass
-class Series:
-    """One validated return series, ready for QuantStats."""
+class Column:
+    """One validated column of returns, ready for QuantStats."""
 
     name: str
     returns: object  # pandas Series: float64, UTC-naive DatetimeIndex (or synthetic one when bare)
@@ -1170,15 +1185,17 @@ def to_returns(values, index, name: str, path: Path, flag: str, prices: bool, pe
     return series.astype("float64")
 
 
-def load_series(path: Path, flag: str, pick: str | None, pick_flag: str, req: Request, bare_ok: bool):
-    """A returns file -> (has_timestamps, {column: returns Series})."""
+def load_series(
+    path: Path, flag: str, pick: str | None, pick_flag: str, req: Request, bare_ok: bool, warnings: list[str]
+):
+    """A returns file -> (has_timestamps, {column: returns Series}); warnings appended to `warnings`."""
     import pandas as pd
 
     frame = read_table(path, flag)
-    index, values = split_frame(frame, path, flag, pick, pick_flag, bare_ok, req.warnings)
+    index, values = split_frame(frame, path, flag, pick, pick_flag, bare_ok, warnings)
     has_timestamps = index is not None
     if has_timestamps:
-        index, order = order_index(index, path, flag, req.warnings)
+        index, order = order_index(index, path, flag, warnings)
         if order is not None:
             values = {k: v.iloc[order].reset_index(drop=True) for k, v in values.items()}
     else:
@@ -1187,7 +1204,7 @@ def load_series(path: Path, flag: str, pick: str | None, pick_flag: str, req: Re
         index = pd.date_range("1970-01-01", periods=len(frame), freq="D").as_unit("ns")
     out = {}
     for col, raw in values.items():
-        out[col] = to_returns(raw, index, col, path, flag, req.prices, req.percent, req.warnings)
+        out[col] = to_returns(raw, index, col, path, flag, req.prices, req.percent, warnings)
     return has_timestamps, out
 
 
@@ -1275,15 +1292,30 @@ def align(
     return strategy.loc[common], benchmark.loc[common], info
 
 
-def load_all(req: Request) -> list[Series]:
+@dataclass
+class Loaded:
+    """The input, validated: the columns to log, and the warnings reading them gave."""
+
+    columns: list[Column]
+    warnings: list[str]
+
+
+def load_all(req: Request) -> Loaded:
     """Every column to log, validated and aligned; raises CliError (exit 2) on any input problem."""
+    warnings: list[str] = []
     has_ts, columns = load_series(
-        req.returns_path, "--returns", req.column, "--column", req, bare_ok=req.periods_per_year is not None
+        req.returns_path, "--returns", req.column, "--column", req, req.periods_per_year is not None, warnings
     )
     bench = None
     if req.benchmark_path is not None:
         bench_ts, bench_cols = load_series(
-            req.benchmark_path, "--benchmark", req.benchmark_column, "--benchmark-column", req, bare_ok=False
+            req.benchmark_path,
+            "--benchmark",
+            req.benchmark_column,
+            "--benchmark-column",
+            req,
+            False,
+            warnings,
         )
         if len(bench_cols) > 1:
             raise CliError(
@@ -1296,14 +1328,14 @@ def load_all(req: Request) -> list[Series]:
         bench_name, bench = next(iter(bench_cols.items()))
     out = []
     for name, returns in columns.items():
-        item = Series(name=name, returns=returns, has_timestamps=has_ts)
+        column = Column(name=name, returns=returns, has_timestamps=has_ts)
         if bench is not None:
-            item.returns, item.benchmark, info = align(
-                returns, bench, name, req.warnings, req.resample_to_benchmark, req.compounded
+            column.returns, column.benchmark, info = align(
+                returns, bench, name, warnings, req.resample_to_benchmark, req.compounded
             )
-            item.benchmark_info = {"file": req.benchmark_path.name, "column": bench_name, **info}
-        out.append(item)
-    return out
+            column.benchmark_info = {"file": req.benchmark_path.name, "column": bench_name, **info}
+        out.append(column)
+    return Loaded(out, warnings)
 
 
 # ---- frequency ------------------------------------------------------------------------------------------
@@ -1453,7 +1485,7 @@ def dispersion_tests(r):
     return {"flat": flat, "tiny": tiny, "downside": downside}
 
 
-def import_quantstats(full: bool = True):
+def import_quantstats(full: bool = True, req: Request | None = None):
     """QuantStats, headless and quiet: Agg backend, no warnings or prints reaching our streams.
 
     `import quantstats` loads its plotting stack (matplotlib, seaborn: ~3 s) even when only qs.stats is
@@ -1464,8 +1496,10 @@ def import_quantstats(full: bool = True):
     import io
     import warnings
 
-    if "quantstats" not in sys.modules or (full and not hasattr(sys.modules["quantstats"], "reports")):
-        phase("importing quantstats" + ("" if full else " (stats only)"))
+    if req and (
+        "quantstats" not in sys.modules or (full and not hasattr(sys.modules["quantstats"], "reports"))
+    ):
+        phase(req, "importing quantstats" + ("" if full else " (stats only)"))
     os.environ.setdefault("MPLBACKEND", "Agg")
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -1494,7 +1528,7 @@ def import_quantstats(full: bool = True):
     return qs
 
 
-def compute_metrics(item: Series, rf: float, periods: float, compounded: bool) -> tuple[dict, list[str]]:
+def compute_metrics(item: Column, rf: float, periods: float, compounded: bool) -> tuple[dict, list[str]]:
     """Every metric of the table for one series -> ({name: float or nan}, [warnings for the output]).
 
     The warnings name the metrics QuantStats could not compute (reported undefined) and say when annualised
@@ -1607,7 +1641,7 @@ def history_steps(n: int, max_points: int, deepest: int):
 
 
 # ---- fingerprint, description, artifacts ---------------------------------------------------------------
-def fingerprint(item: Series, settings: dict, params: dict) -> str:
+def fingerprint(item: Column, settings: dict, params: dict) -> str:
     digest = hashlib.sha256(b"log_backtest/1\0")
     digest.update(item.returns.index.asi8.tobytes() if item.has_timestamps else b"bare")
     digest.update(item.returns.to_numpy(dtype="float64").tobytes())
@@ -1676,7 +1710,7 @@ def description_markdown(summary: dict, user_description: str | None) -> str:
 SPEC_BY_NAME = {spec.name: spec for spec in METRICS}
 
 
-def write_returns_artifact(item: Series, folder: Path) -> str:
+def write_returns_artifact(item: Column, folder: Path) -> str:
     import pandas as pd
 
     frame = pd.DataFrame({"returns": item.returns.to_numpy()})
@@ -1699,9 +1733,9 @@ def write_returns_artifact(item: Series, folder: Path) -> str:
     return path.name
 
 
-def timestamp_name(item: Series) -> str:
+def timestamp_name(column: Column) -> str:
     """The name of the user's timestamp column (kept on the index), for the files we write."""
-    return str(item.returns.index.name or "timestamp")
+    return str(column.returns.index.name or "timestamp")
 
 
 DAILY_OR_SLOWER = ("daily", "daily_calendar", "weekly", "monthly", "quarterly", "semiannual", "yearly")
@@ -1721,7 +1755,7 @@ def history_stamps(index, steps, frequency: str):
 
 
 def write_tearsheet(
-    item: Series, path: Path, rf: float, periods: float, compounded: bool, title: str
+    item: Column, path: Path, rf: float, periods: float, compounded: bool, title: str
 ) -> str | None:
     """QuantStats' HTML report, headless, never with a ticker string (that would download from the web).
     Returns a note when the report was drawn from daily resampled returns."""
@@ -1778,11 +1812,45 @@ def tidy_tearsheet(path: Path) -> None:
     path.write_text(html.replace("\N{SMALL PERCENT SIGN}", "%"), encoding="utf-8")
 
 
-# ---- one prepared run: everything computed and written to a local folder before MLflow is touched ---------
-@dataclass
-class Prepared:
-    item: Series
+# ---- one column prepared: everything computed and written to a local folder before MLflow is touched ------
+@dataclass(frozen=True)
+class Job:
+    """One column to log: its place in the input, the run it becomes and the local folder of its files."""
+
+    position: int
+    of: int  # columns in the input: more than one makes a sweep
+    column: Column
     run_name: str
+    folder: Path
+
+
+def plan(loaded: Loaded, req: Request, tmp: Path) -> list[Job]:
+    """One job per column: a single run is named --run-name (else the file's stem), sweep children by column."""
+    n = len(loaded.columns)
+    name = req.run_name or req.returns_path.stem
+    return [
+        Job(i, n, column, column.name if n > 1 else name, tmp / f"run{i}")
+        for i, column in enumerate(loaded.columns)
+    ]
+
+
+@dataclass(frozen=True)
+class Histories:
+    """The equity and drawdown curves as logged: at most --max-history-points bars (first, last, deepest)."""
+
+    steps: object  # numpy int64: bar positions, the MLflow step
+    timestamps: object  # numpy int64: epoch milliseconds of those bars (now, for bars without timestamps)
+    equity: object  # numpy float64
+    drawdown: object  # numpy float64
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What was computed for one column, its files in `folder`; no returns series (cheap to pickle)."""
+
+    column: str
+    run_name: str
+    n_bars: int
     periods: float
     frequency: str
     metrics: dict[str, float]
@@ -1791,40 +1859,70 @@ class Prepared:
     params: dict[str, str]
     tags: dict[str, str]
     summary: dict
+    benchmark: dict | None
     folder: Path
-    artifacts: list[str] = field(default_factory=list)
-    history: tuple | None = None
-    run_id: str | None = None
-    deduplicated: bool = False
+    artifacts: list[str]
+    histories: Histories
+    warnings: list[str]
 
 
-def bar_time(item: Series, position: int) -> str | None:
+def bar_time(column: Column, position: int) -> str | None:
     """ISO 8601 UTC: a date for daily-or-slower bars at midnight, else date and time with Z."""
-    if not item.has_timestamps:
+    if not column.has_timestamps:
         return None
-    index = item.returns.index
+    index = column.returns.index
     if (index[[0, -1]] == index[[0, -1]].normalize()).all():
         return index[position].strftime("%Y-%m-%d")
     return index[position].strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def periods_of(item: Series, req: Request) -> tuple[float, str]:
+def periods_of(column: Column, req: Request) -> tuple[float, str]:
     """Bars per year (--periods-per-year, else detected) and the frequency's name."""
     if req.periods_per_year is None:
-        return detect_periods(item.returns.index)
-    frequency = detect_periods(item.returns.index)[1] if item.has_timestamps else "bars"
+        return detect_periods(column.returns.index)
+    frequency = detect_periods(column.returns.index)[1] if column.has_timestamps else "bars"
     return float(req.periods_per_year), frequency
 
 
-def prepare(item: Series, req: Request, run_name: str, folder: Path, column_param: bool) -> Prepared:
-    """Metrics, histories, params, tags, description and artifacts (except the tearsheet) for one series."""
+def histories_of(column: Column, req: Request) -> Histories:
     import numpy as np
 
-    periods, frequency = periods_of(item, req)
-    values, notes = compute_metrics(item, req.rf, periods, req.compounded)
-    phase(f"{item.name}: {len(values)} metrics")
+    equity, drawdown = equity_and_drawdown(column.returns, req.compounded)
+    n = len(column.returns)
+    steps = history_steps(n, req.max_history_points, int(np.argmin(drawdown)))
+    if column.has_timestamps:
+        stamps = history_stamps(column.returns.index, steps, periods_of(column, req)[1])
+    else:
+        stamps = np.full(len(steps), int(time.time() * 1000))
+    return Histories(steps, stamps, equity[steps], drawdown[steps])
+
+
+def run_tags(column: Column, req: Request, fp: str, undefined: list[str], summary: dict) -> dict[str, str]:
+    """The tags of one column's run (a sweep child gets its parent's id when it is written)."""
+    tags = {
+        FINGERPRINT_TAG: fp,
+        **({UNDEFINED_TAG: ",".join(undefined)} if undefined else {}),  # an empty tag reads like a flag
+        VERSION_TAG: SKILL_VERSION,
+        DESCRIPTION_TAG: description_markdown(summary, req.description),
+        "mlflow.source.name": "log_backtest.py",
+        "mlflow.source.type": "LOCAL",
+        **req.tags,
+    }
+    user = os.environ.get("USER") or os.environ.get("USERNAME")
+    if user:
+        tags["mlflow.user"] = user
+    return tags
+
+
+def prepare_column(job: Job, req: Request) -> Prepared:
+    """Metrics, histories, params, tags, description and artifacts (all but the tearsheet) of one column."""
+    column, warnings = job.column, []
+    periods, frequency = periods_of(column, req)
+    import_quantstats(full=False, req=req)
+    values, notes = compute_metrics(column, req.rf, periods, req.compounded)
+    phase(req, f"{column.name}: {len(values)} metrics")
     for note in notes:
-        warn(f"column {item.name!r}: {note}", req.warnings)
+        warn(f"column {column.name!r}: {note}", warnings)
     metrics, undefined = split_defined(values)
     settings = {
         "rf": req.rf,
@@ -1832,9 +1930,9 @@ def prepare(item: Series, req: Request, run_name: str, folder: Path, column_para
         "compounded": req.compounded,
         "returns_kind": "prices" if req.prices else "percent" if req.percent else "returns",
     }
-    fp = fingerprint(item, settings, req.params)
-    n = len(item.returns)
-    start, end = bar_time(item, 0) or "bar 0", bar_time(item, n - 1) or f"bar {n - 1}"
+    fp = fingerprint(column, settings, req.params)
+    n = len(column.returns)
+    start, end = bar_time(column, 0) or "bar 0", bar_time(column, n - 1) or f"bar {n - 1}"
     params = dict(req.params)
     params.update(
         {
@@ -1850,13 +1948,13 @@ def prepare(item: Series, req: Request, run_name: str, folder: Path, column_para
             "benchmark": req.benchmark_path.name if req.benchmark_path else "none",
         }
     )
-    if column_param:
-        params["column"] = item.name
-    if item.benchmark_info:
-        params["benchmark_column"] = str(item.benchmark_info["column"])
+    if job.of > 1 or req.column:
+        params["column"] = column.name
+    if column.benchmark_info:
+        params["benchmark_column"] = str(column.benchmark_info["column"])
     summary = {
         "source": req.returns_path.name,
-        "column": item.name,
+        "column": column.name,
         "n_bars": n,
         "frequency": frequency,
         "periods_per_year": periods,
@@ -1868,219 +1966,205 @@ def prepare(item: Series, req: Request, run_name: str, folder: Path, column_para
         "metrics": metrics,
         "undefined_metrics": undefined,
     }
-    tags = {
-        FINGERPRINT_TAG: fp,
-        **({UNDEFINED_TAG: ",".join(undefined)} if undefined else {}),  # an empty tag reads like a flag
-        VERSION_TAG: SKILL_VERSION,
-        DESCRIPTION_TAG: description_markdown(summary, req.description),
-        "mlflow.source.name": "log_backtest.py",
-        "mlflow.source.type": "LOCAL",
-        **req.tags,
-    }
-    user = os.environ.get("USER") or os.environ.get("USERNAME")
-    if user:
-        tags["mlflow.user"] = user
-    equity, drawdown = equity_and_drawdown(item.returns, req.compounded)
-    steps = history_steps(n, req.max_history_points, int(np.argmin(drawdown)))
-    if item.has_timestamps:
-        stamps = history_stamps(item.returns.index, steps, frequency)
-    else:
-        stamps = np.full(len(steps), int(time.time() * 1000))
-    prep = Prepared(
-        item=item, run_name=run_name, periods=periods, frequency=frequency, metrics=metrics,
-        undefined=undefined, fingerprint=fp, params=params, tags=tags, summary=summary, folder=folder,
-        history=(steps, stamps, equity[steps], drawdown[steps]),
-    )  # fmt: skip
-    folder.mkdir(parents=True, exist_ok=True)
+    histories = histories_of(column, req)
+    job.folder.mkdir(parents=True, exist_ok=True)
     metrics_doc = {
-        "run_name": run_name,
-        "column": item.name,
+        "run_name": job.run_name,
+        "column": column.name,
         "settings": {**settings, "frequency": frequency, "n_bars": n, "start": start, "end": end},
-        "benchmark": item.benchmark_info,
+        "benchmark": column.benchmark_info,
         "metrics": metrics,
         "undefined_metrics": undefined,
         "fingerprint": fp,
         "skill_version": SKILL_VERSION,
     }
-    (folder / "metrics.json").write_text(json.dumps(json_safe(metrics_doc), indent=2) + "\n")
-    prep.artifacts = ["metrics.json", write_returns_artifact(item, folder), *copy_code(req, folder)]
-    phase(f"{item.name}: histories and artifacts prepared")
-    return prep
+    (job.folder / "metrics.json").write_text(json.dumps(json_safe(metrics_doc), indent=2) + "\n")
+    artifacts = ["metrics.json", write_returns_artifact(column, job.folder), *copy_code(req, job.folder)]
+    phase(req, f"{column.name}: histories and artifacts prepared")
+    return Prepared(
+        column=column.name, run_name=job.run_name, n_bars=n, periods=periods, frequency=frequency,
+        metrics=metrics, undefined=undefined, fingerprint=fp, params=params,
+        tags=run_tags(column, req, fp, undefined, summary), summary=summary, benchmark=column.benchmark_info,
+        folder=job.folder, artifacts=artifacts, histories=histories, warnings=warnings,
+    )  # fmt: skip
 
 
-def draw_tearsheet(item: Series, req: Request, run_name: str, folder: Path) -> str | None:
-    """QuantStats' report into folder/tearsheet.html; returns the note write_tearsheet gives, if any."""
-    folder.mkdir(parents=True, exist_ok=True)
+def draw_tearsheet(job: Job, req: Request) -> str | None:
+    """QuantStats' report into the job's folder as tearsheet.html; a warning when it was drawn from daily
+    returns (or on a synthetic calendar)."""
+    job.folder.mkdir(parents=True, exist_ok=True)
+    import_quantstats(full=True, req=req)
+    periods = periods_of(job.column, req)[0]
     note = write_tearsheet(
-        item, folder / "tearsheet.html", req.rf, periods_of(item, req)[0], req.compounded, run_name
+        job.column, job.folder / "tearsheet.html", req.rf, periods, req.compounded, job.run_name
     )
-    phase(f"{run_name}: tearsheet")
-    return note
+    phase(req, f"{job.run_name}: tearsheet")
+    return f"{job.run_name}: {note}" if note else None
 
 
-def add_tearsheet(prep: Prepared, req: Request, note: str | None = None, drawn: bool = False) -> None:
-    """Draw the tearsheet (unless a helper process already did) and list it among the run's artifacts."""
-    if not drawn:
-        note = draw_tearsheet(prep.item, req, prep.run_name, prep.folder)
-    prep.artifacts.append("tearsheet.html")
-    if note:
-        warn(f"{prep.run_name}: {note}", req.warnings)
+def progress(job: Job, text: str) -> None:
+    """A sweep's progress line on stderr: [3/10] column: text."""
+    if job.of > 1:
+        print(f"[{job.position + 1}/{job.of}] {job.column.name}: {text}", file=sys.stderr)
 
 
-# ---- helper processes: the work of one run overlaps the imports and work of another --------------------------
-def can_fork() -> bool:
-    """Helper processes need fork (they inherit the loaded data: nothing is pickled on the way in), a second
-    core, and no MLflow state to inherit: a host that imported mlflow before calling main() in-process gets
-    the sequential path, which does the same work in the same order."""
-    import multiprocessing
-
-    return (
-        (os.cpu_count() or 1) > 1
-        and "fork" in multiprocessing.get_all_start_methods()
-        and "mlflow" not in sys.modules
-    )
+def each_column(work, jobs: list[Job], req: Request, done: str) -> list:
+    """work(job, req) for each of these columns of a sweep, in order, with a progress line each
+    (work: prepare_column or draw_tearsheet; done: what the line says of it)."""
+    results = []
+    for job in jobs:
+        started = time.monotonic()
+        results.append(work(job, req))
+        progress(job, f"{done} in {time.monotonic() - started:.1f}s")
+    return results
 
 
-class Helper:
-    """job(inbox) in a forked process. Each value it yields, or its failure as (exit code, message,
-    traceback), comes back pickled through a pipe; send() passes values to its inbox."""
+# ---- worker processes: the same functions, in a pool where that is safe and pays off ------------------------
+def worker_processes(req: Request, jobs: list[Job]) -> int:
+    """How many worker processes to start (0: every call runs in this process).
 
-    def __init__(self, job):
-        import multiprocessing
+    A single run: its metrics in one worker and its tearsheet in another while this process imports mlflow
+    and then writes. A sweep: one worker per further core, each with a share of the columns, this process
+    with a share of its own (bench/RESULTS.md). Workers are forked: they inherit the loaded modules and
+    start in milliseconds. Fork is safe only on Linux (on macOS a process that loaded system frameworks,
+    as numpy does, can crash or hang in a forked child: Python defaults to spawn there); a host that imported
+    mlflow before calling main() must not hand its MLflow state to children; a dry run writes nothing for
+    the work to overlap with; one core has nothing to overlap on."""
+    cores = os.cpu_count() or 1
+    if req.dry_run or cores < 2 or sys.platform != "linux" or "mlflow" in sys.modules:
+        return 0
+    if len(jobs) == 1:
+        return min(cores, 1 + req.tearsheet)
+    return min(cores, len(jobs)) - 1
 
-        context = multiprocessing.get_context("fork")
-        self.conn, child = context.Pipe()
-        self.process = context.Process(target=self._main, args=(job, child), daemon=True)
-        self.process.start()
-        child.close()
 
-    @staticmethod
-    def _main(job, conn) -> None:
-        try:
-            for value in job(conn.recv):
-                conn.send(("ok", value))
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent, which exits with it
-            code, message = (exc.code, str(exc)) if isinstance(exc, CliError) else classify_error(exc)
-            conn.send(("error", code, message, traceback.format_exc()))
-        finally:
-            sys.stderr.flush()
+class Deferred:
+    """The Future interface for a call made in this process when its result is first asked for: work that
+    nobody waits for (a duplicate's tearsheet) is never done."""
 
-    def send(self, value) -> None:
-        self.conn.send(value)
+    def __init__(self, fn, args: tuple):
+        self.fn, self.args, self.done = fn, args, False
 
     def result(self):
-        """The next value the job yields; its failure re-raised here as CliError."""
-        try:
-            reply = self.conn.recv()
-        except EOFError:
-            self.process.join()
-            reply = (
-                "error",
-                EXIT_UNEXPECTED,
-                f"a helper process died (exit code {self.process.exitcode})",
-                "",
-            )
-        if reply[0] == "ok":
-            return reply[1]
-        if DEBUG_TIMES and reply[3]:
-            print(reply[3], file=sys.stderr, end="")
-        raise CliError(reply[1], reply[2])
-
-    def stop(self) -> None:
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join()
+        if not self.done:
+            self.value, self.done = self.fn(*self.args), True
+        return self.value
 
 
-def exported(prep: Prepared) -> dict:
-    """A prepared run without its series (the parent has that): plain values, cheap to pickle."""
-    return {k: v for k, v in vars(prep).items() if k != "item"}
+class InlineExecutor:
+    """The executor interface without processes: every submitted call runs here, deferred."""
+
+    processes = 0
+
+    def submit(self, fn, *args) -> Deferred:
+        return Deferred(fn, args)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
 
 
-def adopt(helper: Helper, items: list, req: Request) -> dict[int, Prepared]:
-    """The runs a column_job helper prepared, whole again; its warnings join ours (it printed them)."""
-    fields, new_warnings = helper.result()
-    req.warnings.extend(new_warnings)
-    return {i: Prepared(item=items[i], **f) for i, f in fields.items()}
+class WorkerPool:
+    """concurrent.futures.ProcessPoolExecutor with forked workers that die with this process; a task's
+    failure comes back as CliError with our exit code and message."""
+
+    def __init__(self, processes: int):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.processes = processes
+        self.executor = ProcessPoolExecutor(
+            processes, mp_context=multiprocessing.get_context("fork"), initializer=worker_started,
+            initargs=(os.getpid(),),
+        )  # fmt: skip
+
+    def submit(self, fn, *args):
+        return self.executor.submit(in_worker, fn, *args)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # Every result we need has been awaited when we leave; a task still running is one nobody waits for
+        # (a duplicate's tearsheet) or one a failure elsewhere made moot. ProcessPoolExecutor cannot cancel a
+        # running task (Python 3.14 adds terminate_workers()) and its shutdown() would wait for it: the
+        # processes are ours, end them.
+        for process in list((getattr(self.executor, "_processes", None) or {}).values()):
+            process.kill()
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
 
-def prepare_columns(items, names, folders, req: Request, positions, column_param: bool, tearsheets: bool):
-    """{position: Prepared} for these columns of the input, tearsheets drawn when asked for."""
-    preps = {}
-    for i in positions:
-        started = time.monotonic()
-        preps[i] = prepare(items[i], req, names[i], folders[i], column_param)
-        if tearsheets:
-            add_tearsheet(preps[i], req)
-        if len(items) > 1:
-            print(f"[{i + 1}/{len(items)}] {names[i]}: prepared in {time.monotonic() - started:.1f}s",
-                  file=sys.stderr)  # fmt: skip
-    return preps
+def worker_pool(processes: int) -> WorkerPool | InlineExecutor:
+    return WorkerPool(processes) if processes else InlineExecutor()
 
 
-def write_columns(client, experiment_id: str, parent_id: str, preps: dict, req: Request, total: int) -> dict:
-    """Write these prepared children of a sweep; {position: run id}."""
-    ids = {}
-    for i, p in preps.items():
-        started = time.monotonic()
-        ids[i] = write_run(client, experiment_id, p, req, parent_id=parent_id)
-        print(f"[{i + 1}/{total}] {p.item.name}: logged run {p.run_id} ({time.monotonic() - started:.1f}s)",
-              file=sys.stderr)  # fmt: skip
-    return ids
+def worker_started(parent: int) -> None:
+    """A worker's first act: die with its parent, even one killed by SIGKILL that can clean nothing up."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (linux/prctl.h): workers fork on Linux only
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
-def column_job(items, names, folders, req: Request, positions, column_param: bool, writes: bool):
-    """The job of a helper process: prepare these columns (tearsheets too when it writes) and yield
-    ({position: exported prep}, [warnings]). With writes, it then imports mlflow while the parent checks the
-    experiment and duplicates; told ("write", tracking_uri, experiment_id, parent_id) it writes its runs and
-    yields {position: run id}. A duplicate sweep writes nothing: the parent stops it."""
-
-    def job(inbox):
-        first = len(req.warnings)
-        tearsheets = writes and req.tearsheet
-        preps = prepare_columns(items, names, folders, req, positions, column_param, tearsheets)
-        yield {i: exported(p) for i, p in preps.items()}, req.warnings[first:]
-        if not writes:
-            return
-        import mlflow  # noqa: F401
-
-        order = inbox()
-        if order[0] == "write":
-            _, tracking_uri, experiment_id, parent_id = order
-            yield write_columns(
-                connect(tracking_uri, DEBUG_TIMES), experiment_id, parent_id, preps, req, len(items)
-            )
-
-    return job
+def in_worker(fn, *args):
+    """fn(*args) in a worker. A failure is returned as CliError (exit code and one-line message): MLflow's
+    exceptions lose their error code when pickled. With --debug the worker's traceback comes along."""
+    try:
+        return fn(*args)
+    except CliError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - classified here, reported by run_cli in the parent
+        code, message = classify_error(exc)
+        raise CliError(code, message) from exc
+    finally:
+        sys.stderr.flush()
 
 
-def dataset_entity(prep: Prepared, req: Request):
+def import_mlflow() -> None:
+    """Run in a sweep's worker once its columns are prepared: its writes start without the import."""
+    import mlflow  # noqa: F401
+
+
+# ---- MLflow I/O ------------------------------------------------------------------------------------------
+def dataset_entity(job: Job, prep: Prepared, req: Request):
     """The returns as an MLflow dataset: schema from the head (MLflow infers it row by row: seconds at 1M
     bars), digest from our fingerprint, row count of the whole series."""
     import mlflow.data
     import pandas as pd
     from mlflow.entities import Dataset
 
-    item = prep.item
-    head = pd.DataFrame({"returns": item.returns.iloc[:100].to_numpy()})
-    if item.has_timestamps:
-        head.insert(0, timestamp_name(item), item.returns.index[:100])
-    if item.benchmark is not None:
-        head["benchmark"] = item.benchmark.iloc[:100].to_numpy()
+    column = job.column
+    head = pd.DataFrame({"returns": column.returns.iloc[:100].to_numpy()})
+    if column.has_timestamps:
+        head.insert(0, timestamp_name(column), column.returns.index[:100])
+    if column.benchmark is not None:
+        head["benchmark"] = column.benchmark.iloc[:100].to_numpy()
     name = req.returns_path.stem
     if prep.params.get("column"):
-        name = f"{name}[{item.name}]"
+        name = f"{name}[{column.name}]"
     small = mlflow.data.from_pandas(
         head, source=str(req.returns_path.resolve()), name=name, digest=prep.fingerprint[:16]
     )
     entity = small._to_mlflow_entity()
     profile = json.dumps(
-        {"num_rows": len(item.returns), "num_elements": len(item.returns) * len(head.columns)}
+        {"num_rows": len(column.returns), "num_elements": len(column.returns) * len(head.columns)}
     )
     return Dataset(entity.name, entity.digest, entity.source_type, entity.source, entity.schema, profile)
 
 
-# ---- MLflow I/O ------------------------------------------------------------------------------------------
+def open_store(req: Request):
+    """An MlflowClient on the request's store (this is where mlflow is imported); None for a dry run."""
+    if req.dry_run:
+        return None
+    client = connect(req.tracking_uri, req.debug)
+    phase(req, "mlflow imported")
+    return client
+
+
 def ensure_experiment(client, name: str) -> str:
     from mlflow.exceptions import MlflowException
 
@@ -2110,12 +2194,24 @@ def find_duplicate(client, experiment_id: str, fp: str):
     return runs[0] if runs else None
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What the write stage did for one column."""
+
+    run_id: str | None  # None in a dry run (or a duplicate sweep's child that is gone)
+    run_name: str
+    deduplicated: bool = False
+    artifacts: list[str] = field(default_factory=list)  # as logged (prepared, in a dry run)
+    warnings: list[str] = field(default_factory=list)
+
+
 def write_run(
-    client, experiment_id: str, prep: Prepared, req: Request, parent_id: str | None = None, tearsheet=None
-) -> str:
+    client, experiment_id: str, job: Job, prep: Prepared, req: Request, parent_id: str | None = None,
+    tearsheet=None,
+) -> Outcome:  # fmt: skip
     """Create the run and write everything; FINISHED only when all of it landed, else FAILED and re-raise.
-    tearsheet(), if given, is called after the metrics land and before the artifacts are logged (a helper
-    process draws it meanwhile); if it fails, the run is FAILED and deleted."""
+    `tearsheet`, a future of draw_tearsheet for this job, is awaited after the metrics land and before the
+    artifacts are logged (a worker draws it meanwhile); if it fails, the run is FAILED and deleted."""
     import contextlib
 
     from mlflow.entities import DatasetInput, InputTag, Metric, Param
@@ -2124,8 +2220,8 @@ def write_run(
     if parent_id:
         tags[PARENT_TAG] = parent_id
     run = client.create_run(experiment_id, run_name=prep.run_name, tags=tags)
-    run_id = prep.run_id = run.info.run_id
-    discard = False
+    run_id = run.info.run_id
+    discard, warnings = False, []
     try:
         now = int(time.time() * 1000)
         client.log_batch(
@@ -2133,32 +2229,50 @@ def write_run(
             metrics=[Metric(k, v, now, 0) for k, v in prep.metrics.items()],
             params=[Param(k, v) for k, v in prep.params.items()],
         )
-        steps, stamps, equity, drawdown = prep.history
+        h = prep.histories
         points = [
             Metric(key, float(value), int(ts), int(step))
-            for key, series in (("equity", equity), ("drawdown", drawdown))
-            for step, ts, value in zip(steps.tolist(), stamps.tolist(), series.tolist(), strict=True)
+            for key, series in (("equity", h.equity), ("drawdown", h.drawdown))
+            for step, ts, value in zip(h.steps.tolist(), h.timestamps.tolist(), series.tolist(), strict=True)
         ]
         client.log_batch(run_id, metrics=points)  # MlflowClient splits into requests of <= 1000
         client.log_inputs(
             run_id,
-            datasets=[DatasetInput(dataset_entity(prep, req), [InputTag("mlflow.data.context", "backtest")])],
+            datasets=[
+                DatasetInput(dataset_entity(job, prep, req), [InputTag("mlflow.data.context", "backtest")])
+            ],
         )
-        phase(f"{prep.run_name}: metrics, params, histories, dataset logged")
+        phase(req, f"{prep.run_name}: metrics, params, histories, dataset logged")
         if tearsheet is not None:
             discard = True  # not a backtest without its report: out of sight if it fails
-            tearsheet()
+            note = tearsheet.result()
+            if note:
+                warn(note, warnings)
             discard = False
         client.log_artifacts(run_id, str(prep.folder))
         client.set_terminated(run_id, "FINISHED")
-        phase(f"{prep.run_name}: artifacts logged, run FINISHED")
+        phase(req, f"{prep.run_name}: artifacts logged, run FINISHED")
     except BaseException:
         mark_failed(client, run_id)
         if discard:
             with contextlib.suppress(Exception):
                 client.delete_run(run_id)
         raise
-    return run_id
+    artifacts = artifact_names(prep.folder)  # metrics.json, returns.*, tearsheet.html, code/...
+    return Outcome(run_id, prep.run_name, artifacts=artifacts, warnings=warnings)
+
+
+def write_children(
+    jobs: list[Job], preps: list[Prepared], req: Request, experiment_id: str, parent_id: str, client=None
+) -> list[Outcome]:
+    """Write these children of a sweep (a worker opens its own client); one Outcome each, in order."""
+    client = client or connect(req.tracking_uri, req.debug)
+    outcomes = []
+    for job, prep in zip(jobs, preps, strict=True):
+        started = time.monotonic()
+        outcomes.append(write_run(client, experiment_id, job, prep, req, parent_id=parent_id))
+        progress(job, f"logged run {outcomes[-1].run_id} ({time.monotonic() - started:.1f}s)")
+    return outcomes
 
 
 def mark_failed(client, run_id: str) -> None:
@@ -2170,30 +2284,40 @@ def mark_failed(client, run_id: str) -> None:
 
 
 # ---- output ---------------------------------------------------------------------------------------------
-def run_output(prep: Prepared, req: Request, experiment_id, tracking_uri: str | None, key_only: bool) -> dict:
+@dataclass(frozen=True)
+class Result:
+    """What main() prints: the output object, and the warnings given after loading (load's come first)."""
+
+    output: dict
+    warnings: list[str]
+
+
+def column_output(prep: Prepared, outcome: Outcome, req: Request, experiment_id, key_only: bool) -> dict:
+    """The output object of one column's run (a sweep lists one per child, key metrics only)."""
     metrics = prep.metrics
     if key_only:
         metrics = {k: metrics[k] for k in KEY_METRICS + ("alpha", "beta") if k in metrics}
+    uri = None if req.dry_run else req.tracking_uri
     out = {
-        "run_id": prep.run_id,
-        "run_name": prep.run_name,
+        "run_id": outcome.run_id,
+        "run_name": outcome.run_name,
         "experiment_id": experiment_id,
         "experiment": req.experiment,
-        "tracking_uri": mask_uri(tracking_uri) if tracking_uri else None,
-        "url": ui_url(tracking_uri, experiment_id, prep.run_id) if tracking_uri and prep.run_id else None,
-        "deduplicated": prep.deduplicated,
+        "tracking_uri": mask_uri(uri) if uri else None,
+        "url": ui_url(uri, experiment_id, outcome.run_id) if uri and outcome.run_id else None,
+        "deduplicated": outcome.deduplicated,
         "dry_run": req.dry_run,
-        "column": prep.item.name,
+        "column": prep.column,
         "periods_per_year": prep.periods,
         "frequency": prep.frequency,
-        "n_bars": len(prep.item.returns),
+        "n_bars": prep.n_bars,
         "start": prep.summary["start"],
         "end": prep.summary["end"],
         "metrics": metrics,
         "undefined_metrics": prep.undefined,
-        "artifacts": prep.artifacts if not prep.deduplicated else [],
+        "artifacts": outcome.artifacts,
         "fingerprint": prep.fingerprint,
-        "benchmark": prep.item.benchmark_info,
+        "benchmark": prep.benchmark,
     }
     if not key_only:  # a sweep says it once, for all its runs
         out["git"] = git_summary(req.tags)
@@ -2256,18 +2380,95 @@ def build_parser() -> CliParser:
                       help="annual risk-free rate, decimal (0.04 = 4 %%); default 0")  # fmt: skip
     calc.add_argument("--periods-per-year", type=float, metavar="N", help="default: detected from timestamps")
     calc.add_argument("--simple", action="store_true", help="returns are not compounded")
-    run = parser.add_argument_group("run")
-    run.add_argument("--no-tearsheet", action="store_true", help="skip QuantStats' HTML tearsheet (faster)")
-    run.add_argument("--dry-run", action="store_true", help="compute and print; touch no store")
-    run.add_argument("--force", action="store_true", help="log even if an identical backtest is logged")
-    run.add_argument("--max-history-points", type=int, default=DEFAULT_MAX_HISTORY_POINTS, metavar="N",
-                     help=f"equity/drawdown points per run ({DEFAULT_MAX_HISTORY_POINTS})")  # fmt: skip
-    run.add_argument(
+    execution = parser.add_argument_group("execution and output")
+    execution.add_argument(
+        "--no-tearsheet", action="store_true", help="skip QuantStats' HTML tearsheet (faster)"
+    )
+    execution.add_argument("--dry-run", action="store_true", help="compute and print; touch no store")
+    execution.add_argument("--force", action="store_true", help="log even if an identical backtest is logged")
+    execution.add_argument("--max-history-points", type=int, default=DEFAULT_MAX_HISTORY_POINTS, metavar="N",
+                           help=f"equity/drawdown points per run ({DEFAULT_MAX_HISTORY_POINTS})")  # fmt: skip
+    execution.add_argument(
         "--format", choices=["json", "table", "csv"], help="default: table at a terminal, else json"
     )
-    run.add_argument("--tracking-uri", metavar="URI", help="overrides MLFLOW_TRACKING_URI")
-    run.add_argument("--debug", action="store_true", help="tracebacks and library logging on stderr")
+    execution.add_argument("--tracking-uri", metavar="URI", help="overrides MLFLOW_TRACKING_URI")
+    execution.add_argument(
+        "--debug", action="store_true", help="tracebacks, phase timings and library logging on stderr"
+    )
     return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The pipeline, each stage one function returning a typed value: build_request -> load_all -> plan (a Job
+    per column) -> log_single or log_sweep (prepare each column in worker processes where that is safe, open
+    the store meanwhile, find a duplicate, write the run or the parent and its children) -> emit."""
+    argv = sys.argv[1:] if argv is None else argv
+
+    def action() -> int:
+        import contextlib
+        import io
+        import tempfile
+
+        req = build_request(build_parser().parse_args(argv))
+        phase(req, "arguments checked")
+        loaded = load_all(req)  # pandas from here on; every input error is still exit 2 with nothing written
+        phase(req, "data loaded and validated")
+        with (
+            tempfile.TemporaryDirectory(prefix="log_backtest-") as tmp,
+            # MLflow prints run links ("View run ... at ...") to stdout for http servers: stdout is ours.
+            contextlib.redirect_stdout(sys.stderr if req.debug else io.StringIO()),
+        ):
+            jobs = plan(loaded, req, Path(tmp))
+            with worker_pool(worker_processes(req, jobs)) as pool:
+                if len(jobs) == 1:
+                    result = log_single(jobs[0], req, pool)
+                else:
+                    result = log_sweep(jobs, req, pool, Path(tmp))
+        out = {**result.output, "warnings": loaded.warnings + result.warnings}
+        fmt = output_format(req.output_format)
+        emit(table_rows(out) if fmt == "table" else out, fmt)
+        return EXIT_OK
+
+    return run_cli(action, "--debug" in argv)
+
+
+def log_single(job: Job, req: Request, pool) -> Result:
+    """One column, one run: prepare (and draw the tearsheet) in workers while this process imports mlflow;
+    skip a duplicate; write the run, the tearsheet joining last."""
+    prepared = pool.submit(prepare_column, job, req)
+    tearsheet = pool.submit(draw_tearsheet, job, req) if req.tearsheet and not req.dry_run else None
+    client = open_store(req)
+    prep = prepared.result()
+    if client is None:
+        outcome = Outcome(None, prep.run_name, artifacts=prep.artifacts)
+        return Result(column_output(prep, outcome, req, None, key_only=False), prep.warnings)
+    experiment_id = ensure_experiment(client, req.experiment)
+    existing = None if req.force else find_duplicate(client, experiment_id, prep.fingerprint)
+    phase(req, "experiment and dedupe checked")
+    if existing is not None:
+        warnings: list[str] = []
+        warn(
+            f"an identical backtest is already logged as run {existing.info.run_id}; pass --force to log again",
+            warnings,
+        )
+        outcome = Outcome(existing.info.run_id, existing.info.run_name, deduplicated=True, warnings=warnings)
+    else:
+        outcome = write_run(client, experiment_id, job, prep, req, tearsheet=tearsheet)
+    return Result(
+        column_output(prep, outcome, req, experiment_id, key_only=False), prep.warnings + outcome.warnings
+    )
+
+
+# ---- a sweep: a parent run with one complete child run per column ---------------------------------------------
+@dataclass(frozen=True)
+class Sweep:
+    """A sweep's columns prepared, how they are shared among processes, and what identifies its parent."""
+
+    shares: list[list[Job]]  # shares[0] this process's, then one per worker: each prepares and writes its own
+    preps: list[Prepared]  # in column order
+    best: Prepared
+    fingerprint: str
+    run_name: str
 
 
 def best_of(preps: list[Prepared]) -> Prepared:
@@ -2281,178 +2482,121 @@ def best_of(preps: list[Prepared]) -> Prepared:
     return max(preps, key=rank)
 
 
-def comparison_csv(preps: list[Prepared], folder: Path) -> str:
-    import csv
-
-    path = folder / "comparison.csv"
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["column", "run_id", *KEY_METRICS])
-        for p in preps:
-            writer.writerow(
-                [
-                    p.item.name,
-                    p.run_id or "",
-                    *[repr(p.metrics[k]) if k in p.metrics else "" for k in KEY_METRICS],
-                ]
-            )
-    return path.name
+def share_out(jobs: list[Job], processes: int) -> list[list[Job]]:
+    """Columns dealt round-robin to this process and each worker."""
+    if processes:
+        print(f"[sweep] {len(jobs)} columns: {len(jobs[::processes + 1])} in this process, "
+              f"{len(jobs) - len(jobs[::processes + 1])} in {processes} helper process"
+              f"{'es' if processes > 1 else ''}", file=sys.stderr)  # fmt: skip
+    return [jobs[w :: processes + 1] for w in range(processes + 1)]
 
 
-def sweep_description(preps: list[Prepared], best: Prepared, req: Request) -> str:
-    """Headline of the best child first (the UI shows two lines), then one list item per column."""
-    lines = [f"Best `{best.item.name}`: {headline(best.metrics)}", ""]
-    if req.description:
-        lines += [req.description.strip(), ""]
-    lines += [
-        f"**Sweep** of {len(preps)} columns of `{req.returns_path.name}`; best by sharpe: `{best.item.name}`",
-        "",
-    ]
-    for p in preps:
-        lines.append(f"- **{p.item.name}**: {headline(p.metrics)}")
-    lines += [
-        "",
-        f"Logged by {SKILL_NAME} log_backtest.py {SKILL_VERSION}; key metrics per child in `comparison.csv`.",
-    ]
-    return "\n".join(lines)[:MAX_TAG_VALUE_LENGTH]
+def sweep_of(shares: list[list[Job]], prepared: list[list[Prepared]], req: Request) -> Sweep:
+    by_position = {
+        job.position: prep for share, preps in zip(shares, prepared, strict=True)
+        for job, prep in zip(share, preps, strict=True)
+    }  # fmt: skip
+    preps = [by_position[i] for i in range(len(by_position))]
+    fp = hashlib.sha256("\n".join(p.fingerprint for p in preps).encode()).hexdigest()
+    return Sweep(shares, preps, best_of(preps), fp, req.run_name or req.returns_path.stem)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in argv
-
-    def action() -> int:
-        import contextlib
-        import io
-        import tempfile
-
-        args = build_parser().parse_args(argv)
-        req = build_request(args)
-        phase("arguments checked")
-        items = load_all(req)  # pandas from here on; every input error is still exit 2 with nothing written
-        phase("data loaded and validated")
-        sweep = len(items) > 1
-        stem = req.returns_path.stem
-        with tempfile.TemporaryDirectory(prefix="log_backtest-") as tmp:
-            names = [item.name if sweep else (req.run_name or stem) for item in items]
-            folders = [Path(tmp) / f"run{i}" for i in range(len(items))]
-            # MLflow prints run links ("View run ... at ...") to stdout for http servers: stdout is ours.
-            with contextlib.redirect_stdout(sys.stderr if debug else io.StringIO()):
-                if sweep:
-                    out = run_sweep(items, names, folders, req, Path(tmp), debug, args)
-                else:
-                    out = run_single(items[0], names[0], folders[0], req, debug, args)
-            out["warnings"] = req.warnings
-            fmt = output_format(args.format)
-            emit(table_rows(out) if fmt == "table" else out, fmt)
-            return EXIT_OK
-
-    return run_cli(action, debug)
-
-
-def run_single(item: Series, name: str, folder: Path, req: Request, debug: bool, args) -> dict:
-    parallel = not req.dry_run and can_fork()
-    helpers: list[Helper] = []
-    if parallel:
-        # Metrics in one helper process and the tearsheet in another while this one imports mlflow and then
-        # writes the metrics and histories; the tearsheet joins the run last (2 cores: bench/RESULTS.md).
-        helpers.append(Helper(column_job([item], [name], [folder], req, [0], bool(req.column), writes=False)))
-        if req.tearsheet:
-            helpers.append(Helper(lambda inbox: iter([draw_tearsheet(item, req, name, folder)])))
+def log_sweep(jobs: list[Job], req: Request, pool, tmp: Path) -> Result:
+    """A parent run with one complete child run per column. Each worker prepares its share of the columns
+    and draws their tearsheets while this process prepares its own share and imports mlflow; once all are
+    prepared and no duplicate exists, each process writes its own children (MLflow's store spends CPU
+    turning history points into rows: split writes are faster, bench/RESULTS.md)."""
+    shares = share_out(jobs, pool.processes)
+    prepared = [pool.submit(each_column, prepare_column, share, req, "prepared") for share in shares[1:]]
+    drawn = (
+        [pool.submit(each_column, draw_tearsheet, share, req, "tearsheet drawn") for share in shares[1:]]
+        if req.tearsheet
+        else []
+    )
+    if not req.dry_run:
+        for _ in shares[1:]:
+            pool.submit(import_mlflow)  # before the writes reach the worker
+    own = each_column(prepare_column, shares[0], req, "prepared")
+    client = open_store(req)
+    sweep = sweep_of(shares, [own] + [future.result() for future in prepared], req)
+    warnings = [w for prep in sweep.preps for w in prep.warnings]
+    if client is None:
+        parent = Outcome(None, sweep.run_name)
+        children = [Outcome(None, p.run_name, artifacts=p.artifacts) for p in sweep.preps]
+        return Result(sweep_output(sweep, parent, children, None, req), warnings)
+    experiment_id = ensure_experiment(client, req.experiment)
+    existing = None if req.force else find_duplicate(client, experiment_id, sweep.fingerprint)
+    if existing is not None:
+        parent, children = logged_sweep(client, experiment_id, sweep, existing.info.run_id)
+        warn(
+            f"an identical sweep is already logged as run {parent.run_id}; pass --force to log again",
+            warnings,
+        )
     else:
-        prep = prepare(item, req, name, folder, column_param=bool(req.column))
-        if req.dry_run:
-            return run_output(prep, req, None, None, key_only=False)
-    try:
-        tracking_uri = resolve_tracking_uri(args.tracking_uri)
-        client = connect(tracking_uri, debug)
-        phase("mlflow imported")
-        if parallel:
-            prep = adopt(helpers[0], [item], req)[0]
-        experiment_id = ensure_experiment(client, req.experiment)
-        existing = None if req.force else find_duplicate(client, experiment_id, prep.fingerprint)
-        phase("experiment and dedupe checked")
-        if existing is not None:
-            prep.run_id, prep.deduplicated = existing.info.run_id, True
-            prep.run_name = existing.info.run_name
-            warn(
-                f"an identical backtest is already logged as run {prep.run_id}; pass --force to log again",
-                req.warnings,
-            )
-        elif req.tearsheet and parallel:
-            tearsheet = helpers[1]
-            write_run(
-                client, experiment_id, prep, req,
-                tearsheet=lambda: add_tearsheet(prep, req, tearsheet.result(), drawn=True),
-            )  # fmt: skip
-        else:
-            if req.tearsheet:
-                add_tearsheet(prep, req)
-            write_run(client, experiment_id, prep, req)
-    finally:
-        for helper in helpers:
-            helper.stop()
-    return run_output(prep, req, experiment_id, tracking_uri, key_only=False)
+        if req.tearsheet:
+            # Every child is a complete run, tearsheet included, drawn before the parent run exists: a failing
+            # report leaves nothing half-written.
+            notes = each_column(draw_tearsheet, shares[0], req, "tearsheet drawn") + [
+                n for future in drawn for n in future.result()
+            ]
+            for note in filter(None, notes):
+                warn(note, warnings)
+        parent, children = write_sweep(client, experiment_id, sweep, req, pool, tmp)
+    return Result(sweep_output(sweep, parent, children, experiment_id, req), warnings)
 
 
-def write_sweep(
-    client, experiment_id, preps, best, req, tmp: Path, parent_fp, parent_name, helpers, tracking_uri, own
-) -> str:
-    """The parent run, then every child (this process's share here, the rest by the helpers), then the
-    parent's comparison, metrics and artifacts; FINISHED last. Returns the parent's run id."""
-    parent_dir = tmp / "parent"
-    parent_dir.mkdir()
-    copy_code(req, parent_dir)
-    if req.tearsheet:
-        # Every child is a complete run, tearsheet included (QuantStats' report costs ~3-5 s a series;
-        # --no-tearsheet skips them all). The parent carries a copy of the best child's. All are drawn
-        # before the parent run exists, so a failing report leaves nothing half-written.
-        for i, p in enumerate(preps):
-            if "tearsheet.html" not in p.artifacts:  # not drawn yet: the sequential path
-                add_tearsheet(p, req)
-                print(f"[{i + 1}/{len(preps)}] {p.item.name}: tearsheet drawn", file=sys.stderr)
-        (parent_dir / "tearsheet.html").write_bytes((best.folder / "tearsheet.html").read_bytes())
-    parent_tags = {
-        FINGERPRINT_TAG: parent_fp,
+def logged_sweep(client, experiment_id: str, sweep: Sweep, parent_id: str) -> tuple[Outcome, list[Outcome]]:
+    """The outcomes of a sweep found already logged: its parent and its children, matched by fingerprint."""
+    children = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'")
+    by_fp = {run.data.tags.get(FINGERPRINT_TAG): run.info.run_id for run in children}
+    return Outcome(parent_id, sweep.run_name, deduplicated=True), [
+        Outcome(by_fp.get(p.fingerprint), p.run_name, deduplicated=True) for p in sweep.preps
+    ]
+
+
+def parent_tags(sweep: Sweep, req: Request) -> dict[str, str]:
+    """The parent run's tags when it is created (its description follows once the children are logged)."""
+    return {
+        FINGERPRINT_TAG: sweep.fingerprint,
         VERSION_TAG: SKILL_VERSION,
         SWEEP_TAG: "true",
-        "backtest.best_column": best.item.name,
+        "backtest.best_column": sweep.best.column,
         "mlflow.source.name": "log_backtest.py",
         "mlflow.source.type": "LOCAL",
         DESCRIPTION_TAG: "sweep in progress",
         **req.tags,
     }
-    parent = client.create_run(experiment_id, run_name=parent_name, tags=parent_tags)
-    parent_id = parent.info.run_id
-    try:
-        for helper in helpers:
-            helper.send(("write", tracking_uri, experiment_id, parent_id))
-        failures = []
-        try:
-            write_columns(client, experiment_id, parent_id, {i: preps[i] for i in own}, req, len(preps))
-        except Exception as exc:  # noqa: BLE001 - the helpers finish their runs first, then this is raised
-            failures.append(exc)
-        for helper in helpers:
-            try:
-                for i, run_id in helper.result().items():
-                    preps[i].run_id = run_id
-            except CliError as exc:
-                failures.append(exc)
-        if failures:
-            raise failures[0]
-        from mlflow.entities import Metric, Param, RunTag
 
-        comparison_csv(preps, parent_dir)
+
+def write_sweep(
+    client, experiment_id: str, sweep: Sweep, req: Request, pool, tmp: Path
+) -> tuple[Outcome, list[Outcome]]:
+    """The parent run, then every child (this process's share here, each worker its own share), then the
+    parent's comparison, metrics and artifacts; FINISHED last."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    parent_dir = tmp / "parent"
+    parent_dir.mkdir()
+    copy_code(req, parent_dir)
+    if req.tearsheet:  # the parent carries a copy of the best child's
+        (parent_dir / "tearsheet.html").write_bytes((sweep.best.folder / "tearsheet.html").read_bytes())
+    parent_id = client.create_run(
+        experiment_id, run_name=sweep.run_name, tags=parent_tags(sweep, req)
+    ).info.run_id
+    try:
+        children = write_all_children(client, experiment_id, sweep, req, pool, parent_id)
+        comparison_csv(sweep, children, parent_dir)
+        best = sweep.best
         now = int(time.time() * 1000)
         shared = {k: v for k, v in best.params.items() if k not in ("column", "start", "end", "n_bars")}
-        shared["columns"] = ",".join(p.item.name for p in preps)[:MAX_PARAM_VALUE_LENGTH]
+        shared["columns"] = ",".join(p.column for p in sweep.preps)[:MAX_PARAM_VALUE_LENGTH]
         client.log_batch(
             parent_id,
             metrics=[Metric(k, best.metrics[k], now, 0) for k in KEY_METRICS if k in best.metrics],
             params=[Param(k, v) for k, v in shared.items()],
             tags=[
-                RunTag("backtest.best_run_id", best.run_id),
-                RunTag(DESCRIPTION_TAG, sweep_description(preps, best, req)),
+                RunTag("backtest.best_run_id", children[sweep.preps.index(best)].run_id),
+                RunTag(DESCRIPTION_TAG, sweep_description(sweep, req)),
             ],
         )
         client.log_artifacts(parent_id, str(parent_dir))
@@ -2460,83 +2604,107 @@ def write_sweep(
     except BaseException:
         mark_failed(client, parent_id)
         raise
-    return parent_id
+    return Outcome(
+        parent_id,
+        sweep.run_name,
+        artifacts=artifact_names(parent_dir),
+    ), children
 
 
-def run_sweep(
-    items: list, names: list[str], folders: list[Path], req: Request, tmp: Path, debug: bool, args
-) -> dict:
-    """A parent run with one complete child run per column. With a second core the columns are split
-    between this process and helper processes (one per core): each prepares its columns, tearsheets
-    included, while this one imports mlflow; once all are prepared and no duplicate exists, each writes its
-    own runs (MLflow's store spends ~0.7 s of CPU a run turning 10,000 history points into rows)."""
-    n = len(items)
-    parallel = not req.dry_run and can_fork()
-    workers = min(os.cpu_count() or 1, n) if parallel else 1
-    shares = [list(range(w, n, workers)) for w in range(workers)]
-    helpers = [
-        Helper(column_job(items, names, folders, req, share, True, writes=True)) for share in shares[1:]
+def write_all_children(
+    client, experiment_id: str, sweep: Sweep, req: Request, pool, parent_id: str
+) -> list[Outcome]:
+    """Each process writes its share of the children; when one fails the others still finish theirs, then
+    the first failure is raised. -> the children's outcomes in column order."""
+
+    def preps_of(share: list[Job]) -> list[Prepared]:
+        return [sweep.preps[job.position] for job in share]
+
+    theirs = [
+        pool.submit(write_children, share, preps_of(share), req, experiment_id, parent_id)
+        for share in sweep.shares[1:]
     ]
-    if helpers:
-        print(f"[sweep] {n} columns: {len(shares[0])} in this process, {n - len(shares[0])} in {len(helpers)} helper "
-              f"process{'es' if len(helpers) > 1 else ''}", file=sys.stderr)  # fmt: skip
+    results, failures = [], []
     try:
-        prepared = prepare_columns(items, names, folders, req, shares[0], True, parallel and req.tearsheet)
-        tracking_uri = client = experiment_id = parent_id = None
-        if not req.dry_run:
-            tracking_uri = resolve_tracking_uri(args.tracking_uri)
-            client = connect(tracking_uri, debug)
-            phase("mlflow imported")
-        for helper in helpers:
-            prepared.update(adopt(helper, items, req))
-        preps = [prepared[i] for i in range(n)]
-        best = best_of(preps)
-        parent_fp = hashlib.sha256("\n".join(p.fingerprint for p in preps).encode()).hexdigest()
-        parent_name = req.run_name or req.returns_path.stem
-        deduplicated = False
-        if not req.dry_run:
-            experiment_id = ensure_experiment(client, req.experiment)
-            existing = None if req.force else find_duplicate(client, experiment_id, parent_fp)
-            if existing is not None:
-                deduplicated, parent_id = True, existing.info.run_id
-                warn(
-                    f"an identical sweep is already logged as run {parent_id}; pass --force to log again",
-                    req.warnings,
-                )
-                children = client.search_runs(
-                    [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'"
-                )
-                by_fp = {run.data.tags.get(FINGERPRINT_TAG): run for run in children}
-                for p in preps:
-                    found = by_fp.get(p.fingerprint)
-                    p.deduplicated, p.run_id = True, found.info.run_id if found else None
-            else:
-                parent_id = write_sweep(client, experiment_id, preps, best, req, tmp, parent_fp, parent_name,
-                                        helpers, tracking_uri, shares[0])  # fmt: skip
-    finally:
-        for helper in helpers:
-            helper.stop()
-    runs = [run_output(p, req, experiment_id, tracking_uri, key_only=True) for p in preps]
-    out = {
-        "parent_run_id": parent_id,
-        "parent_run_name": parent_name,
+        results.append(
+            write_children(sweep.shares[0], preps_of(sweep.shares[0]), req, experiment_id, parent_id, client)
+        )
+    except Exception as exc:  # noqa: BLE001 - the workers finish their runs first, then this is raised
+        failures.append(exc)
+    for future in theirs:
+        try:
+            results.append(future.result())
+        except Exception as exc:  # noqa: BLE001 - as above
+            failures.append(exc)
+    if failures:
+        raise failures[0]
+    by_position = {
+        job.position: outcome for share, outcomes in zip(sweep.shares, results, strict=True)
+        for job, outcome in zip(share, outcomes, strict=True)
+    }  # fmt: skip
+    return [by_position[i] for i in range(len(sweep.preps))]
+
+
+def comparison_csv(sweep: Sweep, children: list[Outcome], folder: Path) -> str:
+    import csv
+
+    path = folder / "comparison.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["column", "run_id", *KEY_METRICS])
+        for p, child in zip(sweep.preps, children, strict=True):
+            writer.writerow(
+                [
+                    p.column,
+                    child.run_id or "",
+                    *[repr(p.metrics[k]) if k in p.metrics else "" for k in KEY_METRICS],
+                ]
+            )
+    return path.name
+
+
+def sweep_description(sweep: Sweep, req: Request) -> str:
+    """Headline of the best child first (the UI shows two lines), then one list item per column."""
+    lines = [f"Best `{sweep.best.column}`: {headline(sweep.best.metrics)}", ""]
+    if req.description:
+        lines += [req.description.strip(), ""]
+    lines += [
+        f"**Sweep** of {len(sweep.preps)} columns of `{req.returns_path.name}`; best by sharpe: "
+        f"`{sweep.best.column}`",
+        "",
+    ]
+    for p in sweep.preps:
+        lines.append(f"- **{p.column}**: {headline(p.metrics)}")
+    lines += [
+        "",
+        f"Logged by {SKILL_NAME} log_backtest.py {SKILL_VERSION}; key metrics per child in `comparison.csv`.",
+    ]
+    return "\n".join(lines)[:MAX_TAG_VALUE_LENGTH]
+
+
+def sweep_output(sweep: Sweep, parent: Outcome, children: list[Outcome], experiment_id, req: Request) -> dict:
+    uri = None if req.dry_run else req.tracking_uri
+    best = children[sweep.preps.index(sweep.best)]
+    return {
+        "parent_run_id": parent.run_id,
+        "parent_run_name": parent.run_name,
         "experiment_id": experiment_id,
         "experiment": req.experiment,
-        "tracking_uri": mask_uri(tracking_uri) if tracking_uri else None,
-        "url": ui_url(tracking_uri, experiment_id, parent_id) if tracking_uri and parent_id else None,
-        "deduplicated": deduplicated,
+        "tracking_uri": mask_uri(uri) if uri else None,
+        "url": ui_url(uri, experiment_id, parent.run_id) if uri and parent.run_id else None,
+        "deduplicated": parent.deduplicated,
         "dry_run": req.dry_run,
         "best_run_id": best.run_id,
-        "best_column": best.item.name,
+        "best_column": sweep.best.column,
         "best_by": "sharpe",  # the metric that chose best_run_id
         "git": git_summary(req.tags),
-        "fingerprint": parent_fp,
-        "artifacts": []
-        if deduplicated or req.dry_run
-        else ["comparison.csv"] + (["tearsheet.html"] if req.tearsheet else []) + copy_names(req),
-        "runs": runs,
+        "fingerprint": sweep.fingerprint,
+        "artifacts": parent.artifacts,
+        "runs": [
+            column_output(p, child, req, experiment_id, key_only=True)
+            for p, child in zip(sweep.preps, children, strict=True)
+        ],
     }
-    return out
 
 
 if __name__ == "__main__":

@@ -55,6 +55,8 @@ import re
 import statistics
 import sys
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -78,11 +80,10 @@ HTTP_DEFAULTS = {
 SECRET_ENV_VARS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 KEY_PATTERN = re.compile(r"^[/\w.\- :]*$")  # what MLflow accepts in metric, param and tag keys
 MAX_KEY_LENGTH = 250
-# PYTHONDONTWRITEBYTECODE=1 (set in many containers and CI images, this machine's too) makes Python compile
-# mlflow, pandas and quantstats from source on every run: `import mlflow` takes 3.4 s instead of 1.2 s
-# (measured). Everything this script imports beyond the standard library lives in uv's cached environment,
-# never in your tree, so its bytecode is cached there. (uv's `compile-bytecode` setting was measured too: it
-# re-checks the whole environment on every `uv run`, +0.26 s even for --help.)
+# PYTHONDONTWRITEBYTECODE=1 (set in many containers and CI images) would make Python compile this script's
+# dependencies from source on every run, which makes their import several times slower. They live in
+# uv's cached environment, never in your tree, so caching their bytecode there is safe. (uv's
+# `compile-bytecode` setting instead re-checks the whole environment on every `uv run`.)
 sys.dont_write_bytecode = False
 
 
@@ -92,6 +93,9 @@ class CliError(Exception):
     def __init__(self, code: int, message: str):
         super().__init__(message)
         self.code = code
+
+    def __reduce__(self):  # pickled whole (code too) when it comes back from a worker process
+        return type(self), (self.code, str(self))
 
 
 class CliParser(argparse.ArgumentParser):
@@ -149,9 +153,7 @@ def connect(tracking_uri: str, debug: bool = False):
     if not debug:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
         import logging
-        import warnings
 
-        warnings.filterwarnings("ignore")
         for name in ("mlflow", "alembic", "urllib3", "sqlalchemy"):
             logging.getLogger(name).setLevel(logging.ERROR)
     try:
@@ -214,9 +216,15 @@ def classify_error(exc: BaseException) -> tuple[int, str]:
 
 
 def run_cli(action, debug: bool) -> int:
-    """Run action(); turn every failure into one redacted line on stderr and a documented exit code."""
+    """Run action(); turn every failure into one redacted line on stderr and a documented exit code.
+    Library warnings (MLflow, pandas, pydantic) stay off stderr unless --debug, for this call only."""
+    import warnings
+
     try:
-        return action() or EXIT_OK
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.simplefilter("ignore")
+            return action() or EXIT_OK
     except CliError as exc:
         error, message, code = exc, str(exc), exc.code
     except KeyboardInterrupt as exc:
@@ -313,7 +321,6 @@ QUERY_DOC = "references/query-patterns.md"
 PARENT_TAG = "mlflow.parentRunId"
 DESCRIPTION_TAG = "mlflow.note.content"
 RUN_STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
-RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 
 # The backtest metrics shown by default (in this order) and which way is better. "higher": bigger wins;
 # "lower": smaller wins; "zero": closest to 0 wins (drawdowns are logged as negative fractions, e.g. -0.23).
@@ -412,15 +419,6 @@ def build_run_filter(user_filter: str | None, status: str | None, parent_run_id:
     if top_level:
         clauses.append(f"tags.`{PARENT_TAG}` IS NULL")
     return " and ".join(clauses)
-
-
-def closest(word: str, candidates, n: int = 5) -> list[str]:
-    candidates = [c for c in dict.fromkeys(candidates) if c]
-    found = [c for c in candidates if word and (c.startswith(word) or word.lower() in c.lower())][:n]
-    for match in difflib.get_close_matches(word, candidates, n=n, cutoff=0.4):
-        if match not in found:
-            found.append(match)
-    return found[:n]
 
 
 def select(values: dict, keys: list[str] | None, default_keys=None) -> dict:
@@ -742,34 +740,47 @@ def all_experiments(client, view_type) -> list:
 
 def resolve_experiments(client, names: list[str]) -> list:
     """Experiment names (or ids) -> active experiments; unknown or deleted: exit 3 with the closest names."""
+    return [find_experiment(client, name) for name in names]
+
+
+def closest(word: str, candidates, n: int = 5) -> list[str]:
+    """Up to n candidates like word: those containing it first, then difflib's close matches."""
+    candidates = [c for c in dict.fromkeys(candidates) if c]
+    found = [c for c in candidates if word and (c.startswith(word) or word.lower() in c.lower())][:n]
+    for match in difflib.get_close_matches(word, candidates, n=n, cutoff=0.4):
+        if match not in found:
+            found.append(match)
+    return found[:n]
+
+
+def find_experiment(client, name_or_id: str):
+    """An active experiment by name, else by id; unknown or deleted: exit 3 naming the closest names.
+    Identical in query_experiments.py and get_metric_history.py (tests/test_conventions.py checks)."""
     from mlflow.entities import ViewType
     from mlflow.exceptions import MlflowException
 
-    found = []
-    for name in names:
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None and name.isdigit():
-            try:
-                experiment = client.get_experiment(name)
-            except MlflowException as exc:
-                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-                    raise
-        if experiment is None:
-            known = [e.name for e in all_experiments(client, ViewType.ACTIVE_ONLY)]
-            near = closest(name, known)
-            hint = f"closest: {', '.join(near)}" if near else "no experiment has a similar name"
-            raise CliError(
-                EXIT_NOT_FOUND,
-                f"experiment {name!r} not found ({hint}); list them with: query_experiments.py experiments",
-            )
-        if experiment.lifecycle_stage == "deleted":
-            raise CliError(
-                EXIT_NOT_FOUND,
-                f"experiment {experiment.name!r} (id {experiment.experiment_id}) is deleted; bring it back "
-                f"with create_experiment.py --name {quote(experiment.name)} --restore",
-            )
-        found.append(experiment)
-    return found
+    experiment = client.get_experiment_by_name(name_or_id)
+    if experiment is None and name_or_id.isdigit():
+        try:
+            experiment = client.get_experiment(name_or_id)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+    if experiment is None:
+        known = [e.name for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000)]
+        near = closest(name_or_id, known)
+        hint = f"closest: {', '.join(near)}" if near else "no experiment has a similar name"
+        raise CliError(
+            EXIT_NOT_FOUND,
+            f"experiment {name_or_id!r} not found ({hint}); list them with: query_experiments.py experiments",
+        )
+    if experiment.lifecycle_stage == "deleted":
+        raise CliError(
+            EXIT_NOT_FOUND,
+            f"experiment {experiment.name!r} (id {experiment.experiment_id}) is deleted; bring it back "
+            f"with create_experiment.py --name {experiment.name!r} --restore",
+        )
+    return experiment
 
 
 def refresh_sqlite_statistics(client) -> None:
@@ -932,7 +943,19 @@ def list_artifacts(client, run_id: str, limit: int = ARTIFACT_LIST_LIMIT) -> tup
 # ---- subcommands ----
 
 
-def cmd_experiments(client, args) -> object:
+@dataclass(frozen=True)
+class Query:
+    """A checked command line: the subcommand's handler, its arguments, and where and how to answer."""
+
+    handler: Callable  # cmd_experiments, cmd_runs, ...: handler(client, query) -> data to print
+    args: argparse.Namespace
+    fmt: str
+    tracking_uri: str
+    debug: bool
+
+
+def cmd_experiments(client, query: Query) -> object:
+    args = query.args
     from mlflow.entities import ViewType
     from mlflow.exceptions import MlflowException
 
@@ -977,7 +1000,8 @@ def cmd_experiments(client, args) -> object:
     return records
 
 
-def cmd_runs(client, args, fmt: str) -> object:
+def cmd_runs(client, query: Query) -> object:
+    args, fmt = query.args, query.fmt
     experiments = resolve_experiments(client, args.experiment)
     refresh_sqlite_statistics(client)
     filter_string = build_run_filter(args.filter, args.status, args.parent_run_id, args.top_level)
@@ -998,7 +1022,8 @@ def cmd_runs(client, args, fmt: str) -> object:
     return records
 
 
-def cmd_run(client, args, tracking_uri: str) -> dict:
+def cmd_run(client, query: Query) -> dict:
+    args, tracking_uri = query.args, query.tracking_uri
     run = get_run(client, args.run_id)
     info, data = run.info, run.data
     experiment = client.get_experiment(info.experiment_id)
@@ -1084,7 +1109,8 @@ def code_version(tags: dict[str, str]) -> dict | None:
     }
 
 
-def cmd_compare(client, args, fmt: str) -> object:
+def cmd_compare(client, query: Query) -> object:
+    args, fmt = query.args, query.fmt
     runs = [get_run(client, run_id) for run_id in args.run_id]
     records = [run_record(run, all_columns=True) for run in runs]
     metric_names = None
@@ -1107,7 +1133,8 @@ def cmd_compare(client, args, fmt: str) -> object:
     return result
 
 
-def cmd_group(client, args) -> list[dict]:
+def cmd_group(client, query: Query) -> list[dict]:
+    args = query.args
     experiments = resolve_experiments(client, args.experiment)
     refresh_sqlite_statistics(client)
     prefix, _, key = args.by.partition(".")
@@ -1217,6 +1244,7 @@ def build_parser() -> CliParser:
         "list experiments",
         "example: experiments --filter \"name LIKE 'momentum%'\" --with-counts",
     )
+    p.set_defaults(handler=cmd_experiments, check=None)
     p.add_argument(
         "--filter", default="", metavar="S", help="e.g. \"name LIKE 'mom%%'\" or \"tags.team = 'quant'\""
     )
@@ -1235,6 +1263,7 @@ def build_parser() -> CliParser:
         "examples:\n  runs --experiment momentum --order-by 'metrics.sharpe DESC' --max-results 10\n"
         "  runs --experiment momentum --filter \"metrics.sharpe > 1 and params.window = '20'\" --top-level",
     )
+    p.set_defaults(handler=cmd_runs, check=check_runs)
     p.add_argument(
         "--experiment", action="append", required=True, metavar="NAME", help="name or id (repeatable)"
     )
@@ -1258,6 +1287,7 @@ def build_parser() -> CliParser:
     family.add_argument("--top-level", action="store_true", help="hide sweep children (runs with a parent)")
 
     p = add("run", "everything about one run: params, metrics, tags, datasets, artifacts, parent, children")
+    p.set_defaults(handler=cmd_run, check=None)
     p.add_argument("--run-id", required=True, metavar="ID")
 
     p = add(
@@ -1267,6 +1297,7 @@ def build_parser() -> CliParser:
         + ", ".join(f"{k} {v}" for k, v in METRIC_DIRECTIONS.items())
         + " (zero = closest to 0)",
     )
+    p.set_defaults(handler=cmd_compare, check=check_compare)
     p.add_argument("--run-id", action="append", required=True, metavar="ID", help="repeat 2-20 times")
     p.add_argument(
         "--metrics", metavar="LIST", help="e.g. sharpe,max_drawdown, or 'all' (default: key metrics)"
@@ -1277,6 +1308,7 @@ def build_parser() -> CliParser:
         "aggregate a metric per value of one param or tag (how a hyperparameter moves a metric)",
         "example: group --experiment momentum --by params.window --metric sharpe --agg mean,median,max,count",
     )
+    p.set_defaults(handler=cmd_group, check=check_group)
     p.add_argument(
         "--experiment", action="append", required=True, metavar="NAME", help="name or id (repeatable)"
     )
@@ -1292,37 +1324,50 @@ def build_parser() -> CliParser:
     return parser
 
 
-def validate(args) -> None:
-    """Input checks that need no MLflow (exit 2 before any import or request)."""
-    if args.command in ("runs", "group"):
-        for name in args.experiment:
-            if not name.strip():
-                raise CliError(
-                    EXIT_USAGE, "--experiment is empty: give a name (list them with `experiments`)"
-                )
-        if getattr(args, "parent_run_id", None) and not args.parent_run_id.strip():
-            raise CliError(EXIT_USAGE, "--parent-run-id is empty")
-    if args.command == "runs":
-        parse_columns(args.columns)
-    if args.command == "compare":
-        ids = list(dict.fromkeys(i.strip() for i in args.run_id if i.strip()))
-        if len(ids) < len(args.run_id):
-            print("warning: repeated or empty --run-id ignored", file=sys.stderr)
-        if not 2 <= len(ids) <= 20:
-            raise CliError(EXIT_USAGE, f"compare needs 2 to 20 different --run-id (got {len(ids)})")
-        args.run_id = ids
-    if args.command == "group":
-        prefix, dot, key = args.by.partition(".")
-        if not dot or not key or prefix not in ("params", "param", "tags", "tag"):
-            raise CliError(
-                EXIT_USAGE, f"--by {args.by!r} must be params.NAME or tags.NAME, e.g. --by params.window"
-            )
-        if "`" in key:
-            raise CliError(EXIT_USAGE, "--by must not contain backticks")
-        aggs = split_list(args.agg)
-        unknown = [a for a in aggs if a not in AGGREGATES]
-        if not aggs or unknown:
-            raise CliError(EXIT_USAGE, f"--agg {args.agg!r}: choose from {', '.join(AGGREGATES)}")
+def check_experiments_named(args) -> None:
+    for name in args.experiment:
+        if not name.strip():
+            raise CliError(EXIT_USAGE, "--experiment is empty: give a name (list them with `experiments`)")
+    if getattr(args, "parent_run_id", None) and not args.parent_run_id.strip():
+        raise CliError(EXIT_USAGE, "--parent-run-id is empty")
+
+
+def check_runs(args) -> None:
+    check_experiments_named(args)
+    parse_columns(args.columns)
+
+
+def check_compare(args) -> None:
+    ids = list(dict.fromkeys(i.strip() for i in args.run_id if i.strip()))
+    if len(ids) < len(args.run_id):
+        print("warning: repeated or empty --run-id ignored", file=sys.stderr)
+    if not 2 <= len(ids) <= 20:
+        raise CliError(EXIT_USAGE, f"compare needs 2 to 20 different --run-id (got {len(ids)})")
+    args.run_id = ids
+
+
+def check_group(args) -> None:
+    check_experiments_named(args)
+    prefix, dot, key = args.by.partition(".")
+    if not dot or not key or prefix not in ("params", "param", "tags", "tag"):
+        raise CliError(
+            EXIT_USAGE, f"--by {args.by!r} must be params.NAME or tags.NAME, e.g. --by params.window"
+        )
+    if "`" in key:
+        raise CliError(EXIT_USAGE, "--by must not contain backticks")
+    aggs = split_list(args.agg)
+    unknown = [a for a in aggs if a not in AGGREGATES]
+    if not aggs or unknown:
+        raise CliError(EXIT_USAGE, f"--agg {args.agg!r}: choose from {', '.join(AGGREGATES)}")
+
+
+def build_query(args) -> Query:
+    """Input checks that need no MLflow (exit 2 before any import or request): the subcommand's own check."""
+    if args.check is not None:
+        args.check(args)
+    return Query(
+        args.handler, args, output_format(args.format), resolve_tracking_uri(args.tracking_uri), args.debug
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1330,22 +1375,9 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
 
     def action() -> int:
-        args = build_parser().parse_args(argv)
-        validate(args)
-        fmt = output_format(args.format)
-        tracking_uri = resolve_tracking_uri(args.tracking_uri)
-        client = connect(tracking_uri, debug)
-        if args.command == "experiments":
-            data = cmd_experiments(client, args)
-        elif args.command == "runs":
-            data = cmd_runs(client, args, fmt)
-        elif args.command == "run":
-            data = cmd_run(client, args, tracking_uri)
-        elif args.command == "compare":
-            data = cmd_compare(client, args, fmt)
-        else:
-            data = cmd_group(client, args)
-        print_bounded(data, fmt, args.max_chars)
+        query = build_query(build_parser().parse_args(argv))
+        client = connect(query.tracking_uri, query.debug)
+        print_bounded(query.handler(client, query), query.fmt, query.args.max_chars)
         return EXIT_OK
 
     return run_cli(action, debug)

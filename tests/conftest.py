@@ -37,6 +37,22 @@ def store(request) -> dict[str, str]:
     return request.getfixturevalue("mlflow_server").env()
 
 
+@pytest.fixture
+def client_for(monkeypatch):
+    """client_for(env) -> an MlflowClient in the test process looking at the store a script used. MlflowClient
+    reads credentials from os.environ on every request: they are set there for this test only."""
+
+    def make(env: dict[str, str]):
+        from mlflow import MlflowClient
+
+        for key, value in env.items():
+            if key.startswith("MLFLOW_TRACKING_"):
+                monkeypatch.setenv(key, value)
+        return MlflowClient(env["MLFLOW_TRACKING_URI"])
+
+    return make
+
+
 def load_script(name: str):
     """Import scripts/NAME.py as a module, to unit-test its pure functions."""
     spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
@@ -68,6 +84,20 @@ def secret_scan(tmp_path_factory):
     leaks, _ = harness.scan_for_secrets([tmp_path_factory.getbasetemp()])
     if leaks:
         pytest.fail(f"secrets leaked into: {', '.join(leaks[:20])}", pytrace=False)
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that reaches the session's tracking server carries the `server` marker, also when it gets
+    there through a fixture (`sweep` asks for mlflow_server) or a fixture parameter (store[server],
+    seeded[server]): `-m "not server"` then starts no server. Tests that start a server of their own are
+    marked by hand."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        by_param = callspec is not None and any(
+            isinstance(v, str) and v == "server" for v in callspec.params.values()
+        )
+        if "mlflow_server" in item.fixturenames or by_param:
+            item.add_marker(pytest.mark.server)
 
 
 def pytest_sessionfinish(session, exitstatus):

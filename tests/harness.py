@@ -202,16 +202,14 @@ class MlflowServer:
         }
 
     def client(self, user: User | None = None):
-        """An MlflowClient in the test process, authenticated as a user (admin by default)."""
-        return client_for(self.env(user))
+        """An MlflowClient in the test process, authenticated as a user (admin by default). MlflowClient reads
+        credentials from os.environ on every request, so they stay set there (module-scoped seeding uses this;
+        tests use the `client_for` fixture, which undoes its change)."""
+        from mlflow import MlflowClient
 
-
-def client_for(env: dict[str, str]):
-    """An MlflowClient in the test process looking at the store a script used (credentials from env)."""
-    from mlflow import MlflowClient
-
-    os.environ.update({k: v for k, v in env.items() if k.startswith("MLFLOW_TRACKING_")})
-    return MlflowClient(env["MLFLOW_TRACKING_URI"])
+        env = self.env(user)
+        os.environ.update({k: v for k, v in env.items() if k.startswith("MLFLOW_TRACKING_")})
+        return MlflowClient(env["MLFLOW_TRACKING_URI"])
 
 
 @contextlib.contextmanager

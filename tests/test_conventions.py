@@ -35,7 +35,8 @@ def script_path(name: str) -> Path:
 
 def preamble(name: str) -> str:
     text = script_path(name).read_text()
-    assert text.count(PREAMBLE_START) == 1 and text.count(PREAMBLE_END) == 1, f"{name}: preamble markers"
+    assert text.count(PREAMBLE_START) == 1, f"{name}: preamble markers"
+    assert text.count(PREAMBLE_END) == 1, f"{name}: preamble markers"
     return text.split(PREAMBLE_START, 1)[1].split(PREAMBLE_END, 1)[0]
 
 
@@ -75,7 +76,8 @@ def test_pep723_metadata_and_lockfile_is_current(name):
     assert check.returncode == 0, check.stderr
     # The test server and in-process checks run the same mlflow the scripts are locked to.
     locked = re.search(r'\[\[package\]\]\nname = "mlflow(?:-skinny)?"\nversion = "([^"]+)"', lock.read_text())
-    assert locked and locked.group(1) == version("mlflow"), (locked and locked.group(1), version("mlflow"))
+    assert locked, (locked and locked.group(1), version("mlflow"))
+    assert locked.group(1) == version("mlflow"), (locked and locked.group(1), version("mlflow"))
 
 
 @pytest.mark.parametrize("name", SCRIPT_NAMES)
@@ -95,7 +97,9 @@ def test_help_imports_nothing_heavy_and_lists_exit_codes(name):
     help_text = done.stdout
     for code in range(6):
         assert re.search(rf"^\s+{code}\s+\S", help_text, re.M), f"exit code {code} missing from --help"
-    assert "--format" in help_text and "--tracking-uri" in help_text and "--debug" in help_text
+    assert "--format" in help_text
+    assert "--tracking-uri" in help_text
+    assert "--debug" in help_text
 
 
 # The least each script needs to get past argparse's check of required arguments.
@@ -132,7 +136,8 @@ def test_skill_md_is_valid_per_agent_skills_spec(tmp_path):
     ):  # fmt: skip
         assert phrase.lower() in description.lower(), phrase
     allowed = re.search(r"^allowed-tools: (.+)$", front, re.M).group(1)
-    assert "," not in allowed and len(allowed.split()) >= 2  # the spec's space-separated form
+    assert "," not in allowed
+    assert len(allowed.split()) >= 2  # the spec's space-separated form
 
 
 def test_bundle_layout():
@@ -178,3 +183,29 @@ def test_an_environment_without_mlflow_gets_the_repair_command(tmp_path):
     result = Result(done.returncode, done.stdout, done.stderr, 0.0)
     assert_clean_error(result, 1, "mlflow is missing", "uv run --reinstall", "create_experiment.py --help")
     assert not (tmp_path / "mlflow.db").exists()
+
+
+# ---- what the scripts must agree on but do not share ---------------------------------------------------------
+def test_key_metrics_agree(scripts):
+    """log_backtest logs (and describes) these first; query_experiments shows them by default."""
+    assert set(scripts.log_backtest.KEY_METRICS) == set(scripts.query_experiments.KEY_METRICS)
+
+
+def test_better_direction_agrees(scripts):
+    """Which way is better per metric: query_experiments marks the best value; log_backtest documents it.
+    "zero" (closest to 0 wins) is said of metrics logged as negative fractions: there higher is better."""
+    specs = {spec.name: spec for spec in scripts.log_backtest.METRICS}
+    as_higher = {"higher": True, "lower": False, "zero": True}
+    for name, direction in scripts.query_experiments.METRIC_DIRECTIONS.items():
+        assert name in specs, f"query_experiments ranks {name!r}, which log_backtest does not log"
+        assert specs[name].higher_is_better == as_higher[direction], name
+
+
+def test_experiment_lookup_is_the_same_code(scripts):
+    """Experiment by name or id, with close-name suggestions: one function, copied, kept identical."""
+    import inspect
+
+    for function in ("find_experiment", "closest"):
+        ours = inspect.getsource(getattr(scripts.query_experiments, function))
+        theirs = inspect.getsource(getattr(scripts.get_metric_history, function))
+        assert ours == theirs, function

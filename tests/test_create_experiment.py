@@ -6,14 +6,14 @@ import json
 import uuid
 
 import pytest
-from harness import assert_clean_error, client_for, free_port, run_script
+from harness import assert_clean_error, free_port, run_script
 
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def test_create_then_idempotent_with_description_and_tags(store):
+def test_create_then_idempotent_with_description_and_tags(client_for, store):
     name = unique("momentum")
     first = run_script(
         "create_experiment",
@@ -53,7 +53,7 @@ def test_create_then_idempotent_with_description_and_tags(store):
     assert stored.tags["team"] == "macro" and stored.tags["asset_class"] == "equity"
 
 
-def test_deleted_experiment_needs_restore(store):
+def test_deleted_experiment_needs_restore(client_for, store):
     name = unique("deleted")
     client = client_for(store)
     experiment_id = client.create_experiment(name)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import struct
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import uuid
 import numpy as np
 import pandas as pd
 import pytest
-from harness import DATA, ROOT, assert_clean_error, client_for, run_script
+from harness import DATA, ROOT, assert_clean_error, run_script
 
 N = 300
 RUNS = ("alpha", "beta", "gamma")
@@ -90,19 +89,16 @@ def seeded(request):
 
 
 @pytest.fixture
-def call(scripts, capsys):
+def call(scripts, capsys, monkeypatch):
     """Run main(argv) in this process with an environment; returns (exit code, stdout, stderr)."""
 
     def run(env: dict, *argv: str):
-        saved = dict(os.environ)
-        try:
+        with monkeypatch.context() as patch:
             for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-                os.environ.pop(key, None)
-            os.environ.update(env)
+                patch.delenv(key, raising=False)
+            for key, value in env.items():
+                patch.setenv(key, value)
             code = scripts.get_metric_history.main(list(argv))
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
         captured = capsys.readouterr()
         return code, captured.out, captured.err
 
@@ -266,7 +262,8 @@ def test_bulk_fetch_with_truncation_and_fallback_equals_the_client(server_seeded
     a missing endpoint forces the public get-history. Every path returns what MlflowClient returns."""
     module = scripts.get_metric_history
     client = module.connect(server_seeded["env"]["MLFLOW_TRACKING_URI"])
-    os.environ.update(server_seeded["env"])
+    for key, value in server_seeded["env"].items():
+        monkeypatch.setenv(key, value)
     uri = server_seeded["env"]["MLFLOW_TRACKING_URI"]
     pairs = [(rid, m) for name, rid in server_seeded["run_ids"].items() for m in HIST[name]]
     expected = {
@@ -314,7 +311,7 @@ def test_bulk_fetch_with_truncation_and_fallback_equals_the_client(server_seeded
 # ---------------------------------------------------------------- what log_backtest writes
 
 
-def test_log_backtest_equity_and_drawdown_come_back_with_the_bars_dates(tmp_path, call):
+def test_log_backtest_equity_and_drawdown_come_back_with_the_bars_dates(tmp_path, call, client_for):
     """A real log_backtest run: every bar (756 < its 5,000-point cap) with its own date; equity is the growth
     of 1.0 and drawdown its distance below the running peak, computed here from the returns file."""
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}

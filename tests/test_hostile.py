@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from harness import assert_clean_error, client_for, run_script
+from harness import assert_clean_error, run_script
 
 HOSTILE_NAME = 'q\'uote "dbl" ünïcødé 🚀 $(touch pwned) `id` ; rm -rf / | & > x'
 HOSTILE_VALUES = {
@@ -17,7 +17,7 @@ HOSTILE_VALUES = {
 }
 
 
-def test_hostile_experiment_name_and_tags_are_stored_faithfully(store, tmp_path):
+def test_hostile_experiment_name_and_tags_are_stored_faithfully(client_for, store, tmp_path):
     args = ["--name", HOSTILE_NAME, "--description", "## desc\n" + HOSTILE_VALUES["shell"]]
     for key, value in HOSTILE_VALUES.items():
         args += ["--tag", f"{key}={value}"]

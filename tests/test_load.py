@@ -15,7 +15,7 @@ import harness
 import numpy as np
 import pandas as pd
 import pytest
-from harness import client_for, run_script
+from harness import run_script
 
 N_BARS = 300  # below the default --max-history-points (5000): every bar is a history point
 
@@ -103,7 +103,7 @@ def test_16_processes_against_one_server(mlflow_server, tmp_path):
 
 
 @pytest.mark.slow
-def test_8_processes_against_one_local_sqlite_store(tmp_path):
+def test_8_processes_against_one_local_sqlite_store(client_for, tmp_path):
     """A store that exists (its tables made here first): 8 writers at once, all complete, nothing duplicated."""
     experiment = f"load-{uuid.uuid4().hex[:8]}"
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
@@ -116,7 +116,7 @@ def test_8_processes_against_one_local_sqlite_store(tmp_path):
 
 
 @pytest.mark.slow
-def test_4_processes_racing_to_create_a_fresh_sqlite_store(tmp_path):
+def test_4_processes_racing_to_create_a_fresh_sqlite_store(client_for, tmp_path):
     """No store yet: the processes race to create its tables. Each logs a complete run or fails with a clear,
     documented exit code (never 1, 'unexpected') after which a rerun is safe; after rerunning the failed
     ones, every run is there once."""

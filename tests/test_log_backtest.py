@@ -3,18 +3,16 @@ dedupe, dry run, and a server that dies mid-run. Data is generated here with fix
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import uuid
-import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
-from harness import MlflowServer, assert_clean_error, client_for, run_script
-
-warnings.filterwarnings("ignore")
+from harness import MlflowServer, assert_clean_error, run_script
 
 
 def unique(prefix: str) -> str:
@@ -86,8 +84,11 @@ def test_metric_table_has_the_core_names_and_is_documentable(scripts):
         "alpha", "beta", "correlation", "information_ratio", "r_squared", "treynor_ratio"
     }  # fmt: skip
     for spec in lb.METRICS:
-        assert lb.KEY_PATTERN.match(spec.name) and spec.name == spec.name.lower()
-        assert spec.meaning and spec.units and spec.higher_is_better in (True, False, None)
+        assert lb.KEY_PATTERN.match(spec.name)
+        assert spec.name == spec.name.lower()
+        assert spec.meaning
+        assert spec.units
+        assert spec.higher_is_better in (True, False, None)
         compile(spec.call, spec.name, "eval")
     table = lb.metric_table_markdown()
     assert all(f"| `{name}` |" in table for name in names)
@@ -112,8 +113,8 @@ def test_metrics_equal_direct_qs_stats_calls(scripts):
         frame["strategy"].to_numpy(), index=pd.DatetimeIndex(pd.to_datetime(frame["date"])).as_unit("ns")
     )
     b = pd.Series(np.random.default_rng(3).normal(0.0003, 0.009, len(r)), index=r.index)
-    item = lb.Series(name="s", returns=r, has_timestamps=True, benchmark=b)
-    values, notes = lb.compute_metrics(item, 0.02, 252.0, True)
+    column = lb.Column(name="s", returns=r, has_timestamps=True, benchmark=b)
+    values, notes = lb.compute_metrics(column, 0.02, 252.0, True)
     assert notes == []
     rf_total = 1.02 ** (len(r) / 252) - 1
     expected = {
@@ -173,14 +174,16 @@ def test_undefined_metrics_are_nan_never_zero(scripts):
     r = pd.Series(
         rng.uniform(0.0001, 0.002, 300), index=pd.bdate_range("2022-01-03", periods=300).as_unit("ns")
     )
-    values, _ = lb.compute_metrics(lb.Series("up", r, True), 0.0, 252.0, True)
+    values, _ = lb.compute_metrics(lb.Column("up", r, True), 0.0, 252.0, True)
     defined, undefined = lb.split_defined(values)
-    for name in ("profit_factor", "sortino", "avg_loss", "max_drawdown" if False else "payoff_ratio"):
-        assert name in undefined and name not in defined
+    for name in ("profit_factor", "sortino", "avg_loss", "payoff_ratio"):
+        assert name in undefined, name
+        assert name not in defined, name
     assert all(math.isfinite(v) for v in defined.values())
     flat = pd.Series(0.0, index=r.index)
-    values, _ = lb.compute_metrics(lb.Series("flat", flat, True), 0.0, 252.0, True)
-    assert math.isnan(values["win_rate"]) and math.isnan(values["profit_factor"])
+    values, _ = lb.compute_metrics(lb.Column("flat", flat, True), 0.0, 252.0, True)
+    assert math.isnan(values["win_rate"])
+    assert math.isnan(values["profit_factor"])
 
 
 # ---- frequency and histories ------------------------------------------------------------------------------
@@ -215,7 +218,10 @@ def test_history_downsampling_keeps_first_last_and_deepest(scripts):
     assert drawdown.max() <= 0
     for deepest in (int(np.argmin(drawdown)), 1, 19_998, 12_345):
         steps = lb.history_steps(len(r), 500, deepest)
-        assert len(steps) <= 500 and steps[0] == 0 and steps[-1] == len(r) - 1 and deepest in steps
+        assert len(steps) <= 500
+        assert steps[0] == 0
+        assert steps[-1] == len(r) - 1
+        assert deepest in steps
         assert (np.diff(steps) > 0).all()
     assert list(lb.history_steps(10, 500, 3)) == list(range(10))
 
@@ -271,9 +277,11 @@ def test_invalid_returns_file_is_exit_2(scripts, capsys, tmp_path, case):
     else:
         path = write(tmp_path, "in.csv", content)
     code, out, err = run_main(scripts, capsys, "--returns", path, "--dry-run")
-    assert code == 2 and out == ""
+    assert code == 2
+    assert out == ""
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1 and needle.lower() in lines[0].lower(), err
+    assert len(lines) == 1, err
+    assert needle.lower() in lines[0].lower(), err
 
 
 @pytest.mark.parametrize(
@@ -295,7 +303,10 @@ def test_invalid_returns_file_is_exit_2(scripts, capsys, tmp_path, case):
 )
 def test_invalid_arguments_are_exit_2(scripts, capsys, tmp_path, extra, needle):
     code, out, err = run_main(scripts, capsys, "--returns", good_csv(tmp_path), "--dry-run", *extra)
-    assert code == 2 and out == "" and needle.lower() in err.lower() and err.count("error: ") == 1, err
+    assert code == 2, err
+    assert out == "", err
+    assert needle.lower() in err.lower(), err
+    assert err.count("error: ") == 1, err
 
 
 def test_benchmark_problems_are_exit_2(scripts, capsys, tmp_path):
@@ -305,13 +316,15 @@ def test_benchmark_problems_are_exit_2(scripts, capsys, tmp_path):
     code, _, err = run_main(
         scripts, capsys, "--returns", returns, "--benchmark", str(tmp_path / "far.csv"), "--dry-run"
     )
-    assert code == 2 and "common" in err
+    assert code == 2
+    assert "common" in err
     two = daily_frame(10, n=30, columns=("a", "b"))
     two.to_csv(tmp_path / "two.csv", index=False)
     code, _, err = run_main(
         scripts, capsys, "--returns", returns, "--benchmark", str(tmp_path / "two.csv"), "--dry-run"
     )
-    assert code == 2 and "--benchmark-column" in err
+    assert code == 2
+    assert "--benchmark-column" in err
 
 
 def test_unsorted_nan_rows_and_time_zones_are_fixed_with_warnings(scripts, capsys, tmp_path):
@@ -322,10 +335,14 @@ def test_unsorted_nan_rows_and_time_zones_are_fixed_with_warnings(scripts, capsy
     code, out, err = run_main(scripts, capsys, "--returns", write(tmp_path, "tz.csv", text), "--dry-run")
     assert code == 0, err
     data = json.loads(out)
-    assert data["n_bars"] == 4 and data["start"] == "2024-01-02" and data["end"] == "2024-01-08"
-    assert any("sorted" in w for w in data["warnings"]) and any("NaN" in w for w in data["warnings"])
+    assert data["n_bars"] == 4
+    assert data["start"] == "2024-01-02"
+    assert data["end"] == "2024-01-08"
+    assert any("sorted" in w for w in data["warnings"])
+    assert any("NaN" in w for w in data["warnings"])
     assert any("UTC" in w for w in data["warnings"])
-    assert "warning: " in err and "Traceback" not in err
+    assert "warning: " in err
+    assert "Traceback" not in err
 
 
 def test_bare_numbers_with_periods_per_year(scripts, capsys, tmp_path):
@@ -334,8 +351,11 @@ def test_bare_numbers_with_periods_per_year(scripts, capsys, tmp_path):
     code, out, err = run_main(scripts, capsys, "--returns", path, "--periods-per-year", "12", "--dry-run")
     assert code == 0, err
     data = json.loads(out)
-    assert data["periods_per_year"] == 12 and data["frequency"] == "bars" and data["start"] == "bar 0"
-    assert "best_month" in data["undefined_metrics"] and "sharpe" in data["metrics"]
+    assert data["periods_per_year"] == 12
+    assert data["frequency"] == "bars"
+    assert data["start"] == "bar 0"
+    assert "best_month" in data["undefined_metrics"]
+    assert "sharpe" in data["metrics"]
 
 
 def test_dry_run_touches_no_store(tmp_path):
@@ -345,7 +365,9 @@ def test_dry_run_touches_no_store(tmp_path):
     result = run_script("log_backtest", "--returns", "strategy.csv", "--dry-run", cwd=folder)
     assert result.returncode == 0, result.stderr
     data = result.json()
-    assert data["dry_run"] is True and data["run_id"] is None and len(data["metrics"]) >= 60
+    assert data["dry_run"] is True
+    assert data["run_id"] is None
+    assert len(data["metrics"]) >= 60
     assert sorted(p.name for p in folder.iterdir()) == ["strategy.csv"]
 
 
@@ -378,17 +400,22 @@ def single(tmp_path_factory):
 
 def test_single_output_and_clean_stderr(single):
     out = single["out"]
-    assert out["run_name"] == "mom-20" and out["experiment"] == "mom" and out["deduplicated"] is False
-    assert out["periods_per_year"] == 252 and out["frequency"] == "daily" and out["n_bars"] == 2000
+    assert out["run_name"] == "mom-20"
+    assert out["experiment"] == "mom"
+    assert out["deduplicated"] is False
+    assert out["periods_per_year"] == 252
+    assert out["frequency"] == "daily"
+    assert out["n_bars"] == 2000
     assert (
         out["benchmark"]["benchmark_bars_dropped"] == 100 and out["benchmark"]["strategy_bars_dropped"] == 0
     )
     assert set(out["artifacts"]) == {"metrics.json", "returns.csv", "tearsheet.html"}
-    assert len(out["metrics"]) >= 66 and out["url"] is None
+    assert len(out["metrics"]) >= 66
+    assert out["url"] is None
     assert single["result"].stderr == "", single["result"].stderr  # no library noise
 
 
-def test_single_run_holds_everything(single):
+def test_single_run_holds_everything(client_for, single):
     client = client_for(single["env"])
     run = client.get_run(single["out"]["run_id"])
     assert run.info.status == "FINISHED"
@@ -403,13 +430,17 @@ def test_single_run_holds_everything(single):
     assert (
         params["signal.lookback"] == "20" and params["signal.skip"] == "1" and params["universe"] == "sp500"
     )
-    assert params["n_bars"] == "2000" and params["periods_per_year"] == "252" and params["rf"] == "0.01"
-    assert params["start"] == "2015-01-02" and params["source_file"] == "momentum.csv"
+    assert params["n_bars"] == "2000"
+    assert params["periods_per_year"] == "252"
+    assert params["rf"] == "0.01"
+    assert params["start"] == "2015-01-02"
+    assert params["source_file"] == "momentum.csv"
     assert (
         params["benchmark"] == "spy.csv" and params["compounded"] == "true" and params["frequency"] == "daily"
     )
     tags = run.data.tags
-    assert tags["team"] == "quant" and len(tags["backtest.fingerprint"]) == 64
+    assert tags["team"] == "quant"
+    assert len(tags["backtest.fingerprint"]) == 64
     assert tags["backtest.skill_version"]
     undefined = single["out"]["undefined_metrics"]
     assert tags.get("backtest.undefined_metrics") == (",".join(undefined) if undefined else None)
@@ -420,7 +451,8 @@ def test_single_run_holds_everything(single):
         f"Sharpe {m['sharpe']:.2f} · CAGR {m['cagr'] * 100:.2f} % · "
         f"MaxDD {m['max_drawdown'] * 100:.2f} % · Vol {m['volatility'] * 100:.2f} %"
     ).replace("-", "\N{MINUS SIGN}")  # the line the UI's collapsed description shows
-    assert rest.lstrip().startswith("Twelve-one momentum") and "2015-01-02" in note
+    assert rest.lstrip().startswith("Twelve-one momentum")
+    assert "2015-01-02" in note
     assert f"- sharpe: **{m['sharpe']:.3f}**" in note  # a list: MLflow draws tables without padding
     [dataset_input] = run.inputs.dataset_inputs
     assert {(t.key, t.value) for t in dataset_input.tags} == {("mlflow.data.context", "backtest")}
@@ -430,7 +462,7 @@ def test_single_run_holds_everything(single):
     ]  # fmt: skip
 
 
-def test_single_histories_and_artifacts(single, tmp_path):
+def test_single_histories_and_artifacts(client_for, single, tmp_path):
     client = client_for(single["env"])
     run_id = single["out"]["run_id"]
     r = read_back(single["folder"] / "momentum.csv")
@@ -438,7 +470,8 @@ def test_single_histories_and_artifacts(single, tmp_path):
     drawdown = equity / np.maximum(equity.cummax(), 1.0) - 1
     history = {m.step: m for m in client.get_metric_history(run_id, "equity")}
     dd_history = {m.step: m for m in client.get_metric_history(run_id, "drawdown")}
-    assert len(history) <= 500 and set(history) == set(dd_history)
+    assert len(history) <= 500
+    assert set(history) == set(dd_history)
     deepest = int(np.argmin(drawdown.to_numpy()))
     assert {0, len(r) - 1, deepest} <= set(history)
     for step, point in history.items():
@@ -450,13 +483,17 @@ def test_single_histories_and_artifacts(single, tmp_path):
     local = client.download_artifacts(run_id, "", str(tmp_path))
     with open(os.path.join(local, "metrics.json")) as handle:
         doc = json.load(handle)
-    assert doc["metrics"] == single["out"]["metrics"] and doc["settings"]["rf"] == 0.01
+    assert doc["metrics"] == single["out"]["metrics"]
+    assert doc["settings"]["rf"] == 0.01
     with open(os.path.join(local, "tearsheet.html"), encoding="utf-8") as handle:
         html = handle.read()
-    assert "<html" in html.lower() and "mom-20" in html
+    assert "<html" in html.lower()
+    assert "mom-20" in html
     # the metrics table is headed by the run's name, not the file's column; no glyph fonts lack (CAGR﹪)
-    assert "<th>mom-20</th>" in html and "<th>strategy</th>" not in html
-    assert "\N{SMALL PERCENT SIGN}" not in html and "CAGR%" in html
+    assert "<th>mom-20</th>" in html
+    assert "<th>strategy</th>" not in html
+    assert "\N{SMALL PERCENT SIGN}" not in html
+    assert "CAGR%" in html
     saved = pd.read_csv(os.path.join(local, "returns.csv"))
     np.testing.assert_array_equal(saved["returns"].to_numpy(), r.to_numpy())
     source = pd.read_csv(single["folder"] / "momentum.csv")
@@ -464,16 +501,19 @@ def test_single_histories_and_artifacts(single, tmp_path):
     assert saved.iloc[:, 0].tolist() == source.iloc[:, 0].tolist()  # dates as dates, no "+00:00"
 
 
-def test_dedupe_then_force(single):
+def test_dedupe_then_force(client_for, single):
     env, folder, args = single["env"], single["folder"], single["args"]
     again = run_script("log_backtest", *args, "--no-tearsheet", env=env, cwd=folder)
     assert again.returncode == 0, again.stderr
     out = again.json()
-    assert out["deduplicated"] is True and out["run_id"] == single["out"]["run_id"] and out["artifacts"] == []
+    assert out["deduplicated"] is True
+    assert out["run_id"] == single["out"]["run_id"]
+    assert out["artifacts"] == []
     assert "--force" in again.stderr
     forced = run_script("log_backtest", *args, "--no-tearsheet", "--force", env=env, cwd=folder)
     assert forced.returncode == 0, forced.stderr
-    assert forced.json()["deduplicated"] is False and forced.json()["run_id"] != single["out"]["run_id"]
+    assert forced.json()["deduplicated"] is False
+    assert forced.json()["run_id"] != single["out"]["run_id"]
     client = client_for(env)
     experiment = client.get_experiment_by_name("mom")
     assert len(client.search_runs([experiment.experiment_id])) == 2
@@ -503,14 +543,16 @@ def sweep(tmp_path_factory, mlflow_server):
     return {"folder": folder, "env": env, "experiment": experiment, "result": result, "out": result.json()}
 
 
-def test_sweep_parent_and_children(sweep, tmp_path):
+def test_sweep_parent_and_children(client_for, sweep, tmp_path):
     out = sweep["out"]
     client = client_for(sweep["env"])
     assert [r["run_name"] for r in out["runs"]] == ["fast", "medium", "slow", "always_up"]
     assert out["url"].endswith(f"/runs/{out['parent_run_id']}?workflowType=machine_learning")  # runs view
-    assert "[4/4]" in sweep["result"].stderr and out["best_by"] == "sharpe"
+    assert "[4/4]" in sweep["result"].stderr
+    assert out["best_by"] == "sharpe"
     parent = client.get_run(out["parent_run_id"])
-    assert parent.info.status == "FINISHED" and parent.data.tags["backtest.sweep"] == "true"
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["backtest.sweep"] == "true"
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{out['parent_run_id']}'"
     )
@@ -531,12 +573,14 @@ def test_sweep_parent_and_children(sweep, tmp_path):
         assert artifacts == {"metrics.json", "returns.csv", "tearsheet.html"}, child.info.run_name
 
 
-def test_sweep_child_with_undefined_metrics(sweep):
+def test_sweep_child_with_undefined_metrics(client_for, sweep):
     client = client_for(sweep["env"])
     up = next(r for r in sweep["out"]["runs"] if r["run_name"] == "always_up")
-    assert "profit_factor" in up["undefined_metrics"] and "profit_factor" not in up["metrics"]
+    assert "profit_factor" in up["undefined_metrics"]
+    assert "profit_factor" not in up["metrics"]
     run = client.get_run(up["run_id"])
-    assert "profit_factor" not in run.data.metrics and "sortino" not in run.data.metrics
+    assert "profit_factor" not in run.data.metrics
+    assert "sortino" not in run.data.metrics
     assert set(run.data.tags["backtest.undefined_metrics"].split(",")) == set(up["undefined_metrics"])
 
 
@@ -547,17 +591,20 @@ def test_sweep_dedupe(sweep):
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
     out = again.json()
-    assert out["deduplicated"] is True and out["parent_run_id"] == sweep["out"]["parent_run_id"]
+    assert out["deduplicated"] is True
+    assert out["parent_run_id"] == sweep["out"]["parent_run_id"]
     assert [r["run_id"] for r in out["runs"]] == [r["run_id"] for r in sweep["out"]["runs"]]
 
 
-def test_sweep_in_helper_processes_logs_what_one_process_logs(sweep, scripts, capsys, tmp_path):
+def test_sweep_in_helper_processes_logs_what_one_process_logs(client_for, sweep, scripts, capsys, tmp_path):
     """The CLI splits a sweep's columns across processes (one per core); main() called in a process that
     already imported mlflow does all of it itself. Both must log the same runs."""
     if (os.cpu_count() or 1) > 1:
         assert "in 1 helper process" in sweep["result"].stderr, sweep["result"].stderr
     server = client_for(sweep["env"])
-    assert scripts.log_backtest.can_fork() is False  # this pytest process imported mlflow
+    lb = scripts.log_backtest
+    req = lb.build_request(lb.build_parser().parse_args(["--returns", str(sweep["folder"] / "grid.csv")]))
+    assert lb.worker_processes(req, [None, None]) == 0  # this pytest process imported mlflow: inline
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code, out, err = run_main(
         scripts, capsys, "--returns", str(sweep["folder"] / "grid.csv"), "--experiment", "one-process",
@@ -578,43 +625,103 @@ def test_sweep_in_helper_processes_logs_what_one_process_logs(sweep, scripts, ca
             theirs = [
                 (m.step, m.timestamp, m.value) for m in local.get_metric_history(one[name].info.run_id, key)
             ]
-            assert sorted(ours) == sorted(theirs) and len(ours) > 700, (name, key)
+            assert sorted(ours) == sorted(theirs), (name, key)
+            assert len(ours) > 700, (name, key)
 
 
-def test_helper_process_results_and_failures(scripts):
-    """A helper's values come back in order; its failure comes back as the exit code our contract gives it;
-    a helper that dies is an unexpected error, never a hang."""
+def square(x):
+    return {"n": x, "arrays": np.arange(3) * x}
+
+
+def refused():
+    raise scripts_module().CliError(4, "tracking server refused the request: permission denied (403)")
+
+
+def broken():
+    raise ValueError("boom")
+
+
+def dies():
+    os._exit(3)
+
+
+def scripts_module():
+    import sys
+
+    return sys.modules["log_backtest"]
+
+
+@pytest.mark.parametrize("processes", [0, 2])
+def test_worker_pool_results_and_failures(scripts, capsys, processes):
+    """The same calls inline (0) and in forked workers: values come back; a failure comes back as the exit
+    code our contract gives it; a worker that dies is an unexpected error, never a hang."""
     lb = scripts.log_backtest
+    with lb.worker_pool(processes) as pool:
+        first = pool.submit(square, 2).result()
+    assert first["n"] == 2
+    assert list(first["arrays"]) == [0, 2, 4]
+    cases = [(refused, 4, "403"), (broken, 1, "boom")] + (
+        [(dies, 1, "terminated abruptly")] if processes else []
+    )
+    for job, code, needle in cases:
 
-    def values(inbox):
-        yield {"n": 1, "arrays": np.arange(3)}
-        yield inbox() * 2
+        def call(job=job):
+            with lb.worker_pool(processes) as pool:
+                return pool.submit(job).result()
 
-    helper = lb.Helper(values)
-    first = helper.result()
-    assert first["n"] == 1 and list(first["arrays"]) == [0, 1, 2]
-    helper.send(21)
-    assert helper.result() == 42
-    helper.stop()
+        assert lb.run_cli(call, debug=False) == code, job.__name__
+        assert needle in capsys.readouterr().err, job.__name__
 
-    def refused(inbox):
-        raise lb.CliError(lb.EXIT_AUTH, "tracking server refused the request: permission denied (403)")
-        yield
 
-    def broken(inbox):
-        raise ValueError("boom")
-        yield
+def test_workers_fork_only_on_linux_with_cores_to_spare(scripts, monkeypatch, tmp_path):
+    """The choice of worker processes: none where fork is unsafe (not Linux), on one core, in a dry run, or
+    in a host that imported mlflow; else the metrics and the tearsheet of a single run in two, and a sweep's
+    columns shared with one worker per further core."""
+    import sys
+    import types
 
-    def dies(inbox):
-        os._exit(3)
-        yield
+    lb = scripts.log_backtest
+    parser = lb.build_parser()
+    req = lb.build_request(parser.parse_args(["--returns", good_csv(tmp_path)]))
+    one, ten = [None], [None] * 10
+    mlflow = sys.modules.get("mlflow") or types.ModuleType("mlflow")
+    monkeypatch.delitem(sys.modules, "mlflow", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert lb.worker_processes(req, one) == 2
+    assert lb.worker_processes(req, ten) == 3
+    assert lb.worker_processes(dataclasses.replace(req, tearsheet=False), one) == 1
+    assert lb.worker_processes(dataclasses.replace(req, dry_run=True), ten) == 0
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert lb.worker_processes(req, ten) == 0
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setitem(sys.modules, "mlflow", mlflow)  # a host imported mlflow, then called main()
+    assert lb.worker_processes(req, ten) == 0
+    monkeypatch.delitem(sys.modules, "mlflow")
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert lb.worker_processes(req, ten) == 0
 
-    for job, code, needle in ((refused, 4, "403"), (broken, 1, "ValueError: boom"), (dies, 1, "exit code 3")):
-        helper = lb.Helper(job)
-        with pytest.raises(lb.CliError) as caught:
-            helper.result()
-        helper.stop()
-        assert caught.value.code == code and needle in str(caught.value), (job.__name__, str(caught.value))
+
+def test_debug_in_process_prints_phase_timings(scripts, capsys, tmp_path):
+    """--debug is read from the arguments of this call, not from the process's sys.argv."""
+    code, _, err = run_main(scripts, capsys, "--returns", good_csv(tmp_path), "--dry-run", "--debug")
+    assert code == 0, err
+    assert "s data loaded and validated" in err
+    code, _, err = run_main(scripts, capsys, "--returns", good_csv(tmp_path), "--dry-run")
+    assert code == 0, err
+    assert "debug:" not in err
+
+
+def test_worker_pool_ends_a_task_nobody_waits_for(scripts):
+    """Leaving the pool ends a task still running (a duplicate's tearsheet), without waiting for it."""
+    import time
+
+    lb = scripts.log_backtest
+    started = time.monotonic()
+    with lb.worker_pool(1) as pool:
+        pool.submit(time.sleep, 60)
+        time.sleep(0.5)
+    assert time.monotonic() - started < 20
 
 
 def test_a_failing_tearsheet_leaves_no_visible_run(scripts, tmp_path):
@@ -624,23 +731,26 @@ def test_a_failing_tearsheet_leaves_no_visible_run(scripts, tmp_path):
     frame = daily_frame(18, n=300)
     frame.to_csv(tmp_path / "s.csv", index=False)
     req = lb.build_request(lb.build_parser().parse_args(["--returns", str(tmp_path / "s.csv")]))
-    [item] = lb.load_all(req)
-    prep = lb.prepare(item, req, "no-report", tmp_path / "run", column_param=False)
+    [job] = lb.plan(lb.load_all(req), req, tmp_path)
+    prep = lb.prepare_column(job, req)
     client = lb.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment_id = lb.ensure_experiment(client, "no-report")
 
-    def tearsheet():
+    def failing_tearsheet():
         raise lb.CliError(lb.EXIT_UNEXPECTED, "QuantStats could not draw the report")
 
-    code = lb.run_cli(
-        lambda: lb.write_run(client, experiment_id, prep, req, tearsheet=tearsheet), debug=False
-    )
-    assert code == lb.EXIT_UNEXPECTED and prep.run_id
+    with lb.worker_pool(0) as pool:
+        tearsheet = pool.submit(failing_tearsheet)
+        code = lb.run_cli(
+            lambda: lb.write_run(client, experiment_id, job, prep, req, tearsheet=tearsheet), debug=False
+        )
+    assert code == lb.EXIT_UNEXPECTED
     from mlflow.entities import ViewType
 
     assert client.search_runs([experiment_id]) == []  # nothing visible
     [run] = client.search_runs([experiment_id], run_view_type=ViewType.DELETED_ONLY)
-    assert run.info.run_id == prep.run_id and run.info.status == "FAILED"
+    assert run.info.status == "FAILED"
+    assert "sharpe" in run.data.metrics  # the metrics had landed: the tearsheet failed last
 
 
 # ---- a server that dies mid-run ------------------------------------------------------------------------------
@@ -656,7 +766,8 @@ class KillOnRead(dict):
         return super().items()
 
 
-def test_server_dying_mid_run_leaves_no_finished_run(scripts, tmp_path):
+@pytest.mark.server
+def test_server_dying_mid_run_leaves_no_finished_run(scripts, tmp_path, monkeypatch):
     lb = scripts.log_backtest
     server = MlflowServer(tmp_path / "server").start()
     try:
@@ -664,21 +775,23 @@ def test_server_dying_mid_run_leaves_no_finished_run(scripts, tmp_path):
         frame.to_csv(tmp_path / "s.csv", index=False)
         parser = lb.build_parser()
         req = lb.build_request(parser.parse_args(["--returns", str(tmp_path / "s.csv"), "--no-tearsheet"]))
-        [item] = lb.load_all(req)
-        prep = lb.prepare(item, req, "doomed", tmp_path / "run", column_param=False)
-        os.environ.update(server.env())
+        [job] = lb.plan(lb.load_all(req), req, tmp_path)
+        prep = lb.prepare_column(job, req)
+        for key, value in server.env().items():
+            monkeypatch.setenv(key, value)
         client = lb.connect(server.url)
         experiment_id = lb.ensure_experiment(client, "doomed")
-        prep.metrics = KillOnRead(prep.metrics, server)
-        code = lb.run_cli(lambda: lb.write_run(client, experiment_id, prep, req), debug=False)
-        assert code == lb.EXIT_UNREACHABLE and prep.run_id
+        doomed = dataclasses.replace(prep, metrics=KillOnRead(prep.metrics, server))
+        code = lb.run_cli(lambda: lb.write_run(client, experiment_id, job, doomed, req), debug=False)
+        assert code == lb.EXIT_UNREACHABLE
     finally:
         server.kill()
     revived = MlflowServer(server.root, port=server.port, admin=server.admin).start()
     try:
         runs = revived.client().search_runs([experiment_id])
-        assert [r.info.run_id for r in runs] == [prep.run_id]
-        assert runs[0].info.status != "FINISHED" and "sharpe" not in runs[0].data.metrics
+        assert len(runs) == 1
+        assert runs[0].info.status != "FINISHED"
+        assert "sharpe" not in runs[0].data.metrics
     finally:
         revived.stop()
 
@@ -691,7 +804,7 @@ def git(folder, *args: str) -> str:
     return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def test_code_version_tags_and_code_artifacts(scripts, tmp_path, monkeypatch, capsys):
+def test_code_version_tags_and_code_artifacts(scripts, client_for, tmp_path, monkeypatch, capsys):
     """The git repository holding the current folder (or --code-dir) is recorded: commit, branch, remote
     without its credentials, dirty or not; --code files ride along as artifacts; package versions as tags.
     Outside git: no git tags and no error. A missing --code file is exit 2 before anything is written."""
@@ -795,6 +908,6 @@ def test_history_stamps_daily_at_noon_utc_intraday_exact(scripts, tmp_path):
         frame = pd.DataFrame({name: stamps, "alpha": np.random.default_rng(1).normal(0, 0.01, 30)})
         frame.to_csv(tmp_path / "r.csv", index=False)
         req = lb.build_request(lb.build_parser().parse_args(["--returns", str(tmp_path / "r.csv")]))
-        [item] = lb.load_all(req)
+        [item] = lb.load_all(req).columns
         written = pd.read_csv(tmp_path / lb.write_returns_artifact(item, tmp_path), dtype=str)
         assert list(written.columns[:2]) == [name, "returns"] and written.iloc[0, 0] == first

@@ -268,7 +268,7 @@ def peer(r: pd.Series, b: pd.Series, rf: float, periods: float) -> dict:
 
 
 def ours(lb, case: Case, rf: float, compounded: bool = True) -> dict:
-    item = lb.Series(name=case.name, returns=case.r, has_timestamps=True, benchmark=case.b)
+    item = lb.Column(name=case.name, returns=case.r, has_timestamps=True, benchmark=case.b)
     values, notes = lb.compute_metrics(item, rf, case.periods, compounded)
     assert not [note for note in notes if "could not compute" in note], notes
     return values
@@ -324,7 +324,7 @@ def series(values, start="2020-01-01", freq="B") -> pd.Series:
 
 
 def metrics_of(lb, r: pd.Series, periods: float = 252.0, rf: float = 0.0, compounded: bool = True, b=None):
-    values, notes = lb.compute_metrics(lb.Series("s", r, True, benchmark=b), rf, periods, compounded)
+    values, notes = lb.compute_metrics(lb.Column("s", r, True, benchmark=b), rf, periods, compounded)
     return values, notes
 
 
@@ -464,8 +464,10 @@ def test_nan_gaps_are_dropped_before_metrics(scripts, tmp_path):
     path = tmp_path / "gaps.csv"
     pd.DataFrame({"date": gappy.index.strftime("%Y-%m-%d"), "s": gappy.to_numpy()}).to_csv(path, index=False)
     req = lb.build_request(lb.build_parser().parse_args(["--returns", str(path), "--dry-run"]))
-    (item,) = lb.load_all(req)
-    assert len(item.returns) == 397 and any("NaN" in w for w in req.warnings)
+    loaded = lb.load_all(req)
+    (item,) = loaded.columns
+    assert len(item.returns) == 397
+    assert any("NaN" in w for w in loaded.warnings)
     got, _ = metrics_of(lb, item.returns)
     want = independent(r.dropna().drop(r.index[[10, 11, 200]]), None, 0.0, 252.0, True)
     for name in ("sharpe", "max_drawdown", "cagr", "volatility", "sortino"):
@@ -550,8 +552,8 @@ def test_benchmark_of_another_frequency_is_refused_or_resampled(scripts):
 
 
 # ---- end to end: a logged run's numbers agree with its own histories ------------------------------------------
-def test_logged_runs_max_drawdown_is_the_minimum_of_their_drawdown_history(tmp_path, local_store):
-    from harness import client_for, run_script
+def test_logged_runs_max_drawdown_is_the_minimum_of_their_drawdown_history(tmp_path, local_store, client_for):
+    from harness import run_script
 
     values = np.zeros(300)
     values[::5] = 0.002

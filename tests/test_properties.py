@@ -204,7 +204,8 @@ def check_contract(lb, case: Case, code: int, stdout: str, stderr: str) -> None:
     noise = [line for line in lines if not line.startswith(("warning: ", "error: ", "["))]
     assert noise == [], (noise, case.text[:300])
     if code == 2:
-        assert stdout == "" and sum(line.startswith("error: ") for line in lines) == 1, stderr
+        assert stdout == "", stderr
+        assert sum(line.startswith("error: ") for line in lines) == 1, stderr
         return
     assert not case.must_fail, (case.must_fail, stdout[:300], case.text[:500], case.args)
     data = json.loads(stdout)
@@ -214,7 +215,9 @@ def check_contract(lb, case: Case, code: int, stdout: str, stderr: str) -> None:
     for run in runs:
         metrics, undefined = run["metrics"], run["undefined_metrics"]
         assert all(isinstance(v, int | float) and math.isfinite(v) for v in metrics.values()), metrics
-        assert set(metrics) <= names and set(undefined) <= names and not set(metrics) & set(undefined)
+        assert set(metrics) <= names
+        assert set(undefined) <= names
+        assert not set(metrics) & set(undefined)
         if "runs" not in data:
             assert set(metrics) | set(undefined) == names
         values = np.array(case.columns[run["column"]], dtype=float) / case.scale
@@ -240,13 +243,10 @@ def check_histories(lb, case: Case, folder: Path) -> None:
     args = lb.build_parser().parse_args(["--returns", str(folder / "returns.csv"), "--dry-run", *case.args])
     with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        items = lb.load_all(lb.build_request(args))
-        for item in items:
-            equity, drawdown = lb.equity_and_drawdown(item.returns, case.compounded)
-            assert np.isfinite(equity).all() and np.isfinite(drawdown).all(), (
-                item.name,
-                item.returns.to_numpy()[:10],
-            )
+        for column in lb.load_all(lb.build_request(args)).columns:
+            equity, drawdown = lb.equity_and_drawdown(column.returns, case.compounded)
+            assert np.isfinite(equity).all(), (column.name, column.returns.to_numpy()[:10])
+            assert np.isfinite(drawdown).all(), (column.name, column.returns.to_numpy()[:10])
 
 
 @settings(
@@ -295,7 +295,8 @@ def test_generated_files_end_to_end_leave_no_run_on_failure(lb, tmp_path, case):
     runs = client.search_runs([experiment.experiment_id])
     out = result.json()
     expected_runs = 1 + len(out["runs"]) if "runs" in out else 1
-    assert len(runs) == expected_runs and all(r.info.status == "FINISHED" for r in runs)
+    assert len(runs) == expected_runs
+    assert all(r.info.status == "FINISHED" for r in runs)
 
 
 def test_timestamps_outside_pandas_range_are_exit_2(scripts, tmp_path):
@@ -308,8 +309,10 @@ def test_timestamps_outside_pandas_range_are_exit_2(scripts, tmp_path):
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = scripts.log_backtest.main(["--returns", str(path), "--dry-run"])
-        assert code == 2 and out.getvalue() == "", (code, err.getvalue())
-        assert err.getvalue().startswith("error: ") and "timestamp" in err.getvalue(), err.getvalue()
+        assert code == 2, (code, err.getvalue())
+        assert out.getvalue() == "", (code, err.getvalue())
+        assert err.getvalue().startswith("error: "), err.getvalue()
+        assert "timestamp" in err.getvalue(), err.getvalue()
 
 
 def test_returns_whose_equity_overflows_are_exit_2_never_inf_histories(lb, tmp_path):
@@ -327,5 +330,7 @@ def test_returns_whose_equity_overflows_are_exit_2_never_inf_histories(lb, tmp_p
         code, stdout, stderr, _ = run_in_process(lb, case, tmp_path)
         if code == 0:
             check_histories(lb, case, tmp_path)
-    assert code == 2 and stdout == "" and stderr.startswith("error: "), (code, stderr)
+    assert code == 2, (code, stderr)
+    assert stdout == "", (code, stderr)
+    assert stderr.startswith("error: "), (code, stderr)
     assert [w for w in caught if not issubclass(w.category, MUST_NOT_SHOW)] == []
