@@ -115,6 +115,14 @@ def painted(page, locator) -> bool:
     )
 
 
+def opacity(locator) -> float:
+    """The element's opacity as drawn: its own times every ancestor's."""
+    return locator.evaluate(
+        "el => { let o = 1; for (let e = el; e; e = e.parentElement) o *= +getComputedStyle(e).opacity; "
+        "return o; }"
+    )
+
+
 def test_equity_tooltip_shows_the_bars_date_in_new_york(ui, page):
     """README's steps: Model metrics, type `equity` in the chart search, gear -> X-axis -> Time (wall). The
     tooltip of a hovered point carries the date of the bar whose equity it shows, in a UTC-5 browser."""
@@ -132,10 +140,21 @@ def test_equity_tooltip_shows_the_bars_date_in_new_york(ui, page):
     equity = np.cumprod(1 + returns["returns"].to_numpy())
     seen = []
     for fraction in (0.25, 0.5, 0.75):
-        page.mouse.move(box["x"] + box["width"] * fraction, box["y"] + box["height"] / 2)
+        x, y = box["x"] + box["width"] * fraction, box["y"] + box["height"] / 2
+        page.mouse.move(x - 3, y)  # a hand moves the mouse in small steps: the chart answers the last one
+        page.mouse.move(x, y)
         tooltip = page.get_by_text(re.compile(r"^Time \d{4}-\d\d-\d\d")).first
         tooltip.wait_for()
-        page.wait_for_timeout(300)  # the tooltip fades in: let the screenshot show it
+        shown_before = None
+        for _ in range(50):  # it fades in and follows the mouse: read it once it is whole and settled
+            page.wait_for_timeout(200)
+            now = tooltip.inner_text()
+            if now == shown_before and opacity(tooltip) > 0.99:
+                break
+            shown_before = now
+        assert opacity(tooltip) > 0.99, "the tooltip never showed"
+        tip = tooltip.bounding_box()  # (it lets the mouse through: elementFromPoint cannot see it)
+        assert tip and tip["x"] >= 0 and tip["x"] + tip["width"] <= 1400, tip
         page.screenshot(path=ui["shots"] / f"equity-tooltip-{fraction}.png")
         shown = re.search(r"(\d{4}-\d\d-\d\d)", tooltip.inner_text()).group(1)
         card = page.locator("body").inner_text()
@@ -144,7 +163,7 @@ def test_equity_tooltip_shows_the_bars_date_in_new_york(ui, page):
         assert abs(equity[bar] - value) < 1e-9, (value, equity[bar])
         assert shown == returns["date"].iloc[bar].strftime("%Y-%m-%d"), (shown, bar, value)
         seen.append(shown)
-    assert len(set(seen)) == 3, seen
+    assert seen == sorted(set(seen)), seen  # three bars, left to right: each tooltip is the hovered one
 
 
 def test_tearsheet_renders_in_the_artifact_preview(ui, page):
