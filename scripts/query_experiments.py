@@ -6,6 +6,9 @@
 #     # what full mlflow adds for SQL stores, the embedded local store (sqlite:///mlflow.db) included
 #     "sqlalchemy>=1.4,<3",
 #     "alembic>=1.10.1,<2",
+#     # the PostgreSQL driver for a direct MLFLOW_TRACKING_URI=postgresql://… (imported only then; SQLAlchemy
+#     # >= 2.1 maps postgresql:// to psycopg 3)
+#     "psycopg[binary]>=3.2",
 # ]
 # ///
 """Find, inspect, compare and group backtests in MLflow; filters and sorting run in the store; output bounded.
@@ -105,9 +108,10 @@ class CliParser(argparse.ArgumentParser):
         raise CliError(EXIT_USAGE, f"{message} (see --help)")
 
 
-# The credentials of a URI: everything from "://" to the LAST "@" of the authority (a password may hold "@"),
-# in any scheme (http, postgresql+psycopg2, mysql, ...).
-URI_CREDENTIALS = re.compile(r"(?<=://)[^/?#\s]*@")
+# The credentials of a URI: everything from "://" to the LAST "@" before the host (a password may hold "@", and
+# SQLAlchemy/psycopg accept a raw "/", "?" or "#" in one too), in any scheme (http, postgresql+psycopg, mysql, ...).
+# An "@" later in a path or query may mask the host as well: over-masking is the safe side.
+URI_CREDENTIALS = re.compile(r"(?<=://)\S*@(?=[^@\s/?#]*(?:[/?#\s]|$))")
 
 
 def mask_uri(uri: str) -> str:
@@ -133,6 +137,22 @@ def resolve_tracking_uri(cli_uri: str | None) -> str:
         # switches it to the file store, which raises. Spelling the default out avoids that and tells the
         # user which file holds their runs.
         uri = "sqlite:///" + str(Path.cwd() / "mlflow.db")
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else uri.lower()
+    where = "--tracking-uri" if cli_uri else "MLFLOW_TRACKING_URI"
+    if scheme not in ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks"):
+        raise CliError(
+            EXIT_USAGE,
+            f"{where} (MLFLOW_TRACKING_URI) {mask_uri(uri)!r} is not a tracking URI: use http(s)://host:port, "
+            "sqlite:///path/to/mlflow.db, postgresql://, mysql:// or mssql:// (a path needs sqlite:///)",
+        )
+    if scheme == "sqlite" and ":memory:" not in uri:
+        folder = Path(uri.split("://", 1)[1][1:].split("?")[0]).parent
+        if not folder.is_dir():
+            raise CliError(
+                EXIT_USAGE,
+                f"{where} (MLFLOW_TRACKING_URI) {uri}: folder {folder} does not exist; create it or fix the "
+                "path (sqlite:///relative.db, sqlite:////absolute/path.db)",
+            )
     return uri
 
 
@@ -146,8 +166,27 @@ def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> 
     return f"{base}{path}?workflowType=machine_learning"
 
 
-def connect(tracking_uri: str, debug: bool = False):
-    """Configure bounded HTTP retries and quiet logging, then return an MlflowClient (imports mlflow)."""
+def connect(tracking_uri: str, debug: bool = False, writes: bool = True):
+    """Configure bounded HTTP retries and quiet logging, then return an MlflowClient (imports mlflow).
+    A local store: read commands (writes=False) need it to exist and work when it is read-only; writes need
+    it writable (checked here, before MLflow logs pages about a read-only database)."""
+    local = tracking_uri.startswith("sqlite:///") and ":memory:" not in tracking_uri
+    db = Path(tracking_uri[len("sqlite:///") :].split("?")[0]) if local else None
+    if db is not None and not writes and not db.exists():
+        raise CliError(
+            EXIT_NOT_FOUND,
+            f"no MLflow store at {db.resolve()} (nothing was created): run from the folder that holds "
+            "mlflow.db, or set MLFLOW_TRACKING_URI to your store or server",
+        )
+    read_only = db is not None and not (
+        os.access(db.parent, os.W_OK) and (not db.exists() or os.access(db, os.W_OK))
+    )
+    if read_only and writes:
+        raise CliError(
+            EXIT_AUTH,
+            f"the store {db.resolve()} is read-only for this user: write to a store you own (set "
+            "MLFLOW_TRACKING_URI, e.g. sqlite:///mlflow.db in your folder) or ask its owner for write access",
+        )
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
     if not debug:
@@ -170,7 +209,13 @@ def connect(tracking_uri: str, debug: bool = False):
         ) from None
 
     mlflow.set_tracking_uri(tracking_uri)
-    if not tracking_uri.startswith("sqlite:///") or ":memory:" in tracking_uri:
+    if re.match(r"(postgresql|mysql|mssql)\b", tracking_uri):
+        # MLflow retries a database it cannot reach or log in to 10 times over ~100 s
+        # (mlflow.store.db.utils.create_sqlalchemy_engine_with_retry); like HTTP, ours give up in seconds.
+        import mlflow.store.db.utils
+
+        mlflow.store.db.utils.MAX_RETRY_COUNT = 3
+    if not local or read_only:  # a read-only store can be read without the lock (nothing to create)
         return mlflow.MlflowClient(tracking_uri)
     # MLflow creates its tables (tracking and model registry) the first time a process opens a new sqlite
     # store; processes starting together on a new file race and fail ("table ... already exists"). Open the
@@ -179,7 +224,7 @@ def connect(tracking_uri: str, debug: bool = False):
         import fcntl
     except ImportError:  # not POSIX: no lock, MLflow's own behaviour
         fcntl = None
-    with open(tracking_uri[len("sqlite:///") :].split("?")[0] + ".lock", "a") as lock:
+    with open(f"{db}.lock", "a") as lock:
         if fcntl is not None:
             fcntl.flock(lock, fcntl.LOCK_EX)
         client = mlflow.MlflowClient(tracking_uri)
@@ -198,6 +243,19 @@ def classify_error(exc: BaseException) -> tuple[int, str]:
         return EXIT_AUTH, (
             f"tracking server refused the request: {what}. Check MLFLOW_TRACKING_USERNAME and "
             "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) and that this user may do this"
+        )
+    if re.search(r"password authentication failed", text):  # a database URI's user or password is wrong
+        return EXIT_AUTH, "the database refused the login: check the user and password in MLFLOW_TRACKING_URI"
+    if re.search(r"NoCredentialsError|Unable to locate credentials|InvalidAccessKeyId|SignatureDoesNotMatch",
+                 f"{type(exc).__name__} {text}"):  # fmt: skip
+        return EXIT_AUTH, (
+            "the S3 artifact store got no valid AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(or AWS_PROFILE), and MLFLOW_S3_ENDPOINT_URL for an S3-compatible store"
+        )
+    if (status or 200) < 500 and re.search(r"not in a valid JSON format|Response body: '\s*<", text):  # HTML
+        return EXIT_UNREACHABLE, (
+            f"the tracking URI does not answer like an MLflow tracking server (HTTP {status or 200}, an HTML "
+            "page): check MLFLOW_TRACKING_URI (host, port, path prefix)"
         )
     unreachable = (
         r"Max retries exceeded|Connection refused|timed out|Timeout|NewConnectionError|Failed to establish"
@@ -1112,6 +1170,12 @@ def code_version(tags: dict[str, str]) -> dict | None:
 def cmd_compare(client, query: Query) -> object:
     args, fmt = query.args, query.fmt
     runs = [get_run(client, run_id) for run_id in args.run_id]
+    for run in runs:
+        if run.info.lifecycle_stage == "deleted":
+            print(
+                f"warning: run {run.info.run_id} ({run.info.run_name}) is deleted (in the trash)",
+                file=sys.stderr,
+            )
     records = [run_record(run, all_columns=True) for run in runs]
     metric_names = None
     if args.metrics:
@@ -1376,7 +1440,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def action() -> int:
         query = build_query(build_parser().parse_args(argv))
-        client = connect(query.tracking_uri, query.debug)
+        client = connect(query.tracking_uri, query.debug, writes=False)
         print_bounded(query.handler(client, query), query.fmt, query.args.max_chars)
         return EXIT_OK
 

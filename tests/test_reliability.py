@@ -256,19 +256,25 @@ def test_env_local_is_ignored_by_git():
 
 # ---- issue 14 item 1: credentials in URIs, passwords holding "@", postgresql forms, --debug tracebacks ------
 AT_PASSWORD = "Pw@ss@Word9-" + uuid.uuid4().hex[:12]  # a password holding "@" twice
+# SQLAlchemy and psycopg accept a raw "/", "?" or "#" in a database password: masked up to the host all the same.
+ODD_PASSWORD = "Pw/sl?q#h@at-" + uuid.uuid4().hex[:12]
 harness.SECRETS.update({AT_PASSWORD, AT_PASSWORD.split("@", 1)[1], AT_PASSWORD.rsplit("@", 1)[1]})
+harness.SECRETS.update({ODD_PASSWORD, ODD_PASSWORD.rsplit("@", 1)[1]})
 CREDENTIAL_URIS = [
     f"http://user:{AT_PASSWORD}@127.0.0.1:5000",
     f"https://user:{AT_PASSWORD}@tracking.example.com/mlflow/",
     f"postgresql://user:{AT_PASSWORD}@db.example.com:5432/mlflow",
     f"postgresql+psycopg2://user:{AT_PASSWORD}@db.example.com/mlflow?sslmode=require",
     f"mysql://user:{AT_PASSWORD}@localhost/mlflow",
+    f"postgresql+psycopg://user:{ODD_PASSWORD}@127.0.0.1:5432/mlflow",
 ]
 
 
 @pytest.mark.parametrize("name", CALLS)
 @pytest.mark.parametrize(
-    "uri", CREDENTIAL_URIS, ids=["http", "https", "postgresql", "postgresql+driver", "mysql"]
+    "uri",
+    CREDENTIAL_URIS,
+    ids=["http", "https", "postgresql", "postgresql+driver", "mysql", "slash-query-hash"],
 )
 def test_uri_credentials_are_masked_up_to_the_last_at(scripts, name, uri):
     module = getattr(scripts, name)
@@ -315,3 +321,35 @@ def test_scripts_with_debug_never_print_a_uri_password(name, kind, tmp_path):
     text = result.stdout + result.stderr
     assert result.returncode != 0, text
     assert no_secret_in(text) and "user:" not in text, text[-2000:]
+
+
+# ---- issue 14 item 6: URIs that are not MLflow tracking servers, or not tracking URIs at all -------------------
+NOT_FOUND_PAGE = (
+    b"<!DOCTYPE html><html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>"
+)
+LOGIN_PAGE = b"<!doctype html><html><body><form action='/login'><input name='password'></form></body></html>"
+
+
+@pytest.mark.parametrize("name", CALLS)
+@pytest.mark.parametrize(
+    ("status", "page"), [(404, NOT_FOUND_PAGE), (200, LOGIN_PAGE)], ids=["404-html", "login"]
+)
+def test_a_web_server_that_is_not_mlflow_is_exit_5_in_one_line(name, status, page, tmp_path):
+    server = StatusServer(status, page, "text/html")
+    try:
+        result = run_script(name, *CALLS[name], env={"MLFLOW_TRACKING_URI": server.url}, cwd=tmp_path)
+    finally:
+        server.close()
+    assert_clean_error(result, 5, "does not answer like an MLflow tracking server", "MLFLOW_TRACKING_URI")
+    assert "<html" not in result.stderr.lower()
+
+
+@pytest.mark.parametrize("name", CALLS)
+@pytest.mark.parametrize(
+    "uri",
+    ["foo://somewhere/x", "localhost:5000", "/tmp/no-scheme/mlflow.db", "sqlite:////missing-folder-x/x.db"],
+)
+def test_unusable_tracking_uris_are_exit_2_naming_the_accepted_forms(name, uri, tmp_path):
+    result = run_script(name, *CALLS[name], env={"MLFLOW_TRACKING_URI": uri}, cwd=tmp_path)
+    assert_clean_error(result, 2, "MLFLOW_TRACKING_URI", "sqlite:///")
+    assert list(tmp_path.iterdir()) == []
