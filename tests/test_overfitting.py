@@ -405,6 +405,9 @@ def test_sweep_parent_summarises_the_search(logged_sweep, scripts, query, tmp_pa
     assert (local / "overfitting.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     description = parent.data.tags["mlflow.note.content"]
     assert "deflated Sharpe ratio" in description and "PBO" in description
+    assert description.splitlines()[0].endswith(
+        f"DSR {metrics['deflated_sharpe_ratio']:.2f} · PBO {metrics['pbo']:.2f}"
+    )
 
 
 def test_best_by_follows_the_metric_direction(tmp_path):
@@ -474,7 +477,9 @@ def test_out_of_sample_run_and_sweep_in_a_store(local_store, tmp_path, scripts):
     assert run.data.params["oos_first_bar"] == frame.index[600].strftime("%Y-%m-%d")
     assert {"sharpe", "is_sharpe", "oos_sharpe", "is_win_rate", "oos_calmar"} <= set(run.data.metrics)
     description = run.data.tags["mlflow.note.content"]
-    assert "| metric | in-sample | out-of-sample |" in description and "Out-of-sample" in description
+    sharpe = (run.data.metrics["is_sharpe"], run.data.metrics["oos_sharpe"])
+    assert f"- sharpe: **{sharpe[0]:.3f}** in-sample · **{sharpe[1]:.3f}** out-of-sample" in description
+    assert "**Out-of-sample** from" in description
 
     done = run_script("log_backtest", "--returns", str(tmp_path / "grid.csv"), "--oos-start", "0.75",
                       "--best-by", "sortino", "--no-tearsheet", env=local_store)  # fmt: skip
