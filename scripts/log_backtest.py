@@ -117,6 +117,22 @@ def resolve_tracking_uri(cli_uri: str | None) -> str:
         # switches it to the file store, which raises. Spelling the default out avoids that and tells the
         # user which file holds their runs.
         uri = "sqlite:///" + str(Path.cwd() / "mlflow.db")
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else uri.lower()
+    where = "--tracking-uri" if cli_uri else "MLFLOW_TRACKING_URI"
+    if scheme not in ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks"):
+        raise CliError(
+            EXIT_USAGE,
+            f"{where} (MLFLOW_TRACKING_URI) {mask_uri(uri)!r} is not a tracking URI: use http(s)://host:port, "
+            "sqlite:///path/to/mlflow.db, postgresql://, mysql:// or mssql:// (a path needs sqlite:///)",
+        )
+    if scheme == "sqlite" and ":memory:" not in uri:
+        folder = Path(uri.split("://", 1)[1][1:].split("?")[0]).parent
+        if not folder.is_dir():
+            raise CliError(
+                EXIT_USAGE,
+                f"{where} (MLFLOW_TRACKING_URI) {uri}: folder {folder} does not exist; create it or fix the "
+                "path (sqlite:///relative.db, sqlite:////absolute/path.db)",
+            )
     return uri
 
 
@@ -128,8 +144,27 @@ def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> 
     return f"{base}/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
 
 
-def connect(tracking_uri: str, debug: bool = False):
-    """Configure bounded HTTP retries and quiet logging, then return an MlflowClient (imports mlflow)."""
+def connect(tracking_uri: str, debug: bool = False, writes: bool = True):
+    """Configure bounded HTTP retries and quiet logging, then return an MlflowClient (imports mlflow).
+    A local store: read commands (writes=False) need it to exist and work when it is read-only; writes need
+    it writable (checked here, before MLflow logs pages about a read-only database)."""
+    local = tracking_uri.startswith("sqlite:///") and ":memory:" not in tracking_uri
+    db = Path(tracking_uri[len("sqlite:///") :].split("?")[0]) if local else None
+    if db is not None and not writes and not db.exists():
+        raise CliError(
+            EXIT_NOT_FOUND,
+            f"no MLflow store at {db.resolve()} (nothing was created): run from the folder that holds "
+            "mlflow.db, or set MLFLOW_TRACKING_URI to your store or server",
+        )
+    read_only = db is not None and not (
+        os.access(db.parent, os.W_OK) and (not db.exists() or os.access(db, os.W_OK))
+    )
+    if read_only and writes:
+        raise CliError(
+            EXIT_AUTH,
+            f"the store {db.resolve()} is read-only for this user: write to a store you own (set "
+            "MLFLOW_TRACKING_URI, e.g. sqlite:///mlflow.db in your folder) or ask its owner for write access",
+        )
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
     if not debug:
@@ -152,7 +187,7 @@ def connect(tracking_uri: str, debug: bool = False):
         ) from None
 
     mlflow.set_tracking_uri(tracking_uri)
-    if not tracking_uri.startswith("sqlite:///") or ":memory:" in tracking_uri:
+    if not local or read_only:  # a read-only store can be read without the lock (nothing to create)
         return mlflow.MlflowClient(tracking_uri)
     # MLflow creates its tables (tracking and model registry) the first time a process opens a new sqlite
     # store; processes starting together on a new file race and fail ("table ... already exists"). Open the
@@ -161,7 +196,7 @@ def connect(tracking_uri: str, debug: bool = False):
         import fcntl
     except ImportError:  # not POSIX: no lock, MLflow's own behaviour
         fcntl = None
-    with open(tracking_uri[len("sqlite:///") :].split("?")[0] + ".lock", "a") as lock:
+    with open(f"{db}.lock", "a") as lock:
         if fcntl is not None:
             fcntl.flock(lock, fcntl.LOCK_EX)
         client = mlflow.MlflowClient(tracking_uri)
@@ -180,6 +215,11 @@ def classify_error(exc: BaseException) -> tuple[int, str]:
         return EXIT_AUTH, (
             f"tracking server refused the request: {what}. Check MLFLOW_TRACKING_USERNAME and "
             "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) and that this user may do this"
+        )
+    if (status or 200) < 500 and re.search(r"not in a valid JSON format|Response body: '\s*<", text):  # HTML
+        return EXIT_UNREACHABLE, (
+            f"the tracking URI does not answer like an MLflow tracking server (HTTP {status or 200}, an HTML "
+            "page): check MLFLOW_TRACKING_URI (host, port, path prefix)"
         )
     unreachable = (
         r"Max retries exceeded|Connection refused|timed out|Timeout|NewConnectionError|Failed to establish"
@@ -642,6 +682,9 @@ class Request:
     output_format: str | None  # --format; None: by terminal
     debug: bool  # tracebacks, library logging and phase timings on stderr
     resample_to_benchmark: bool = False
+    date_format: str | None = None  # --date-format: dayfirst, monthfirst or a strftime format
+    decimal: bool = False  # --decimal: the values are decimal returns, whatever they look like
+    sep: str | None = None  # --sep: the CSV separator (default: comma; ; or tab when the header has none)
 
 
 def warn(message: str, sink: list[str] | None = None) -> None:
@@ -741,6 +784,12 @@ def check_input_path(path_text: str, flag: str) -> Path:
         raise CliError(EXIT_USAGE, f"{flag} {path_text}: no such file")
     if path.is_dir():
         raise CliError(EXIT_USAGE, f"{flag} {path_text} is a directory: give a CSV or Parquet file")
+    if not path.is_file():  # a FIFO waits forever for a writer, /dev/zero never ends: files only
+        raise CliError(
+            EXIT_USAGE,
+            f"{flag} {path_text} is not a regular file (a pipe, device or socket): save the data to a CSV or "
+            "Parquet file and pass that",
+        )
     if not os.access(path, os.R_OK):
         raise CliError(EXIT_USAGE, f"{flag} {path_text} is not readable (check its permissions)")
     return path
@@ -754,6 +803,19 @@ def build_request(args) -> Request:
         )
     if args.prices and args.percent:
         raise CliError(EXIT_USAGE, "--prices and --percent exclude each other")
+    if args.decimal and (args.prices or args.percent):
+        raise CliError(EXIT_USAGE, "--decimal excludes --prices and --percent: the values are one kind")
+    if (
+        args.date_format
+        and args.date_format not in ("dayfirst", "monthfirst")
+        and "%" not in args.date_format
+    ):
+        raise CliError(
+            EXIT_USAGE,
+            f"--date-format {args.date_format!r}: give dayfirst, monthfirst or a strftime format such as %d/%m/%Y",
+        )
+    if args.sep is not None and len(args.sep.replace("\\t", "\t")) != 1:
+        raise CliError(EXIT_USAGE, "--sep must be one character, e.g. ';' or '\\t' for tab")
     if not math.isfinite(args.rf) or args.rf < 0:
         raise CliError(
             EXIT_USAGE, f"--rf {args.rf} must be a finite annual rate >= 0 (QuantStats ignores < 0)"
@@ -763,16 +825,23 @@ def build_request(args) -> Request:
             EXIT_USAGE, f"--rf {args.rf} looks like percent: give a decimal annual rate, e.g. 0.04"
         )
     if args.periods_per_year is not None and not (
-        math.isfinite(args.periods_per_year) and args.periods_per_year > 0
+        math.isfinite(args.periods_per_year)
+        and MIN_PERIODS_PER_YEAR <= args.periods_per_year <= MAX_PERIODS_PER_YEAR
     ):
         raise CliError(
-            EXIT_USAGE, "--periods-per-year must be a positive number (252 daily, 12 monthly, ...)"
+            EXIT_USAGE,
+            f"--periods-per-year must be between {MIN_PERIODS_PER_YEAR:g} (a bar a millennium) and "
+            f"{MAX_PERIODS_PER_YEAR:g} (30 ms bars): 252 daily, 12 monthly, ...",
         )
     if args.max_history_points < 3:
         raise CliError(EXIT_USAGE, "--max-history-points must be at least 3 (first, last and deepest bar)")
     experiment = (args.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT).strip()
     if not experiment or any(ord(ch) < 32 for ch in experiment):
         raise CliError(EXIT_USAGE, "--experiment is empty or contains control characters")
+    if len(experiment) > MAX_NAME_LENGTH:
+        raise CliError(
+            EXIT_USAGE, f"--experiment is longer than {MAX_NAME_LENGTH} characters (MLflow's limit)"
+        )
     if args.run_name is not None and (not args.run_name.strip() or len(args.run_name) > MAX_KEY_LENGTH):
         raise CliError(EXIT_USAGE, f"--run-name must be 1-{MAX_KEY_LENGTH} characters")
     if args.description is not None and len(args.description) > MAX_DESCRIPTION_LENGTH:
@@ -800,8 +869,18 @@ def build_request(args) -> Request:
         output_format=args.format,
         debug=args.debug,
         resample_to_benchmark=args.resample_to_benchmark,
+        date_format=args.date_format,
+        decimal=args.decimal,
+        sep=args.sep.replace("\\t", "\t") if args.sep else None,
     )
 
+
+MIN_PERIODS_PER_YEAR, MAX_PERIODS_PER_YEAR = 1e-3, 1e9
+MIN_BARS_FOR_RATIOS = 12  # fewer bars: a warning that ratios are noise
+MAX_NAME_LENGTH = 500  # MLflow's limit for experiment and dataset names (mlflow.utils.validation)
+EXCEL_MAGIC = (b"PK\x03\x04", b"\xd0\xcf\x11\xe0")  # xlsx (a zip) and xls (OLE2)
+TIME_ONLY = r"^\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?$"
+NUMERIC_DATE = r"^(\d{1,2})[/.\-](\d{1,2})[/.\-](\d{2,4})(?!\d)"  # 01/02/2020, 1.2.20, 01-02-2020 ...
 
 RESERVED_PARAMS = frozenset(
     {"start", "end", "n_bars", "periods_per_year", "rf", "compounded", "frequency", "source_file", "column",
@@ -821,21 +900,70 @@ class Column:
     benchmark_info: dict | None = None
 
 
-def read_table(path: Path, flag: str):
+def read_table(path: Path, flag: str, sep: str | None = None):
     """CSV or Parquet -> DataFrame, each failure a one-line input error."""
     import pandas as pd
 
     suffix = path.suffix.lower()
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+    if head.startswith(EXCEL_MAGIC):
+        raise CliError(
+            EXIT_USAGE,
+            f"{flag} {path.name} is an Excel workbook, not {suffix.lstrip('.').upper() or 'CSV'}: export it as "
+            "CSV (File > Save As > CSV) or Parquet",
+        )
     try:
         if suffix in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
-            if isinstance(frame.index, pd.DatetimeIndex):
-                frame = frame.reset_index(names=frame.index.name or "timestamp")
+            if not isinstance(frame.index, pd.RangeIndex):  # dates (or date and more) in the index: use them
+                names = [
+                    name or ("timestamp" if pd.api.types.is_datetime64_any_dtype(level) else f"index{i}")
+                    for i, (name, level) in enumerate(
+                        zip(
+                            frame.index.names,
+                            [frame.index.get_level_values(i) for i in range(frame.index.nlevels)],
+                            strict=True,
+                        )
+                    )
+                ]
+                frame = frame.reset_index(names=names)
         else:
-            frame = pd.read_csv(path, skipinitialspace=True)
+            header = head.decode("utf-8", "replace").splitlines()[0] if head.strip() else ""
+            if sep is None and "," not in header:  # ; (European Excel) or tab: the header names it
+                sep = next((s for s in (";", "\t", "|") if s in header), None)
+            given = sep
+            frame = pd.read_csv(path, skipinitialspace=True, sep=sep or ",")
+            first_cell = str(frame.iloc[0, 0]) if len(frame) else ""
+            other = next((s for s in (";", "\t", "|") if s in frame.columns[0] and s in first_cell), None)
+            if given is None and other is not None:
+                raise CliError(
+                    EXIT_USAGE,
+                    f"{flag} {path.name} looks separated by {other!r}, not {sep or ','!r}: pass --sep {other!r}",
+                )
+            if not isinstance(frame.index, pd.RangeIndex):
+                # every row has more fields than the header: pandas makes the first column the index and
+                # shifts the others left under the wrong names
+                raise CliError(
+                    EXIT_USAGE,
+                    f"{flag} {path.name}: the rows have more fields than the header "
+                    f"({len(frame.columns)} names): add the missing column names or remove the extra fields",
+                )
     except pd.errors.EmptyDataError:
         raise CliError(EXIT_USAGE, f"{flag} {path.name} is empty: expected a header and rows") from None
-    except (UnicodeDecodeError, pd.errors.ParserError, ValueError, OSError) as exc:
+    except pd.errors.ParserError as exc:
+        fields = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
+        if not fields:
+            raise CliError(
+                EXIT_USAGE, f"{flag} {path.name} is not a readable CSV file ({str(exc)[:160]})"
+            ) from None
+        want, line, saw = fields.groups()
+        raise CliError(
+            EXIT_USAGE,
+            f"{flag} {path.name}: line {line} has {saw} fields, the header {want}: fix that row "
+            f"(a separator inside a value? quote it; another separator? pass --sep)",
+        ) from None
+    except (UnicodeDecodeError, ValueError, OSError) as exc:
         kind = "Parquet" if suffix in (".parquet", ".pq") else "CSV"
         reason = " ".join(str(exc).split())[:160]
         raise CliError(EXIT_USAGE, f"{flag} {path.name} is not a readable {kind} file ({reason})") from None
@@ -853,7 +981,7 @@ def line_of(position: int) -> int:
     return position + 2
 
 
-def parse_timestamps(column, flag: str, path: Path, warnings: list[str]):
+def parse_timestamps(column, flag: str, path: Path, warnings: list[str], date_format: str | None = None):
     """A column of dates/times (strings, datetimes or epoch numbers) -> UTC-naive DatetimeIndex."""
     import pandas as pd
 
@@ -869,7 +997,7 @@ def parse_timestamps(column, flag: str, path: Path, warnings: list[str]):
     with warnings_module.catch_warnings():
         warnings_module.simplefilter("ignore")
         try:
-            return _parse_timestamps(column, flag, path, warnings)
+            return _parse_timestamps(column, flag, path, warnings, date_format)
         except pd.errors.OutOfBoundsDatetime:
             raise CliError(
                 EXIT_USAGE,
@@ -878,12 +1006,18 @@ def parse_timestamps(column, flag: str, path: Path, warnings: list[str]):
             ) from None
 
 
-def _parse_timestamps(column, flag: str, path: Path, warnings: list[str]):
+def _parse_timestamps(column, flag: str, path: Path, warnings: list[str], date_format: str | None = None):
     import pandas as pd
 
     name = column.name
     aware = False
-    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+    numeric = pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+    explicit = date_format not in (None, "dayfirst", "monthfirst")
+    if numeric and (explicit or is_yyyymmdd(column)):
+        # 20220103 is a date, not 20 million epoch seconds (1970-08-23)
+        text = column.astype("int64").astype(str) if not explicit else column.astype(str)
+        parsed = pd.to_datetime(text, format=date_format if explicit else "%Y%m%d", utc=True, errors="coerce")
+    elif numeric:
         magnitude = float(column.abs().max())
         unit = "s" if magnitude < 1e11 else "ms" if magnitude < 1e14 else "us" if magnitude < 1e17 else "ns"
         parsed = pd.to_datetime(column, unit=unit, utc=True, errors="coerce")
@@ -894,25 +1028,76 @@ def _parse_timestamps(column, flag: str, path: Path, warnings: list[str]):
         parsed = column.dt.tz_localize("UTC")
     else:
         text = column.astype(str).str.strip()
-        try:
-            parsed = pd.to_datetime(text, utc=True)
-        except (ValueError, TypeError, OverflowError):
-            parsed = pd.to_datetime(text, utc=True, errors="coerce", format="mixed")
+        if date_format is None and text.str.match(TIME_ONLY).all():
+            raise CliError(
+                EXIT_USAGE,
+                f"{flag} {path.name}: column {name!r} holds times with no date ({text.iloc[0]!r}): add the date "
+                "to every row, e.g. 2024-01-31 09:30",
+            )
+        dayfirst = date_format == "dayfirst" or (date_format is None and day_first(text, flag, path, name))
+        if explicit:
+            parsed = pd.to_datetime(text, utc=True, errors="coerce", format=date_format)
+        elif date_format or dayfirst:
+            parsed = pd.to_datetime(text, utc=True, errors="coerce", format="mixed", dayfirst=dayfirst)
+        else:
+            try:
+                parsed = pd.to_datetime(text, utc=True)
+            except (ValueError, TypeError, OverflowError):
+                parsed = pd.to_datetime(text, utc=True, errors="coerce", format="mixed")
         aware = bool(re.search(r"(Z|[+-]\d\d:?\d\d)$", text.iloc[0]))
     bad = parsed.isna().to_numpy()
     if bad.any():
         first = int(bad.argmax())
+        hint = f"does not match --date-format {date_format!r}" if date_format else "use ISO 8601"
         raise CliError(
             EXIT_USAGE,
             f"{flag} {path.name}: unparseable timestamp {str(column.iloc[first])[:40]!r} in column {name!r} "
-            f"at line {line_of(first)} (use ISO 8601, e.g. 2024-01-31 or 2024-01-31T15:30:00Z)",
+            f"at line {line_of(first)} ({hint}, e.g. 2024-01-31 or 2024-01-31T15:30:00Z)",
         )
     if aware:
         warn(f"{path.name}: time-zone-aware timestamps converted to UTC", warnings)
     return pd.DatetimeIndex(parsed).tz_localize(None).as_unit("ns")
 
 
-def split_frame(frame, path: Path, flag: str, pick: str | None, pick_flag: str, bare_ok: bool, warnings):
+def is_yyyymmdd(column) -> bool:
+    """Whole numbers of 8 digits between 19000101 and 21001231 with a plausible month and day: dates."""
+    import numpy as np
+
+    values = column.to_numpy(dtype="float64")
+    if not (np.isfinite(values).all() and (values == np.floor(values)).all()):
+        return False
+    if not ((values >= 19000101) & (values <= 21001231)).all():
+        return False
+    month, day = (values // 100) % 100, values % 100
+    return bool(((month >= 1) & (month <= 12) & (day >= 1) & (day <= 31)).all())
+
+
+def day_first(text, flag: str, path: Path, name: str) -> bool:
+    """For dates like 01/02/2020: True when some first field is > 12 (day-first), False when some second field
+    is (month-first) or the dates are not of this form; refused when every field fits both readings."""
+    parts = text.str.extract(NUMERIC_DATE)
+    if parts[0].isna().any():
+        return False
+    first, second = parts[0].astype(int), parts[1].astype(int)
+    if (first > 12).any() and (second > 12).any():
+        raise CliError(
+            EXIT_USAGE,
+            f"{flag} {path.name}: column {name!r} mixes day-first and month-first dates: use one format "
+            "(ISO 8601, e.g. 2024-01-31, is unambiguous)",
+        )
+    if not (first > 12).any() and not (second > 12).any():
+        raise CliError(
+            EXIT_USAGE,
+            f"{flag} {path.name}: dates like {text.iloc[0]!r} in column {name!r} are ambiguous (day/month or "
+            "month/day): pass --date-format dayfirst, monthfirst or a format such as %d/%m/%Y",
+        )
+    return bool((first > 12).any())
+
+
+def split_frame(
+    frame, path: Path, flag: str, pick: str | None, pick_flag: str, bare_ok: bool, warnings,
+    date_format: str | None = None,
+):  # fmt: skip
     """-> (DatetimeIndex or None, {column: float Series}): timestamp column found, values checked."""
     import pandas as pd
 
@@ -938,6 +1123,16 @@ def split_frame(frame, path: Path, flag: str, pick: str | None, pick_flag: str, 
             f"{flag} {path.name} has no timestamp column (date, datetime, timestamp or time): add one, or "
             "pass --periods-per-year N to treat the rows as consecutive bars",
         )
+    if pick is not None or len(value_cols) > 1:  # each column becomes a run: its name a dataset name too
+        for col in value_cols:
+            dataset_name = f"{path.stem}[{col}]"
+            if len(dataset_name) > MAX_NAME_LENGTH or any(ord(ch) < 32 for ch in col):
+                raise CliError(
+                    EXIT_USAGE,
+                    f"{flag} {path.name}: column name {col[:40]!r}... ({len(col)} characters) cannot name a "
+                    f"run and dataset: MLflow takes up to {MAX_NAME_LENGTH} characters for "
+                    "file[column] and no control characters; rename the column",
+                )
     values = {}
     for col in value_cols:
         raw = frame[col]
@@ -958,7 +1153,8 @@ def split_frame(frame, path: Path, flag: str, pick: str | None, pick_flag: str, 
                 )
             numeric = numeric.astype("float64")
         values[col] = numeric.reset_index(drop=True)
-    index = parse_timestamps(frame[ts_col].reset_index(drop=True), flag, path, warnings) if ts_col else None
+    column = frame[ts_col].reset_index(drop=True) if ts_col else None
+    index = parse_timestamps(column, flag, path, warnings, date_format) if ts_col else None
     return index, values
 
 
@@ -982,7 +1178,9 @@ def order_index(index, path: Path, flag: str, warnings: list[str]):
     return index, order
 
 
-def to_returns(values, index, name: str, path: Path, flag: str, prices: bool, percent: bool, warnings):
+def to_returns(
+    values, index, name: str, path: Path, flag: str, prices: bool, percent: bool, warnings, decimal: bool = False
+):  # fmt: skip
     """Raw column -> decimal returns Series with the checks of the contract (all before any write)."""
     import numpy as np
     import pandas as pd
@@ -1013,20 +1211,36 @@ def to_returns(values, index, name: str, path: Path, flag: str, prices: bool, pe
         lo, hi = float(values_np.min()), float(values_np.max())
         median_abs = float(np.median(np.abs(values_np)))
         # QuantStats itself re-reads a series with min >= 0 and max > 1 as prices: never let it guess.
-        if lo >= 0 and (hi > 1 or median_abs > 0.1):
+        if lo >= 0 and (hi > 1 or (median_abs > 0.1 and not decimal)):
             raise CliError(
                 EXIT_USAGE,
                 f"{where} looks like prices or equity (all >= 0, median {median_abs:.4g}, max {hi:.4g}): "
                 "pass --prices to convert them to returns, or --percent if they are percent returns",
             )
         n_big = int(np.sum(np.abs(values_np) >= 1))
-        if not percent and lo < 0 and (median_abs > 0.1 or (n_big >= 3 and n_big > 0.01 * len(values_np))):
-            raise CliError(
-                EXIT_USAGE,
-                f"{where} looks like percent units (median |value| {median_abs:.4g}, "
-                f"{n_big} values beyond +-1): pass --percent, or give decimal "
-                "returns (0.01 = 1 %)",
-            )
+        both = "pass --percent if they are percent returns, or --decimal if they are decimal (0.01 = 1 %)"
+        if not percent and not decimal and lo < 0:
+            spacing_days = float(np.median(np.diff(series.index.asi8))) / 86_400e9
+            if n_big >= 3 and n_big > 0.01 * len(values_np):
+                raise CliError(
+                    EXIT_USAGE,
+                    f"{where} looks like percent units (median |value| {median_abs:.4g}, {n_big} values "
+                    f"beyond +-1): {both}",
+                )
+            if median_abs > 0.1 and n_big == 0 and spacing_days >= 25:
+                # A monthly (or slower) series moving 10-90 % a bar is a volatile decimal one (crypto, a
+                # leveraged book); as percent it would be a near-riskless 0.1-0.9 % a month.
+                warn(
+                    f"{path.name} column {name!r}: read as decimal returns (median |r| {median_abs:.3g} a bar); "
+                    "pass --percent if they are percent",
+                    warnings,
+                )
+            elif median_abs > 0.1:
+                raise CliError(
+                    EXIT_USAGE,
+                    f"{where}: median |value| {median_abs:.4g} a bar is ambiguous (percent or very volatile "
+                    f"decimal returns): {both}",
+                )
     ruin = values_np <= -1
     if ruin.any():
         at = series.index[int(ruin.argmax())]
@@ -1044,6 +1258,27 @@ def to_returns(values, index, name: str, path: Path, flag: str, prices: bool, pe
             f"{where}: compounded equity overflows at {at} (returns up to {values_np.max():.4g}): these are "
             "not decimal returns; check the units (--percent, --prices)",
         )
+    if series.index[0].value < 0:
+        warn(
+            f"{path.name} column {name!r} starts before 1970 ({series.index[0]:%Y-%m-%d}): MLflow takes no "
+            "earlier metric timestamps, so the equity/drawdown histories are shifted to start at 1970-01-01; "
+            "params start/end hold the real dates",
+            warnings,
+        )
+    if len(series) < MIN_BARS_FOR_RATIOS:
+        warn(
+            f"{path.name} column {name!r}: only {len(series)} bars: Sharpe, Sortino and the other ratios of so "
+            "few bars are noise, not evidence",
+            warnings,
+        )
+    gaps = np.diff(series.index.asi8)
+    if len(gaps) and float(gaps.max()) > max(365 * 86_400e9, 20 * float(np.median(gaps))):
+        at = int(gaps.argmax())
+        warn(
+            f"{path.name} column {name!r}: a gap of {gaps[at] / 86_400e9 / 365.25:.1f} years between "
+            f"{series.index[at]:%Y-%m-%d} and {series.index[at + 1]:%Y-%m-%d}: metrics treat it as one bar",
+            warnings,
+        )
     return series.astype("float64")
 
 
@@ -1053,8 +1288,8 @@ def load_series(
     """A returns file -> (has_timestamps, {column: returns Series}); warnings appended to `warnings`."""
     import pandas as pd
 
-    frame = read_table(path, flag)
-    index, values = split_frame(frame, path, flag, pick, pick_flag, bare_ok, warnings)
+    frame = read_table(path, flag, req.sep)
+    index, values = split_frame(frame, path, flag, pick, pick_flag, bare_ok, warnings, req.date_format)
     has_timestamps = index is not None
     if has_timestamps:
         index, order = order_index(index, path, flag, warnings)
@@ -1066,7 +1301,7 @@ def load_series(
         index = pd.date_range("1970-01-01", periods=len(frame), freq="D").as_unit("ns")
     out = {}
     for col, raw in values.items():
-        out[col] = to_returns(raw, index, col, path, flag, req.prices, req.percent, warnings)
+        out[col] = to_returns(raw, index, col, path, flag, req.prices, req.percent, warnings, req.decimal)
     return has_timestamps, out
 
 
@@ -1699,7 +1934,9 @@ def histories_of(column: Column, req: Request) -> Histories:
     n = len(column.returns)
     steps = history_steps(n, req.max_history_points, int(np.argmin(drawdown)))
     if column.has_timestamps:
-        stamps = column.returns.index.asi8[steps] // 1_000_000
+        # MLflow refuses negative metric timestamps: a history starting before 1970 is shifted as one so that
+        # its first bar is at 1970-01-01 (spacing kept; to_returns warns); params start/end keep the dates.
+        stamps = (column.returns.index.asi8[steps] - min(0, column.returns.index.asi8[0])) // 1_000_000
     else:
         stamps = np.full(len(steps), int(time.time() * 1000))
     return Histories(steps, stamps, equity[steps], drawdown[steps])
@@ -2233,6 +2470,13 @@ def build_parser() -> CliParser:
     data.add_argument("--column", metavar="NAME", help="log only this column (default: every numeric column)")
     data.add_argument("--prices", action="store_true", help="values are prices/equity: convert to returns")
     data.add_argument("--percent", action="store_true", help="values are percent returns: divide by 100")
+    data.add_argument("--decimal", action="store_true",
+                      help="values are decimal returns (0.01 = 1 %%), however volatile: skip the units check")  # fmt: skip
+    data.add_argument("--date-format", metavar="FMT",
+                      help="dayfirst, monthfirst or a strftime format (%%d/%%m/%%Y) for ambiguous dates")  # fmt: skip
+    data.add_argument(
+        "--sep", metavar="CHAR", help="CSV separator (default: comma; ; or tab when the header has no comma)"
+    )
     data.add_argument("--benchmark", metavar="PATH", help="benchmark returns, aligned on common timestamps")
     data.add_argument("--benchmark-column", metavar="NAME", help="benchmark column when the file has several")
     data.add_argument("--resample-to-benchmark", action="store_true",

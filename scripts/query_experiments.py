@@ -131,6 +131,22 @@ def resolve_tracking_uri(cli_uri: str | None) -> str:
         # switches it to the file store, which raises. Spelling the default out avoids that and tells the
         # user which file holds their runs.
         uri = "sqlite:///" + str(Path.cwd() / "mlflow.db")
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else uri.lower()
+    where = "--tracking-uri" if cli_uri else "MLFLOW_TRACKING_URI"
+    if scheme not in ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks"):
+        raise CliError(
+            EXIT_USAGE,
+            f"{where} (MLFLOW_TRACKING_URI) {mask_uri(uri)!r} is not a tracking URI: use http(s)://host:port, "
+            "sqlite:///path/to/mlflow.db, postgresql://, mysql:// or mssql:// (a path needs sqlite:///)",
+        )
+    if scheme == "sqlite" and ":memory:" not in uri:
+        folder = Path(uri.split("://", 1)[1][1:].split("?")[0]).parent
+        if not folder.is_dir():
+            raise CliError(
+                EXIT_USAGE,
+                f"{where} (MLFLOW_TRACKING_URI) {uri}: folder {folder} does not exist; create it or fix the "
+                "path (sqlite:///relative.db, sqlite:////absolute/path.db)",
+            )
     return uri
 
 
@@ -142,8 +158,27 @@ def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> 
     return f"{base}/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
 
 
-def connect(tracking_uri: str, debug: bool = False):
-    """Configure bounded HTTP retries and quiet logging, then return an MlflowClient (imports mlflow)."""
+def connect(tracking_uri: str, debug: bool = False, writes: bool = True):
+    """Configure bounded HTTP retries and quiet logging, then return an MlflowClient (imports mlflow).
+    A local store: read commands (writes=False) need it to exist and work when it is read-only; writes need
+    it writable (checked here, before MLflow logs pages about a read-only database)."""
+    local = tracking_uri.startswith("sqlite:///") and ":memory:" not in tracking_uri
+    db = Path(tracking_uri[len("sqlite:///") :].split("?")[0]) if local else None
+    if db is not None and not writes and not db.exists():
+        raise CliError(
+            EXIT_NOT_FOUND,
+            f"no MLflow store at {db.resolve()} (nothing was created): run from the folder that holds "
+            "mlflow.db, or set MLFLOW_TRACKING_URI to your store or server",
+        )
+    read_only = db is not None and not (
+        os.access(db.parent, os.W_OK) and (not db.exists() or os.access(db, os.W_OK))
+    )
+    if read_only and writes:
+        raise CliError(
+            EXIT_AUTH,
+            f"the store {db.resolve()} is read-only for this user: write to a store you own (set "
+            "MLFLOW_TRACKING_URI, e.g. sqlite:///mlflow.db in your folder) or ask its owner for write access",
+        )
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
     if not debug:
@@ -166,7 +201,7 @@ def connect(tracking_uri: str, debug: bool = False):
         ) from None
 
     mlflow.set_tracking_uri(tracking_uri)
-    if not tracking_uri.startswith("sqlite:///") or ":memory:" in tracking_uri:
+    if not local or read_only:  # a read-only store can be read without the lock (nothing to create)
         return mlflow.MlflowClient(tracking_uri)
     # MLflow creates its tables (tracking and model registry) the first time a process opens a new sqlite
     # store; processes starting together on a new file race and fail ("table ... already exists"). Open the
@@ -175,7 +210,7 @@ def connect(tracking_uri: str, debug: bool = False):
         import fcntl
     except ImportError:  # not POSIX: no lock, MLflow's own behaviour
         fcntl = None
-    with open(tracking_uri[len("sqlite:///") :].split("?")[0] + ".lock", "a") as lock:
+    with open(f"{db}.lock", "a") as lock:
         if fcntl is not None:
             fcntl.flock(lock, fcntl.LOCK_EX)
         client = mlflow.MlflowClient(tracking_uri)
@@ -194,6 +229,11 @@ def classify_error(exc: BaseException) -> tuple[int, str]:
         return EXIT_AUTH, (
             f"tracking server refused the request: {what}. Check MLFLOW_TRACKING_USERNAME and "
             "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) and that this user may do this"
+        )
+    if (status or 200) < 500 and re.search(r"not in a valid JSON format|Response body: '\s*<", text):  # HTML
+        return EXIT_UNREACHABLE, (
+            f"the tracking URI does not answer like an MLflow tracking server (HTTP {status or 200}, an HTML "
+            "page): check MLFLOW_TRACKING_URI (host, port, path prefix)"
         )
     unreachable = (
         r"Max retries exceeded|Connection refused|timed out|Timeout|NewConnectionError|Failed to establish"
@@ -1094,6 +1134,12 @@ def cmd_run(client, query: Query) -> dict:
 def cmd_compare(client, query: Query) -> object:
     args, fmt = query.args, query.fmt
     runs = [get_run(client, run_id) for run_id in args.run_id]
+    for run in runs:
+        if run.info.lifecycle_stage == "deleted":
+            print(
+                f"warning: run {run.info.run_id} ({run.info.run_name}) is deleted (in the trash)",
+                file=sys.stderr,
+            )
     records = [run_record(run, all_columns=True) for run in runs]
     metric_names = None
     if args.metrics:
@@ -1358,7 +1404,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def action() -> int:
         query = build_query(build_parser().parse_args(argv))
-        client = connect(query.tracking_uri, query.debug)
+        client = connect(query.tracking_uri, query.debug, writes=False)
         print_bounded(query.handler(client, query), query.fmt, query.args.max_chars)
         return EXIT_OK
 

@@ -316,7 +316,9 @@ class BlackHoleServer:
 class StatusServer:
     """An HTTP server on 127.0.0.1 that answers every request with one status (e.g. 503), counting them."""
 
-    def __init__(self, status: int = 503):
+    def __init__(
+        self, status: int = 503, body: bytes = b"upstream failure", content_type: str = "text/plain"
+    ):
         import http.server
         import threading
 
@@ -326,8 +328,8 @@ class StatusServer:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 - http.server's naming
                 outer.requests.append(f"{self.command} {self.path}")
-                body = b"upstream failure"
                 self.send_response(status)
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

@@ -315,3 +315,35 @@ def test_scripts_with_debug_never_print_a_uri_password(name, kind, tmp_path):
     text = result.stdout + result.stderr
     assert result.returncode != 0, text
     assert no_secret_in(text) and "user:" not in text, text[-2000:]
+
+
+# ---- issue 14 item 6: URIs that are not MLflow tracking servers, or not tracking URIs at all -------------------
+NOT_FOUND_PAGE = (
+    b"<!DOCTYPE html><html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>"
+)
+LOGIN_PAGE = b"<!doctype html><html><body><form action='/login'><input name='password'></form></body></html>"
+
+
+@pytest.mark.parametrize("name", CALLS)
+@pytest.mark.parametrize(
+    ("status", "page"), [(404, NOT_FOUND_PAGE), (200, LOGIN_PAGE)], ids=["404-html", "login"]
+)
+def test_a_web_server_that_is_not_mlflow_is_exit_5_in_one_line(name, status, page, tmp_path):
+    server = StatusServer(status, page, "text/html")
+    try:
+        result = run_script(name, *CALLS[name], env={"MLFLOW_TRACKING_URI": server.url}, cwd=tmp_path)
+    finally:
+        server.close()
+    assert_clean_error(result, 5, "does not answer like an MLflow tracking server", "MLFLOW_TRACKING_URI")
+    assert "<html" not in result.stderr.lower()
+
+
+@pytest.mark.parametrize("name", CALLS)
+@pytest.mark.parametrize(
+    "uri",
+    ["foo://somewhere/x", "localhost:5000", "/tmp/no-scheme/mlflow.db", "sqlite:////missing-folder-x/x.db"],
+)
+def test_unusable_tracking_uris_are_exit_2_naming_the_accepted_forms(name, uri, tmp_path):
+    result = run_script(name, *CALLS[name], env={"MLFLOW_TRACKING_URI": uri}, cwd=tmp_path)
+    assert_clean_error(result, 2, "MLFLOW_TRACKING_URI", "sqlite:///")
+    assert list(tmp_path.iterdir()) == []
