@@ -345,6 +345,7 @@ TIMESTAMP_COLUMNS = ("date", "datetime", "timestamp", "time")
 DESCRIPTION_TAG = "mlflow.note.content"  # the markdown the MLflow UI shows on the run page
 PARENT_TAG = "mlflow.parentRunId"
 FINGERPRINT_TAG = "backtest.fingerprint"
+DUPLICATE_TAG = "backtest.duplicate_of"  # a run another process logged first, when it could not be deleted
 UNDEFINED_TAG = "backtest.undefined_metrics"
 VERSION_TAG = "backtest.skill_version"
 SWEEP_TAG = "backtest.sweep"
@@ -2250,8 +2251,9 @@ def write_once(client, experiment_id: str, fp: str, req: Request, write, run_ids
     A local store: the check and the write happen under a lock on the fingerprint, so the second process
     waits and then finds the first's run. A server cannot be locked from here: after writing, the runs with
     this fingerprint are looked up again and every writer keeps the same one, the first FINISHED; a later
-    writer deletes what it wrote (run_ids(written): its runs, the fingerprinted one first) and reports the
-    first. (--force: no check, a new run.)"""
+    writer deletes what it wrote (run_ids(written): its runs, the fingerprinted one first), or marks it
+    KILLED and tagged backtest.duplicate_of where it may not delete, and reports the first. (--force: no
+    check, a new run.)"""
     if req.force:
         return None, write()
     with fingerprint_lock(req.tracking_uri, fp):
@@ -2263,8 +2265,14 @@ def write_once(client, experiment_id: str, fp: str, req: Request, write, run_ids
     ours = run_ids(written)
     if first is None or first.info.run_id == ours[0]:
         return None, written
+    from mlflow.exceptions import MlflowException
+
     for run_id in ours:
-        client.delete_run(run_id)
+        try:
+            client.delete_run(run_id)
+        except MlflowException:  # deleting needs MANAGE on a server, writing EDIT: mark it instead
+            client.set_tag(run_id, DUPLICATE_TAG, first.info.run_id)
+            client.set_terminated(run_id, "KILLED")  # never FINISHED: no check finds it
     return first, None
 
 
@@ -2462,7 +2470,7 @@ def build_parser() -> CliParser:
         prog="log_backtest.py",
         description="Log a backtest's returns to MLflow: every QuantStats metric, equity/drawdown curves, "
         "dataset, tearsheet and description in one run; several columns make a sweep.",
-        epilog=EXIT_CODES_HELP,
+        epilog=f"{EXIT_CODES_HELP}\n  130 interrupted (Ctrl-C), 143 terminated (SIGTERM): a run being written is FAILED",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     data = parser.add_argument_group("data")

@@ -62,6 +62,14 @@ def fresh_experiment(client_for, env: dict[str, str]):
     return client, f"concurrent-{uuid.uuid4().hex[:8]}"
 
 
+def deleted_runs(client, experiment: str) -> int:
+    """Runs a process that lost the race deleted (a server; a local store's lock makes them wait instead)."""
+    from mlflow.entities import ViewType
+
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    return len(client.search_runs([experiment_id], run_view_type=ViewType.DELETED_ONLY, max_results=1000))
+
+
 def test_concurrent_logs_of_one_file_write_one_run(store, client_for, tmp_path):
     """Three processes log the same returns at once. 5,000 bars, each a history point, keep each write busy
     for a second or more: before the fix all three found no duplicate and wrote a FINISHED run."""
@@ -77,7 +85,8 @@ def test_concurrent_logs_of_one_file_write_one_run(store, client_for, tmp_path):
     kept = runs[0].info.run_id
     assert {out["run_id"] for out in outs} == {kept}
     assert sorted(out["deduplicated"] for out in outs) == [False, True, True]
-    print(f"3 concurrent logs in {seconds:.1f}s: one FINISHED run, two deduplicated")
+    deleted = deleted_runs(client, experiment)
+    print(f"3 concurrent logs in {seconds:.1f}s: one FINISHED run, two deduplicated, {deleted} deleted")
 
 
 def test_concurrent_sweeps_of_one_file_finish_one_parent(store, client_for, tmp_path):
@@ -100,7 +109,36 @@ def test_concurrent_sweeps_of_one_file_finish_one_parent(store, client_for, tmp_
     assert {out["parent_run_id"] for out in outs} == {parent}
     assert sorted(out["deduplicated"] for out in outs) == [False, True, True]
     assert all({run["run_id"] for run in out["runs"]} == {c.info.run_id for c in children} for out in outs)
-    print(f"3 concurrent 40-column sweeps in {seconds:.1f}s: one FINISHED parent, 40 children")
+    deleted = deleted_runs(client, experiment)
+    assert deleted % 41 == 0, deleted  # a sweep that lost the race deleted its parent and all its children
+    print(
+        f"3 concurrent 40-column sweeps in {seconds:.1f}s: one FINISHED parent, 40 children, {deleted} deleted"
+    )
+
+
+def test_concurrent_logs_by_a_user_who_may_not_delete_keep_one_finished_run(
+    mlflow_server, client_for, tmp_path
+):
+    """alice may write runs into this experiment (EDIT) but not delete them (MANAGE): a process that loses
+    the race marks its run KILLED and tagged with the kept run's id instead."""
+    experiment = f"concurrent-edit-{uuid.uuid4().hex[:8]}"
+    admin = client_for(mlflow_server.env())
+    experiment_id = admin.create_experiment(experiment)
+    mlflow_server.grant(mlflow_server.alice, experiment_id, "EDIT")
+    returns_file(tmp_path, columns=1, bars=5000, seed=44)
+    args = ["--returns", "returns.csv", "--no-tearsheet", "--max-history-points", "5000",
+            "--experiment", experiment]  # fmt: skip
+    results, seconds = all_at_once(3, args, mlflow_server.env(mlflow_server.alice), tmp_path)
+    assert all(r.returncode == 0 for r in results), [r.stderr[-500:] for r in results]
+    runs = admin.search_runs([experiment_id])
+    finished = [r.info.run_id for r in runs if r.info.status == "FINISHED"]
+    assert len(finished) == 1, [(r.info.run_id, r.info.status) for r in runs]
+    others = [r for r in runs if r.info.run_id != finished[0]]
+    assert all(
+        r.info.status == "KILLED" and r.data.tags["backtest.duplicate_of"] == finished[0] for r in others
+    )
+    assert {r.json()["run_id"] for r in results} == set(finished)
+    print(f"3 concurrent logs (EDIT only) in {seconds:.1f}s: one FINISHED run, {len(others)} marked KILLED")
 
 
 def test_dataset_insert_race_is_retried(scripts, tmp_path):
