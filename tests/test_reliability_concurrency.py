@@ -46,12 +46,49 @@ def finish(processes: list[subprocess.Popen], timeout: float = 600) -> list[harn
     return results
 
 
-def all_at_once(
-    n: int, args: list[str], env: dict[str, str], cwd: Path
-) -> tuple[list[harness.Result], float]:
+def log_at_once(env: dict[str, str], experiment: str, folder: Path, columns: int, bars: int, points: int,
+                seed: int) -> tuple[list[dict], float]:  # fmt: skip
+    """Three log_backtest processes started together on one generated file (every bar a history point up
+    to `points`): their JSON outputs, all exit 0 without a raw SQL error, and the wall time."""
+    returns_file(folder, columns, bars, seed)
+    args = ["--returns", "returns.csv", "--no-tearsheet", "--max-history-points", str(points),
+            "--experiment", experiment]  # fmt: skip
     started = time.monotonic()
-    results = finish([start(args, env, cwd) for _ in range(n)])
-    return results, time.monotonic() - started
+    gate = close_store_gate(env)
+    processes = [start(args, env, folder) for _ in range(3)]
+    if gate is not None:
+        open_gate_when_all_wait(gate, len(processes))
+    results = finish(processes)
+    assert all(r.returncode == 0 for r in results), [r.stderr[-500:] for r in results]
+    assert not any("IntegrityError" in r.stderr or "UNIQUE" in r.stderr for r in results)
+    return [r.json() for r in results], time.monotonic() - started
+
+
+def close_store_gate(env: dict[str, str]):
+    """A local store: hold its lock file (connect() takes it in each process to open the store), so every
+    process waits there until open_gate_when_all_wait and all of them then look for a duplicate at once:
+    the race is made to happen, not hoped for. (A server has no such gate: the processes race as they come.)"""
+    import fcntl
+
+    uri = env["MLFLOW_TRACKING_URI"]
+    if not uri.startswith("sqlite:///"):
+        return None
+    handle = open(uri[len("sqlite:///") :] + ".lock", "a")  # noqa: SIM115 - closed by open_gate_when_all_wait
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
+
+
+def open_gate_when_all_wait(gate, waiters: int, timeout: float = 300) -> None:
+    """Release the gate once `waiters` processes are blocked on it (Linux lists them in /proc/locks as
+    "->" entries on the file's inode)."""
+    inode = os.fstat(gate.fileno()).st_ino
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        locks = Path("/proc/locks").read_text().splitlines()
+        if sum("->" in line and f":{inode} " in line for line in locks) >= waiters:
+            break
+        time.sleep(0.2)
+    gate.close()
 
 
 def fresh_experiment(client_for, env: dict[str, str]):
@@ -71,15 +108,10 @@ def deleted_runs(client, experiment: str) -> int:
 
 
 def test_concurrent_logs_of_one_file_write_one_run(store, client_for, tmp_path):
-    """Three processes log the same returns at once. 5,000 bars, each a history point, keep each write busy
-    for a second or more: before the fix all three found no duplicate and wrote a FINISHED run."""
+    """Three processes log the same returns at once (on a local store all three released together: see
+    close_store_gate). Before the fix all three found no duplicate and wrote a FINISHED run."""
     client, experiment = fresh_experiment(client_for, store)
-    returns_file(tmp_path, columns=1, bars=5000, seed=41)
-    args = ["--returns", "returns.csv", "--no-tearsheet", "--max-history-points", "5000",
-            "--experiment", experiment]  # fmt: skip
-    results, seconds = all_at_once(3, args, store, tmp_path)
-    assert all(r.returncode == 0 for r in results), [r.stderr[-500:] for r in results]
-    outs = [r.json() for r in results]
+    outs, seconds = log_at_once(store, experiment, tmp_path, columns=1, bars=5000, points=5000, seed=41)
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     assert [r.info.status for r in runs] == ["FINISHED"], [(r.info.run_id, r.info.status) for r in runs]
     kept = runs[0].info.run_id
@@ -93,13 +125,7 @@ def test_concurrent_sweeps_of_one_file_finish_one_parent(store, client_for, tmp_
     """Three sweeps of one 40-column file at once: all exit 0, one FINISHED parent with its 40 children,
     the other two report it (deduplicated) and leave nothing visible; no raw SQL error."""
     client, experiment = fresh_experiment(client_for, store)
-    returns_file(tmp_path, columns=40, bars=300, seed=42)
-    args = ["--returns", "returns.csv", "--no-tearsheet", "--max-history-points", "10",
-            "--experiment", experiment]  # fmt: skip
-    results, seconds = all_at_once(3, args, store, tmp_path)
-    assert all(r.returncode == 0 for r in results), [r.stderr[-500:] for r in results]
-    assert not any("IntegrityError" in r.stderr or "UNIQUE" in r.stderr for r in results)
-    outs = [r.json() for r in results]
+    outs, seconds = log_at_once(store, experiment, tmp_path, columns=40, bars=300, points=10, seed=42)
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("backtest.sweep") == "true"]
     assert [p.info.status for p in parents] == ["FINISHED"]
@@ -125,11 +151,8 @@ def test_concurrent_logs_by_a_user_who_may_not_delete_keep_one_finished_run(
     admin = client_for(mlflow_server.env())
     experiment_id = admin.create_experiment(experiment)
     mlflow_server.grant(mlflow_server.alice, experiment_id, "EDIT")
-    returns_file(tmp_path, columns=1, bars=5000, seed=44)
-    args = ["--returns", "returns.csv", "--no-tearsheet", "--max-history-points", "5000",
-            "--experiment", experiment]  # fmt: skip
-    results, seconds = all_at_once(3, args, mlflow_server.env(mlflow_server.alice), tmp_path)
-    assert all(r.returncode == 0 for r in results), [r.stderr[-500:] for r in results]
+    env = mlflow_server.env(mlflow_server.alice)
+    outs, seconds = log_at_once(env, experiment, tmp_path, columns=1, bars=5000, points=5000, seed=44)
     runs = admin.search_runs([experiment_id])
     finished = [r.info.run_id for r in runs if r.info.status == "FINISHED"]
     assert len(finished) == 1, [(r.info.run_id, r.info.status) for r in runs]
@@ -137,7 +160,7 @@ def test_concurrent_logs_by_a_user_who_may_not_delete_keep_one_finished_run(
     assert all(
         r.info.status == "KILLED" and r.data.tags["backtest.duplicate_of"] == finished[0] for r in others
     )
-    assert {r.json()["run_id"] for r in results} == set(finished)
+    assert {out["run_id"] for out in outs} == set(finished)
     print(f"3 concurrent logs (EDIT only) in {seconds:.1f}s: one FINISHED run, {len(others)} marked KILLED")
 
 
