@@ -5,6 +5,11 @@
 #     "quantstats==0.0.86",
 #     "pandas>=2.2",
 #     "pyarrow>=15",
+#     # the PostgreSQL driver for a direct MLFLOW_TRACKING_URI=postgresql://… (imported only then; SQLAlchemy
+#     # >= 2.1 maps postgresql:// to psycopg 3)
+#     "psycopg[binary]>=3.2",
+#     # uploads artifacts straight to S3 when the server hands out s3:// artifact locations (imported only then)
+#     "boto3>=1.28",
 # ]
 # ///
 """Log a trading backtest to MLflow: every QuantStats metric, equity and drawdown curves, the returns as a
@@ -89,9 +94,10 @@ class CliParser(argparse.ArgumentParser):
         raise CliError(EXIT_USAGE, f"{message} (see --help)")
 
 
-# The credentials of a URI: everything from "://" to the LAST "@" of the authority (a password may hold "@"),
-# in any scheme (http, postgresql+psycopg2, mysql, ...).
-URI_CREDENTIALS = re.compile(r"(?<=://)[^/?#\s]*@")
+# The credentials of a URI: everything from "://" to the LAST "@" before the host (a password may hold "@", and
+# SQLAlchemy/psycopg accept a raw "/", "?" or "#" in one too), in any scheme (http, postgresql+psycopg, mysql, ...).
+# An "@" later in a path or query may mask the host as well: over-masking is the safe side.
+URI_CREDENTIALS = re.compile(r"(?<=://)\S*@(?=[^@\s/?#]*(?:[/?#\s]|$))")
 
 
 def mask_uri(uri: str) -> str:
@@ -187,6 +193,12 @@ def connect(tracking_uri: str, debug: bool = False, writes: bool = True):
         ) from None
 
     mlflow.set_tracking_uri(tracking_uri)
+    if re.match(r"(postgresql|mysql|mssql)\b", tracking_uri):
+        # MLflow retries a database it cannot reach or log in to 10 times over ~100 s
+        # (mlflow.store.db.utils.create_sqlalchemy_engine_with_retry); like HTTP, ours give up in seconds.
+        import mlflow.store.db.utils
+
+        mlflow.store.db.utils.MAX_RETRY_COUNT = 3
     if not local or read_only:  # a read-only store can be read without the lock (nothing to create)
         return mlflow.MlflowClient(tracking_uri)
     # MLflow creates its tables (tracking and model registry) the first time a process opens a new sqlite
@@ -215,6 +227,14 @@ def classify_error(exc: BaseException) -> tuple[int, str]:
         return EXIT_AUTH, (
             f"tracking server refused the request: {what}. Check MLFLOW_TRACKING_USERNAME and "
             "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) and that this user may do this"
+        )
+    if re.search(r"password authentication failed", text):  # a database URI's user or password is wrong
+        return EXIT_AUTH, "the database refused the login: check the user and password in MLFLOW_TRACKING_URI"
+    if re.search(r"NoCredentialsError|Unable to locate credentials|InvalidAccessKeyId|SignatureDoesNotMatch",
+                 f"{type(exc).__name__} {text}"):  # fmt: skip
+        return EXIT_AUTH, (
+            "the S3 artifact store got no valid AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(or AWS_PROFILE), and MLFLOW_S3_ENDPOINT_URL for an S3-compatible store"
         )
     if (status or 200) < 500 and re.search(r"not in a valid JSON format|Response body: '\s*<", text):  # HTML
         return EXIT_UNREACHABLE, (
@@ -2218,7 +2238,7 @@ def ensure_experiment(client, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return client.create_experiment(name)
+            experiment = client.get_experiment(client.create_experiment(name))
         except MlflowException as exc:  # created by someone else between our lookup and our create
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -2229,7 +2249,24 @@ def ensure_experiment(client, name: str) -> str:
             f"experiment {name!r} is deleted: restore it (create_experiment.py --name {name!r} --restore) or "
             "choose another --experiment",
         )
+    check_s3_credentials(experiment.artifact_location)
     return experiment.experiment_id
+
+
+def check_s3_credentials(artifact_location: str | None) -> None:
+    """A server without --serve-artifacts hands out its artifact root (s3://...): this process uploads the
+    artifacts itself. Without AWS credentials that upload would fail after the run exists: refuse first."""
+    if not (artifact_location or "").lower().startswith("s3://"):
+        return
+    import boto3
+
+    if boto3.Session().get_credentials() is None:
+        raise CliError(
+            EXIT_AUTH,
+            f"this experiment's artifacts go straight to S3 ({mask_uri(artifact_location)}) and no AWS "
+            "credentials were found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), and "
+            "MLFLOW_S3_ENDPOINT_URL for an S3-compatible store",
+        )
 
 
 def find_duplicate(client, experiment_id: str, fp: str):

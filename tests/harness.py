@@ -6,6 +6,7 @@ Imported by conftest.py (fixtures) and by tests that need a server of their own 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -81,9 +83,13 @@ class User:
 
 @dataclass
 class MlflowServer:
-    """A real `mlflow server --app-name basic-auth` on 127.0.0.1 with sqlite and proxied artifacts."""
+    """A real `mlflow server --app-name basic-auth` on 127.0.0.1 with proxied artifacts; its backend store is
+    sqlite in root unless backend_store_uri names another (a PostgreSQL database)."""
 
     root: Path
+    backend_store_uri: str | None = None
+    # how artifacts are stored; default: proxied, the server writes them under root/artifacts
+    artifact_args: tuple[str, ...] | None = None
     port: int = field(default_factory=free_port)
     admin: User = field(default_factory=lambda: User("admin", strong_password()))
     process: subprocess.Popen | None = None
@@ -118,8 +124,8 @@ class MlflowServer:
             "--app-name", "basic-auth",
             "--host", "127.0.0.1",
             "--port", str(self.port),
-            "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-            "--artifacts-destination", str(self.root / "artifacts"),
+            "--backend-store-uri", self.backend_store_uri or f"sqlite:///{self.root / 'mlflow.db'}",
+            *(self.artifact_args or ("--artifacts-destination", str(self.root / "artifacts"))),
             "--workers", "2",
         ]  # fmt: skip
         with open(self.log_path, "ab") as log:
@@ -208,6 +214,114 @@ class MlflowServer:
         env = self.env(user)
         os.environ.update({k: v for k, v in env.items() if k.startswith("MLFLOW_TRACKING_")})
         return MlflowClient(env["MLFLOW_TRACKING_URI"])
+
+
+def postgres_bindir() -> Path:
+    """Where PostgreSQL's server programs are: Debian keeps them off PATH, in /usr/lib/postgresql/<ver>/bin
+    (the newest version wins); elsewhere initdb is on PATH. Skip without them locally, fail in CI."""
+    debian = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: [int(part) for part in p.parent.parent.name.split(".") if part.isdigit()],
+        reverse=True,
+    )
+    found = debian[0] if debian else (Path(shutil.which("initdb")) if shutil.which("initdb") else None)
+    if found is None or not (found.parent / "pg_ctl").exists():
+        message = "PostgreSQL (initdb, pg_ctl) is not installed (.ci/run installs Debian's postgresql)"
+        if STRICT:
+            pytest.fail(message)
+        pytest.skip(message)
+    return found.parent
+
+
+@dataclass
+class PostgresServer:
+    """A throwaway PostgreSQL cluster (initdb + pg_ctl) in its own temp folder, on 127.0.0.1 and a free port,
+    password-authenticated (scram-sha-256). initdb refuses to run as root (CI runs as root), so as root the
+    cluster belongs to an unprivileged system user: `postgres` where the package made it, else `nobody`."""
+
+    port: int = field(default_factory=free_port)
+    user: str = "mlflow"
+    password: str = field(default_factory=strong_password)
+    folder: Path | None = None
+
+    def _as_owner(self) -> dict:
+        """subprocess arguments that run a command as the cluster's owner."""
+        if os.geteuid() != 0:
+            return {}
+        import pwd
+
+        owner = next(pwd.getpwnam(n) for n in ("postgres", "nobody") if _user_exists(n))
+        return {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
+
+    def _run(self, *command: str) -> None:
+        as_owner = self._as_owner()
+        env = clean_env(LC_ALL="C", LANG="C")
+        done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=self.folder, **as_owner)
+        if done.returncode != 0:
+            raise RuntimeError(f"{command[0]} failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
+
+    def start(self) -> PostgresServer:
+        bindir = postgres_bindir()
+        # Not under pytest's temp folder: that is private to root (0700), which the owner cannot enter.
+        self.folder = Path(tempfile.mkdtemp(prefix="mlflow-python-pg-"))
+        pwfile = self.folder / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        as_owner = self._as_owner()
+        if as_owner:
+            for path in (self.folder, pwfile):
+                os.chown(path, as_owner["user"], as_owner["group"])
+        try:
+            self._run(
+                str(bindir / "initdb"), "--pgdata", str(self.folder / "data"), "--username", self.user,
+                "--pwfile", str(pwfile), "--auth", "scram-sha-256", "--encoding", "UTF8", "--no-sync",
+            )  # fmt: skip
+        finally:
+            pwfile.unlink()
+        # fsync off: a throwaway cluster need not survive a power cut, and 2 cores are busy enough
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder} -c fsync=off -c max_connections=200"
+        self._run(
+            str(bindir / "pg_ctl"), "--pgdata", str(self.folder / "data"), "--log", str(self.folder / "pg.log"),
+            "--options", options, "--wait", "--timeout", "120", "start",
+        )  # fmt: skip
+        return self
+
+    def uri(self, database: str = "postgres") -> str:
+        return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{database}"
+
+    def sql(self, database: str, statement: str) -> None:
+        """Run one statement outside a transaction (CREATE DATABASE, ANALYZE)."""
+        import psycopg
+
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user=self.user, password=self.password, dbname=database,
+            autocommit=True,
+        ) as connection:  # fmt: skip
+            connection.execute(statement)
+
+    def create_database(self, name: str) -> str:
+        """A new empty database; returns its URI (as a user writes it: the password in the URI)."""
+        self.sql("postgres", f'CREATE DATABASE "{name}"')
+        return self.uri(name)
+
+    def stop(self) -> None:
+        if self.folder is None or not self.folder.exists():
+            return
+        with contextlib.suppress(RuntimeError):
+            self._run(
+                str(postgres_bindir() / "pg_ctl"), "--pgdata", str(self.folder / "data"), "--mode", "immediate",
+                "--wait", "stop",
+            )  # fmt: skip
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _user_exists(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def clean_env(**extra: str) -> dict[str, str]:

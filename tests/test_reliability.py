@@ -256,19 +256,25 @@ def test_env_local_is_ignored_by_git():
 
 # ---- issue 14 item 1: credentials in URIs, passwords holding "@", postgresql forms, --debug tracebacks ------
 AT_PASSWORD = "Pw@ss@Word9-" + uuid.uuid4().hex[:12]  # a password holding "@" twice
+# SQLAlchemy and psycopg accept a raw "/", "?" or "#" in a database password: masked up to the host all the same.
+ODD_PASSWORD = "Pw/sl?q#h@at-" + uuid.uuid4().hex[:12]
 harness.SECRETS.update({AT_PASSWORD, AT_PASSWORD.split("@", 1)[1], AT_PASSWORD.rsplit("@", 1)[1]})
+harness.SECRETS.update({ODD_PASSWORD, ODD_PASSWORD.rsplit("@", 1)[1]})
 CREDENTIAL_URIS = [
     f"http://user:{AT_PASSWORD}@127.0.0.1:5000",
     f"https://user:{AT_PASSWORD}@tracking.example.com/mlflow/",
     f"postgresql://user:{AT_PASSWORD}@db.example.com:5432/mlflow",
     f"postgresql+psycopg2://user:{AT_PASSWORD}@db.example.com/mlflow?sslmode=require",
     f"mysql://user:{AT_PASSWORD}@localhost/mlflow",
+    f"postgresql+psycopg://user:{ODD_PASSWORD}@127.0.0.1:5432/mlflow",
 ]
 
 
 @pytest.mark.parametrize("name", CALLS)
 @pytest.mark.parametrize(
-    "uri", CREDENTIAL_URIS, ids=["http", "https", "postgresql", "postgresql+driver", "mysql"]
+    "uri",
+    CREDENTIAL_URIS,
+    ids=["http", "https", "postgresql", "postgresql+driver", "mysql", "slash-query-hash"],
 )
 def test_uri_credentials_are_masked_up_to_the_last_at(scripts, name, uri):
     module = getattr(scripts, name)
