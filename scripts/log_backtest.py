@@ -2286,11 +2286,11 @@ def write_once(client, experiment_id: str, fp: str, req: Request, write, run_ids
     backtest at the same moment. -> (the earlier identical run, None) or (None, what write() returned).
 
     A local store: the check and the write happen under a lock on the fingerprint, so the second process
-    waits and then finds the first's run. A server cannot be locked from here: after writing, the runs with
-    this fingerprint are looked up again and every writer keeps the same one, the first FINISHED; a later
-    writer deletes what it wrote (run_ids(written): its runs, the fingerprinted one first), or marks it
-    KILLED and tagged backtest.duplicate_of where it may not delete, and reports the first. (--force: no
-    check, a new run.)"""
+    waits and then finds the first's run. A server (or database) is not locked from here: after writing,
+    the runs with this fingerprint are looked up again and every writer keeps the same one, the first
+    FINISHED; a later writer deletes what it wrote (run_ids(written): its runs, the fingerprinted one
+    first), or marks it KILLED and tagged backtest.duplicate_of where it may not delete, and reports the
+    first. (--force: no check, a new run.)"""
     if req.force:
         return None, write()
     with fingerprint_lock(req.tracking_uri, fp):
@@ -2507,7 +2507,7 @@ def build_parser() -> CliParser:
         prog="log_backtest.py",
         description="Log a backtest's returns to MLflow: every QuantStats metric, equity/drawdown curves, "
         "dataset, tearsheet and description in one run; several columns make a sweep.",
-        epilog=f"{EXIT_CODES_HELP}\n  130 interrupted (Ctrl-C), 143 terminated (SIGTERM): a run being written is FAILED",
+        epilog=f"{EXIT_CODES_HELP}\n  130 interrupted (Ctrl-C), 143 terminated (SIGTERM): the run is FAILED",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     data = parser.add_argument_group("data")
