@@ -134,11 +134,13 @@ def resolve_tracking_uri(cli_uri: str | None) -> str:
 
 
 def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str | None:
-    """The MLflow UI address of an experiment or run, for http(s) tracking servers only."""
+    """The MLflow UI address of an experiment or run, for http(s) tracking servers only. The UI (3.17)
+    opens in GenAI mode (traces, "Evaluations"); ?workflowType=machine_learning opens the runs view."""
     if not tracking_uri.lower().startswith(("http://", "https://")):
         return None
     base = URI_CREDENTIALS.sub("", tracking_uri).rstrip("/")
-    return f"{base}/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    path = f"/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{base}{path}?workflowType=machine_learning"
 
 
 def connect(tracking_uri: str, debug: bool = False, writes: bool = True):

@@ -30,7 +30,8 @@ Which runs: --run-id (repeatable or comma-separated) or --experiment NAME (or id
 and --max-runs (default 10). Which metrics: --metrics a,b or --all (every metric the runs have).
 
 Output (JSON when stdout is not a terminal, a table when it is; --format overrides):
-  default     rows {run_id, run_name, metric, step, timestamp, value}, timestamp ISO 8601 UTC, each
+  default     rows {run_id, run_name, metric, step, timestamp, value}, timestamp ISO 8601 UTC (the
+              bar's date, YYYY-MM-DD, for equity/drawdown of daily-or-slower backtests), each
               (run, metric) series evenly downsampled to --max-points (default 100), always keeping its
               first, last, minimum and maximum points.
   --summary   one row per (run, metric): points, first/last step, first/last time, first/last/min/max value.
@@ -146,11 +147,13 @@ def resolve_tracking_uri(cli_uri: str | None) -> str:
 
 
 def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str | None:
-    """The MLflow UI address of an experiment or run, for http(s) tracking servers only."""
+    """The MLflow UI address of an experiment or run, for http(s) tracking servers only. The UI (3.17)
+    opens in GenAI mode (traces, "Evaluations"); ?workflowType=machine_learning opens the runs view."""
     if not tracking_uri.lower().startswith(("http://", "https://")):
         return None
     base = URI_CREDENTIALS.sub("", tracking_uri).rstrip("/")
-    return f"{base}/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    path = f"/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{base}{path}?workflowType=machine_learning"
 
 
 def connect(tracking_uri: str, debug: bool = False, writes: bool = True):
@@ -529,6 +532,37 @@ def iso_times(ms, millis: bool) -> list[str]:
     return [f"{s}Z" for s in np.datetime_as_string(stamps, unit="ms" if millis else "s").tolist()]
 
 
+# log_backtest's `frequency` param of a backtest whose bars are a day or longer: it stores each such bar at
+# 12:00 UTC of its date (so the MLflow UI shows that date in any time zone); we give back the date.
+DAILY_OR_SLOWER = ("daily", "daily_calendar", "weekly", "monthly", "quarterly", "semiannual", "yearly")
+DAY_MS, NOON_MS = 86_400_000, 43_200_000
+
+
+def bar_dates(runs: list[dict], series: dict) -> set:
+    """The (run_id, metric) series that are dated bars: every point at 12:00 UTC, in a run whose frequency
+    is daily or slower (its other metrics carry the time they were logged)."""
+    daily = {run["run_id"] for run in runs if run.get("frequency") in DAILY_OR_SLOWER}
+    return {
+        key
+        for key, points in series.items()
+        if key[0] in daily and len(points) and bool((points.times % DAY_MS == NOON_MS).all())
+    }
+
+
+def time_texts(columns: dict, runs: list[dict], series: dict) -> list[str]:
+    """The rows' timestamps as text: ISO 8601 UTC, or the bar's date (YYYY-MM-DD) for dated bars."""
+    import numpy as np
+
+    texts = iso_times(columns["timestamp"], needs_millis(series))
+    dated = bar_dates(runs, series)
+    if dated:
+        per_series = np.array([(label[0], label[2]) in dated for label in columns["labels"]], dtype=bool)
+        texts = [
+            s[:10] if d else s for s, d in zip(texts, per_series[columns["series"]].tolist(), strict=True)
+        ]
+    return texts
+
+
 def needs_millis(series: dict) -> bool:
     """Show milliseconds only when some timestamp has them (daily bars stay readable)."""
     return any(bool((points.times % 1000).any()) for points in series.values())
@@ -565,7 +599,7 @@ def series_columns(runs: list[dict], series: dict, max_points: int | None) -> di
 def series_rows(runs: list[dict], series: dict, max_points: int | None) -> list[dict]:
     """Rows {run_id, run_name, metric, step, timestamp, value}, run by run, metric by metric."""
     columns = series_columns(runs, series, max_points)
-    columns["timestamp"] = iso_times(columns["timestamp"], needs_millis(series))
+    columns["timestamp"] = time_texts(columns, runs, series)
     columns = {key: columns[key] if key == "timestamp" else columns[key].tolist() for key in COLUMNS}
     return [dict(zip(COLUMNS, row, strict=True)) for row in zip(*(columns[c] for c in COLUMNS), strict=True)]
 
@@ -577,12 +611,15 @@ def runs_by_id(runs: list[dict]) -> dict[str, dict]:
 def summarize(runs: list[dict], series: dict) -> list[dict]:
     """Per (run, metric): number of points, first/last step and time, first/last/min/max value."""
     millis = needs_millis(series)
+    dated = bar_dates(runs, series)
     names = runs_by_id(runs)
     out = []
     for (run_id, metric), points in series.items():
         values = points.values
         lo, hi = extreme_indices(values)
         first_time, last_time = iso_times(points.times[[0, -1]], millis)
+        if (run_id, metric) in dated:
+            first_time, last_time = first_time[:10], last_time[:10]
         out.append(
             {
                 "run_id": run_id,
@@ -680,6 +717,7 @@ def resolve_runs(client, request: Request) -> list[dict]:
             "run_name": run.info.run_name,
             "experiment_id": run.info.experiment_id,
             "metrics": set(run.data.metrics),
+            "frequency": run.data.params.get("frequency"),  # log_backtest's: daily bars come back as dates
             # the step of each metric's latest point: a hint at its number of points (fetch_series).
             # RunData keeps the latest Metric objects only in its private _metric_objs (MLflow 3.17).
             "last_steps": {m.key: m.step for m in getattr(run.data, "_metric_objs", None) or ()},
@@ -1005,7 +1043,7 @@ def write_output(path: Path, fmt: str, runs: list[dict], series: dict, max_point
         if fmt == "csv":
             import csv
 
-            columns["timestamp"] = iso_times(columns["timestamp"], needs_millis(series))
+            columns["timestamp"] = time_texts(columns, runs, series)
             # repr of each float (what str() gives), NaN as an empty cell: what pandas' to_csv writes
             columns["value"] = [None if v != v else v for v in columns["value"].tolist()]
             columns = {

@@ -143,11 +143,13 @@ def resolve_tracking_uri(cli_uri: str | None) -> str:
 
 
 def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str | None:
-    """The MLflow UI address of an experiment or run, for http(s) tracking servers only."""
+    """The MLflow UI address of an experiment or run, for http(s) tracking servers only. The UI (3.17)
+    opens in GenAI mode (traces, "Evaluations"); ?workflowType=machine_learning opens the runs view."""
     if not tracking_uri.lower().startswith(("http://", "https://")):
         return None
     base = URI_CREDENTIALS.sub("", tracking_uri).rstrip("/")
-    return f"{base}/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    path = f"/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{base}{path}?workflowType=machine_learning"
 
 
 def connect(tracking_uri: str, debug: bool = False, writes: bool = True):
@@ -706,6 +708,7 @@ class Request:
     date_format: str | None = None  # --date-format: dayfirst, monthfirst or a strftime format
     decimal: bool = False  # --decimal: the values are decimal returns, whatever they look like
     sep: str | None = None  # --sep: the CSV separator (default: comma; ; or tab when the header has none)
+    code_files: dict[str, Path] = field(default_factory=dict)  # --code: artifact path -> file
 
 
 def warn(message: str, sink: list[str] | None = None) -> None:
@@ -877,7 +880,7 @@ def build_request(args) -> Request:
         experiment=experiment,
         run_name=args.run_name.strip() if args.run_name else None,
         params=parse_params(args.params, args.param),
-        tags=parse_tags(args.tag),
+        tags={**parse_tags(args.tag), **code_version_tags(args), **package_version_tags()},
         description=args.description,
         rf=float(args.rf),
         periods_per_year=args.periods_per_year,
@@ -893,6 +896,7 @@ def build_request(args) -> Request:
         date_format=args.date_format,
         decimal=args.decimal,
         sep=args.sep.replace("\\t", "\t") if args.sep else None,
+        code_files=code_artifacts(args.code, args.code_dir),
     )
 
 
@@ -902,6 +906,141 @@ MAX_NAME_LENGTH = 500  # MLflow's limit for experiment and dataset names (mlflow
 EXCEL_MAGIC = (b"PK\x03\x04", b"\xd0\xcf\x11\xe0")  # xlsx (a zip) and xls (OLE2)
 TIME_ONLY = r"^\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?$"
 NUMERIC_DATE = r"^(\d{1,2})[/.\-](\d{1,2})[/.\-](\d{2,4})(?!\d)"  # 01/02/2020, 1.2.20, 01-02-2020 ...
+
+
+# ---- the code version: which strategy code produced the returns ---------------------------------------------
+GIT_TIMEOUT = 5  # seconds per git call: a hung filesystem or credential helper must not hang a backtest
+PACKAGES = ("quantstats", "pandas", "numpy", "mlflow")
+
+
+def git_output(directory: Path, *args: str) -> str | None:
+    """stdout of `git -C directory ARGS`, or None when git is missing, fails or times out."""
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(directory), *args],
+            capture_output=True,
+            text=True,
+            timeout=GIT_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"},
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def strip_url_credentials(url: str) -> str:
+    """https://user:token@host/repo.git -> https://host/repo.git (a token in a remote URL is a secret);
+    scp-style git@host:repo keeps its user, which is no secret."""
+    return re.sub(r"(?<=://)[^/?#]*@", "", url)
+
+
+def code_version_tags(args) -> dict[str, str]:
+    """The git repository holding --code-dir (default: the current folder): commit, branch, remote URL
+    without credentials, and whether tracked files (or the --code files) have uncommitted changes. MLflow
+    would record the repository of the script it runs, i.e. this skill's, not the strategy's. Outside a
+    git repository: no tags (a warning when --code-dir named the folder)."""
+    directory = Path(args.code_dir).expanduser() if args.code_dir else Path.cwd()
+    if args.code_dir and not directory.is_dir():
+        raise CliError(EXIT_USAGE, f"--code-dir {args.code_dir}: no such directory")
+    commit = git_output(directory, "rev-parse", "--verify", "--quiet", "HEAD")
+    if not commit:
+        if args.code_dir:
+            warn(f"--code-dir {args.code_dir} is not in a git repository with a commit: no git tags")
+        return {}
+    tags = {"mlflow.source.git.commit": commit}
+    branch = git_output(directory, "symbolic-ref", "--quiet", "--short", "HEAD")  # none when detached
+    if branch:
+        tags["mlflow.source.git.branch"] = branch
+    remotes = (git_output(directory, "remote") or "").split()
+    if remotes:
+        remote = "origin" if "origin" in remotes else remotes[0]
+        url = git_output(directory, "remote", "get-url", remote)
+        if url:
+            tags["mlflow.source.git.repoURL"] = strip_url_credentials(url)[:MAX_TAG_VALUE_LENGTH]
+    # Untracked files do not count (the local store ./mlflow.db is one), except --code files: a strategy
+    # file git does not know is not in the commit.
+    changed = git_output(directory, "status", "--porcelain", "--untracked-files=no")
+    code = [str(Path(f).expanduser().resolve()) for f in args.code or []]
+    untracked = (
+        git_output(directory, "status", "--porcelain", "--untracked-files=all", "--", *code) if code else ""
+    )
+    if changed is not None and untracked is not None:
+        tags["backtest.git_dirty"] = "true" if changed or untracked else "false"
+    return tags
+
+
+def package_version_tags() -> dict[str, str]:
+    """Versions of what computed the numbers: backtest.version.python, .quantstats, .pandas, .numpy, .mlflow
+    (read from the installed metadata: nothing imported)."""
+    import importlib.metadata
+    import platform
+
+    tags = {"backtest.version.python": platform.python_version()}
+    for package in PACKAGES:
+        for distribution in (package, f"{package}-skinny") if package == "mlflow" else (package,):
+            try:
+                tags[f"backtest.version.{package}"] = importlib.metadata.version(distribution)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    return tags
+
+
+def code_artifacts(files: list[str] | None, code_dir: str | None) -> dict[str, Path]:
+    """--code FILE...: checked before anything is written; stored under code/ by their path relative to
+    --code-dir (default: the current folder) when inside it, else by file name."""
+    base = (Path(code_dir).expanduser() if code_dir else Path.cwd()).resolve()
+    out: dict[str, Path] = {}
+    for text in files or []:
+        path = Path(text).expanduser()
+        if not path.exists():
+            raise CliError(EXIT_USAGE, f"--code {text}: no such file")
+        if not path.is_file():
+            raise CliError(EXIT_USAGE, f"--code {text} is not a file: give the strategy's source files")
+        if not os.access(path, os.R_OK):
+            raise CliError(EXIT_USAGE, f"--code {text} is not readable (check its permissions)")
+        resolved = path.resolve()
+        name = resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else resolved.name
+        if name in out and out[name] != resolved:
+            raise CliError(EXIT_USAGE, f"--code: two files would be stored as code/{name}; pass --code-dir")
+        out[name] = resolved
+    return out
+
+
+def copy_code(req: Request, folder: Path) -> list[str]:
+    """The --code files into folder/code/ (logged with the run's other artifacts); their artifact paths."""
+    import shutil
+
+    for name, path in req.code_files.items():
+        target = folder / "code" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    return copy_names(req)
+
+
+def copy_names(req: Request) -> list[str]:
+    return [f"code/{name}" for name in req.code_files]
+
+
+def artifact_names(folder: Path) -> list[str]:
+    """Every file a run logs from its folder, by its artifact path (code/strategy.py)."""
+    return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
+
+
+def git_summary(tags: dict[str, str]) -> dict | None:
+    """The code version for the JSON output: {commit, branch, repo_url, dirty}, or None outside git."""
+    if "mlflow.source.git.commit" not in tags:
+        return None
+    return {
+        "commit": tags["mlflow.source.git.commit"],
+        "branch": tags.get("mlflow.source.git.branch"),
+        "repo_url": tags.get("mlflow.source.git.repoURL"),
+        "dirty": {"true": True, "false": False}.get(tags.get("backtest.git_dirty", "")),
+    }
+
 
 RESERVED_PARAMS = frozenset(
     {"start", "end", "n_bars", "periods_per_year", "rf", "compounded", "frequency", "source_file", "column",
@@ -1390,7 +1529,7 @@ def align(
             "is computed on those bars",
             warnings,
         )
-    common = strategy.index.intersection(benchmark.index)
+    common = strategy.index.intersection(benchmark.index).rename(strategy.index.name)  # the user's name
     info = {
         "common_bars": int(len(common)),
         "strategy_bars_dropped": int(len(strategy) - len(common)),
@@ -1780,9 +1919,29 @@ def fmt_value(name: str, value) -> str:
     return f"{value:.3f}"
 
 
+HEADLINE = (("sharpe", "Sharpe"), ("cagr", "CAGR"), ("max_drawdown", "MaxDD"), ("volatility", "Vol"))
+
+
+def headline(metrics: dict) -> str:
+    """The one line a person reads first: Sharpe 0.28 · CAGR 3.64 % · MaxDD −56.78 % · Vol 19.10 %."""
+    parts = []
+    for name, label in HEADLINE:
+        value = metrics.get(name)
+        if value is None or not math.isfinite(value):
+            text = "undefined"
+        elif name == "sharpe":
+            text = f"{value:.2f}"
+        else:
+            text = f"{value * 100:.2f} %"
+        parts.append(f"{label} " + text.replace("-", "\N{MINUS SIGN}"))
+    return " · ".join(parts)
+
+
 def description_markdown(summary: dict, user_description: str | None) -> str:
-    """The run page's first screen: what, when, settings, key metrics."""
-    lines = []
+    """The run page's description. MLflow's UI shows its first two lines until "Show more" is clicked, so
+    the headline numbers come first; its markdown renderer draws tables without cell padding, so the key
+    metrics are a list."""
+    lines = [headline(summary["metrics"]), ""]
     if user_description:
         lines += [user_description.strip(), ""]
     lines += [
@@ -1793,12 +1952,12 @@ def description_markdown(summary: dict, user_description: str | None) -> str:
         f"{'compounded' if summary['compounded'] else 'simple (not compounded)'}"
         + (f" · benchmark `{summary['benchmark']}`" if summary.get("benchmark") else ""),
         "",
-        "| metric | value |",
-        "| --- | --- |",
+        "**Key metrics**",
+        "",
     ]
     metrics = summary["metrics"]
     for name in KEY_METRICS + (("alpha", "beta") if "beta" in metrics else ()):
-        lines.append(f"| {name} | {fmt_value(name, metrics.get(name))} |")
+        lines.append(f"- {name}: **{fmt_value(name, metrics.get(name))}**")
     if summary["undefined_metrics"]:
         lines += ["", "Undefined (not logged): " + ", ".join(summary["undefined_metrics"])]
     lines += ["", f"Logged by {SKILL_NAME} log_backtest.py {SKILL_VERSION}; all metrics in `metrics.json`."]
@@ -1813,18 +1972,43 @@ def write_returns_artifact(item: Column, folder: Path) -> str:
 
     frame = pd.DataFrame({"returns": item.returns.to_numpy()})
     if item.has_timestamps:
-        frame.insert(0, "timestamp", item.returns.index.tz_localize("UTC"))
+        frame.insert(0, timestamp_name(item), item.returns.index)
     else:
         frame.insert(0, "bar", range(len(frame)))
     if item.benchmark is not None:
         frame["benchmark"] = item.benchmark.to_numpy()
     if len(frame) >= PARQUET_ARTIFACT_MIN_BARS:
         path = folder / "returns.parquet"
+        if item.has_timestamps:  # a typed column: say it is UTC
+            frame[frame.columns[0]] = frame[frame.columns[0]].dt.tz_localize("UTC")
         frame.to_parquet(path, index=False)
     else:
+        # UTC as the user's file had it: dates stay dates (pandas writes midnight-only stamps as dates),
+        # times carry no "+00:00", and the column keeps its name, so the file reads like the input
         path = folder / "returns.csv"
         frame.to_csv(path, index=False, float_format="%.17g")
     return path.name
+
+
+def timestamp_name(column: Column) -> str:
+    """The name of the user's timestamp column (kept on the index), for the files we write."""
+    return str(column.returns.index.name or "timestamp")
+
+
+DAILY_OR_SLOWER = ("daily", "daily_calendar", "weekly", "monthly", "quarterly", "semiannual", "yearly")
+
+
+def history_stamps(index, steps, frequency: str):
+    """Milliseconds of the equity/drawdown points. The MLflow UI shows metric times in the browser's time
+    zone: a daily-or-slower bar is stored at 12:00 UTC of its date, so that date shows in every zone from
+    UTC-11 to UTC+11 (at midnight UTC it would read as the day before anywhere west of Greenwich).
+    Intraday bars keep their exact time."""
+    import pandas as pd
+
+    stamps = index[steps]
+    if frequency in DAILY_OR_SLOWER:
+        stamps = stamps.normalize() + pd.Timedelta(hours=12)
+    return stamps.as_unit("ms").asi8
 
 
 def write_tearsheet(
@@ -1841,6 +2025,7 @@ def write_tearsheet(
 
     qs = import_quantstats()
     returns, benchmark, report_periods, note = item.returns, item.benchmark, periods, None
+    strategy = title  # the run's name heads the report's columns (a column is often just "returns")
     if not item.has_timestamps:
         note = "bars without timestamps: the tearsheet's calendar tables use a synthetic daily calendar"
     elif periods > 400 and len(returns) > TEARSHEET_MAX_INTRADAY_BARS:
@@ -1859,11 +2044,11 @@ def write_tearsheet(
 
     with warnings.catch_warnings(), np.errstate(all="ignore"), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        kwargs = {"strategy_title": item.name}
+        kwargs = {"strategy_title": strategy}
         if benchmark is not None:
             kwargs["benchmark_title"] = (item.benchmark_info or {}).get("column") or "benchmark"
         qs.reports.html(
-            returns.rename(item.name),
+            returns.rename(strategy),
             benchmark=benchmark.rename(kwargs.get("benchmark_title")) if benchmark is not None else None,
             rf=rf,
             title=title,
@@ -1873,7 +2058,15 @@ def write_tearsheet(
             **kwargs,
         )
         plt.close("all")
+    tidy_tearsheet(path)
     return note
+
+
+def tidy_tearsheet(path: Path) -> None:
+    """QuantStats 0.0.86 labels CAGR "CAGR﹪" (U+FE6A SMALL PERCENT SIGN, its way to keep the "%" that
+    marks percent rows): fonts without that glyph (Debian's defaults) draw a box. A plain % reads the same."""
+    html = path.read_text(encoding="utf-8")
+    path.write_text(html.replace("\N{SMALL PERCENT SIGN}", "%"), encoding="utf-8")
 
 
 # ---- one column prepared: everything computed and written to a local folder before MLflow is touched ------
@@ -1955,9 +2148,10 @@ def histories_of(column: Column, req: Request) -> Histories:
     n = len(column.returns)
     steps = history_steps(n, req.max_history_points, int(np.argmin(drawdown)))
     if column.has_timestamps:
+        stamps = history_stamps(column.returns.index, steps, periods_of(column, req)[1])
         # MLflow refuses negative metric timestamps: a history starting before 1970 is shifted as one so that
         # its first bar is at 1970-01-01 (spacing kept; to_returns warns); params start/end keep the dates.
-        stamps = (column.returns.index.asi8[steps] - min(0, column.returns.index.asi8[0])) // 1_000_000
+        stamps = stamps - min(0, int(stamps[0]))
     else:
         stamps = np.full(len(steps), int(time.time() * 1000))
     return Histories(steps, stamps, equity[steps], drawdown[steps])
@@ -1967,7 +2161,7 @@ def run_tags(column: Column, req: Request, fp: str, undefined: list[str], summar
     """The tags of one column's run (a sweep child gets its parent's id when it is written)."""
     tags = {
         FINGERPRINT_TAG: fp,
-        UNDEFINED_TAG: ",".join(undefined),
+        **({UNDEFINED_TAG: ",".join(undefined)} if undefined else {}),  # an empty tag reads like a flag
         VERSION_TAG: SKILL_VERSION,
         DESCRIPTION_TAG: description_markdown(summary, req.description),
         "mlflow.source.name": "log_backtest.py",
@@ -2045,7 +2239,7 @@ def prepare_column(job: Job, req: Request) -> Prepared:
         "skill_version": SKILL_VERSION,
     }
     (job.folder / "metrics.json").write_text(json.dumps(json_safe(metrics_doc), indent=2) + "\n")
-    artifacts = ["metrics.json", write_returns_artifact(column, job.folder)]
+    artifacts = ["metrics.json", write_returns_artifact(column, job.folder), *copy_code(req, job.folder)]
     phase(req, f"{column.name}: histories and artifacts prepared")
     return Prepared(
         column=column.name, run_name=job.run_name, n_bars=n, periods=periods, frequency=frequency,
@@ -2207,7 +2401,7 @@ def dataset_entity(job: Job, prep: Prepared, req: Request):
     column = job.column
     head = pd.DataFrame({"returns": column.returns.iloc[:100].to_numpy()})
     if column.has_timestamps:
-        head.insert(0, "timestamp", column.returns.index[:100])
+        head.insert(0, timestamp_name(column), column.returns.index[:100])
     if column.benchmark is not None:
         head["benchmark"] = column.benchmark.iloc[:100].to_numpy()
     name = req.returns_path.stem
@@ -2424,7 +2618,7 @@ def write_run(
             with contextlib.suppress(Exception):
                 client.delete_run(run_id)
         raise
-    artifacts = sorted(path.name for path in prep.folder.iterdir())  # metrics.json, returns.*, tearsheet.html
+    artifacts = artifact_names(prep.folder)  # metrics.json, returns.*, tearsheet.html, code/...
     return Outcome(run_id, prep.run_name, artifacts=artifacts, warnings=warnings)
 
 
@@ -2464,7 +2658,7 @@ def column_output(prep: Prepared, outcome: Outcome, req: Request, experiment_id,
     if key_only:
         metrics = {k: metrics[k] for k in KEY_METRICS + ("alpha", "beta") if k in metrics}
     uri = None if req.dry_run else req.tracking_uri
-    return {
+    out = {
         "run_id": outcome.run_id,
         "run_name": outcome.run_name,
         "experiment_id": experiment_id,
@@ -2485,6 +2679,9 @@ def column_output(prep: Prepared, outcome: Outcome, req: Request, experiment_id,
         "fingerprint": prep.fingerprint,
         "benchmark": prep.benchmark,
     }
+    if not key_only:  # a sweep says it once, for all its runs
+        out["git"] = git_summary(req.tags)
+    return out
 
 
 def table_rows(data: dict) -> list[dict] | dict:
@@ -2540,6 +2737,11 @@ def build_parser() -> CliParser:
     where.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="repeatable")
     where.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="repeatable")
     where.add_argument("--description", metavar="TEXT", help="markdown shown first on the run page")
+    where.add_argument("--code", nargs="+", metavar="FILE",
+                       help="strategy source files to attach (artifacts under code/)")  # fmt: skip
+    where.add_argument("--code-dir", metavar="DIR",
+                       help="the strategy's git repository (default: the current folder): commit, branch, "
+                       "remote and uncommitted changes become tags")  # fmt: skip
     calc = parser.add_argument_group("calculation")
     calc.add_argument("--rf", "--risk-free-rate", type=float, default=0.0, metavar="RATE",
                       help="annual risk-free rate, decimal (0.04 = 4 %%); default 0")  # fmt: skip
@@ -2827,6 +3029,7 @@ def write_sweep(
 
     parent_dir = tmp / "parent"
     parent_dir.mkdir()
+    copy_code(req, parent_dir)
     if req.tearsheet:  # the parent carries a copy of the best child's
         (parent_dir / "tearsheet.html").write_bytes((sweep.best.folder / "tearsheet.html").read_bytes())
     parent_id = client.create_run(
@@ -2854,7 +3057,9 @@ def write_sweep(
         mark_failed(client, parent_id)
         raise
     return Outcome(
-        parent_id, sweep.run_name, artifacts=sorted(p.name for p in parent_dir.iterdir())
+        parent_id,
+        sweep.run_name,
+        artifacts=artifact_names(parent_dir),
     ), children
 
 
@@ -2911,20 +3116,17 @@ def comparison_csv(sweep: Sweep, children: list[Outcome], folder: Path) -> str:
 
 
 def sweep_description(sweep: Sweep, req: Request) -> str:
-    lines = []
+    """Headline of the best child first (the UI shows two lines), then one list item per column."""
+    lines = [f"Best `{sweep.best.column}`: {headline(sweep.best.metrics)}", ""]
     if req.description:
         lines += [req.description.strip(), ""]
     lines += [
         f"**Sweep** of {len(sweep.preps)} columns of `{req.returns_path.name}`; best by sharpe: "
         f"`{sweep.best.column}`",
         "",
-        "| column | " + " | ".join(KEY_METRICS[:6]) + " |",
-        "| --- |" + " --- |" * 6,
     ]
     for p in sweep.preps:
-        lines.append(
-            f"| {p.column} | " + " | ".join(fmt_value(k, p.metrics.get(k)) for k in KEY_METRICS[:6]) + " |"
-        )
+        lines.append(f"- **{p.column}**: {headline(p.metrics)}")
     lines += [
         "",
         f"Logged by {SKILL_NAME} log_backtest.py {SKILL_VERSION}; key metrics per child in `comparison.csv`.",
@@ -2946,6 +3148,8 @@ def sweep_output(sweep: Sweep, parent: Outcome, children: list[Outcome], experim
         "dry_run": req.dry_run,
         "best_run_id": best.run_id,
         "best_column": sweep.best.column,
+        "best_by": "sharpe",  # the metric that chose best_run_id
+        "git": git_summary(req.tags),
         "fingerprint": sweep.fingerprint,
         "artifacts": parent.artifacts,
         "runs": [

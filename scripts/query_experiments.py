@@ -38,8 +38,10 @@ Output (JSON when stdout is not a terminal, a table when it is; --format overrid
   runs         [{run_id, run_name, experiment_id, status, start_time, end_time, duration_s, parent_run_id,
                metrics, params, tags}]  (table: sweep children indented under their parent)
   run          {run_id, run_name, experiment_id, experiment_name, status, start_time, end_time, duration_s,
-               description, metrics, params, tags, datasets, artifacts, parent, children, children_count, url}
-  compare      {runs, metrics: [{metric, direction, best, values}], params_differ, params_same}
+               description, git, metrics, params, tags, datasets, artifacts, parent, children,
+               children_count, url}   (git: {commit, branch, repo_url, dirty} of the strategy's code, or null)
+  compare      {runs: [{run_id, run_name, label, ...}], metrics: [{metric, direction, best, values}],
+               params_differ, params_same}; table/csv columns are labels: "run name (id prefix)"
   group        [{<by>, count, mean, median, max, ...}] one row per value of --by, ordered by that value
 """
 
@@ -155,11 +157,13 @@ def resolve_tracking_uri(cli_uri: str | None) -> str:
 
 
 def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str | None:
-    """The MLflow UI address of an experiment or run, for http(s) tracking servers only."""
+    """The MLflow UI address of an experiment or run, for http(s) tracking servers only. The UI (3.17)
+    opens in GenAI mode (traces, "Evaluations"); ?workflowType=machine_learning opens the runs view."""
     if not tracking_uri.lower().startswith(("http://", "https://")):
         return None
     base = URI_CREDENTIALS.sub("", tracking_uri).rstrip("/")
-    return f"{base}/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    path = f"/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{base}{path}?workflowType=machine_learning"
 
 
 def connect(tracking_uri: str, debug: bool = False, writes: bool = True):
@@ -588,13 +592,9 @@ def best_runs(values: dict[str, float | None], direction: str | None) -> list[st
 
 
 def run_labels(runs: list[tuple[str, str | None]]) -> dict[str, str]:
-    """Short unique column labels for compared runs: the run name, disambiguated by an id prefix."""
-    names = [name or "" for _, name in runs]
-    labels = {}
-    for run_id, name in runs:
-        label = name if name and names.count(name) == 1 else f"{name or 'run'}-{run_id[:6]}"
-        labels[run_id] = label
-    return labels
+    """Column labels for compared runs: the run name a person recognises and the id prefix that finds it,
+    e.g. "mom-12-1 (3355eb87)"."""
+    return {run_id: f"{name or 'run'} ({run_id[:8]})" for run_id, name in runs}
 
 
 def compare_runs(runs: list[dict], metric_names: list[str] | None) -> dict:
@@ -621,10 +621,15 @@ def compare_runs(runs: list[dict], metric_names: list[str] | None) -> dict:
             differ.append({"param": key, "values": values})
         else:
             same[key] = next(iter(values.values()))
+    labels = run_labels([(r["run_id"], r["run_name"]) for r in runs])
     return {
         "runs": [
-            {k: r[k] for k in ("run_id", "run_name", "experiment_id", "status", "start_time")} for r in runs
-        ],
+            {
+                **{k: r[k] for k in ("run_id", "run_name", "experiment_id", "status", "start_time")},
+                "label": labels[r["run_id"]],
+            }
+            for r in runs
+        ],  # fmt: skip
         "metrics": metrics,
         "params_differ": differ,
         "params_same": same,
@@ -633,7 +638,7 @@ def compare_runs(runs: list[dict], metric_names: list[str] | None) -> dict:
 
 def compare_rows(result: dict, mark: bool) -> list[dict]:
     """The compare object as a metric x run matrix for table/csv (mark: add '*' to best values)."""
-    labels = run_labels([(r["run_id"], r["run_name"]) for r in result["runs"]])
+    labels = {r["run_id"]: r["label"] for r in result["runs"]}
     rows = []
     for item in result["metrics"]:
         row = {
@@ -1126,6 +1131,7 @@ def cmd_run(client, query: Query) -> dict:
             "experiment_name": experiment.name,
             "lifecycle_stage": info.lifecycle_stage,
             "description": data.tags.get(DESCRIPTION_TAG),
+            "git": code_version(data.tags),
             "datasets": datasets,
             "artifacts": artifacts,
             "parent": parent,
@@ -1147,6 +1153,18 @@ def cmd_run(client, query: Query) -> dict:
         "start_time",
     ]
     return {**{k: record[k] for k in order}, **{k: v for k, v in record.items() if k not in order}}
+
+
+def code_version(tags: dict[str, str]) -> dict | None:
+    """The strategy's code version log_backtest recorded (mlflow.source.git.* tags), or None."""
+    if "mlflow.source.git.commit" not in tags:
+        return None
+    return {
+        "commit": tags["mlflow.source.git.commit"],
+        "branch": tags.get("mlflow.source.git.branch"),
+        "repo_url": tags.get("mlflow.source.git.repoURL"),
+        "dirty": {"true": True, "false": False}.get(tags.get("backtest.git_dirty", "")),
+    }
 
 
 def cmd_compare(client, query: Query) -> object:

@@ -9,6 +9,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -214,6 +215,45 @@ class MlflowServer:
         env = self.env(user)
         os.environ.update({k: v for k, v in env.items() if k.startswith("MLFLOW_TRACKING_")})
         return MlflowClient(env["MLFLOW_TRACKING_URI"])
+
+
+@contextlib.contextmanager
+def readme_ui(folder: Path, timeout: float = 240):
+    """README's `mlflow ui` line exactly as written, plus --host 127.0.0.1 --port N, run in folder (so it
+    serves folder's ./mlflow.db); yields its URL once /health answers, stops it afterwards."""
+    line = re.findall(r"(?m)^uvx .*mlflow ui.*$", (ROOT / "README.md").read_text())[0]
+    uvx = shutil.which("uvx") or require_tool("uvx")
+    port = free_port()
+    with open(folder / "ui.log", "wb") as log:
+        process = subprocess.Popen(
+            ["bash", "-c", f"exec {line.replace('uvx', uvx, 1)} --host 127.0.0.1 --port {port}"],
+            cwd=folder,
+            env=clean_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert process.poll() is None, f"mlflow ui exited:\n{(folder / 'ui.log').read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"README's mlflow ui did not answer within {timeout:.0f} s"
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def postgres_bindir() -> Path:

@@ -31,7 +31,9 @@ def test_create_then_idempotent_with_description_and_tags(client_for, store):
     assert out["description"] == "12-1 momentum" and out["tags"] == {"team": "quant"}
     assert out["tracking_uri"] == store["MLFLOW_TRACKING_URI"]
     if store["MLFLOW_TRACKING_URI"].startswith("http"):
-        assert out["url"] == f"{store['MLFLOW_TRACKING_URI']}/#/experiments/{out['experiment_id']}"
+        assert out["url"] == (
+            f"{store['MLFLOW_TRACKING_URI']}/#/experiments/{out['experiment_id']}?workflowType=machine_learning"
+        )
     else:
         assert out["url"] is None
 

@@ -9,7 +9,8 @@ Rules for writing the docs (this test enforces them):
   with `mise x --` or `mise run` run through real mise, with a .env.local that points at the test server,
   which is seeded the same way.
 - Placeholders are replaced with real values from the seeded store: <RUN_ID>, <RUN_ID_2> (the two runs of
-  `backtests`), <PARENT_RUN_ID> (the sweep's parent run).
+  `backtests`), <PARENT_RUN_ID> (the sweep's parent run), <COMMIT_PREFIX> (the folder is a git repository;
+  the first 8 characters of the commit the runs were logged at).
 - A command expected to fail ends with the comment `# exit N`; every other command must exit 0.
 - A block that cannot run here says why on the line before its fence: `<!-- not-run: reason -->`.
 - ```python blocks run with the test environment's Python, in the same folder, after the bash blocks of the
@@ -19,7 +20,6 @@ Rules for writing the docs (this test enforces them):
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from harness import DATA, OUTPUTS, ROOT, clean_env, require_tool, run_script
+from harness import DATA, OUTPUTS, ROOT, clean_env, readme_ui, require_tool, run_script
 
 DOC_FILES = [ROOT / "SKILL.md", ROOT / "README.md", *sorted((ROOT / "references").glob("*.md"))]
 BLOCK = re.compile(
@@ -122,6 +122,7 @@ def docs_world(tmp_path_factory, mlflow_server):
     (folder / "tests").mkdir()
     (folder / "tests" / "data").symlink_to(DATA)
     sample_files(folder)
+    commit = commit_samples(folder)
     local = {"MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'docs-store.db'}"}
     server_user = mlflow_server.alice
     (folder / ".env.local").write_text(
@@ -132,11 +133,23 @@ def docs_world(tmp_path_factory, mlflow_server):
     home = folder.parent / "home"
     home.mkdir()
     mise_env = {"HOME": str(home), "MISE_TRUSTED_CONFIG_PATHS": str(folder), "MISE_YES": "1"}
+    code = {"<COMMIT_PREFIX>": commit[:8]}
     return {
         "folder": folder,
-        "local": (local, seed(local, folder)),
-        "server": (mise_env, seed(mlflow_server.env(server_user), folder)),
+        "local": (local, {**seed(local, folder), **code}),
+        "server": (mise_env, {**seed(mlflow_server.env(server_user), folder), **code}),
     }
+
+
+def commit_samples(folder: Path) -> str:
+    """The docs' folder is a user's project under git (branch main), as log_backtest records it."""
+    git = [require_tool("git"), "-C", str(folder), "-c", "user.name=quant", "-c", "user.email=q@example.com"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "add", "returns.csv", "prices.csv", "sweep.csv", "benchmark.csv"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "samples"], check=True)
+    return subprocess.run(
+        [*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def run_command(command: Command, world) -> subprocess.CompletedProcess:
@@ -176,41 +189,12 @@ def test_docs_have_commands_to_run():
 
 
 def test_readme_ui_command_serves_the_local_store(tmp_path):
-    """README's `mlflow ui` line, run as written (plus a free port), answers /health."""
-    import time
+    """README's `mlflow ui` line, run as written (plus a free port), answers /health
+    (tests/test_browser.py looks at what it shows)."""
     import urllib.request
 
-    from harness import free_port
-
-    line = next(c for c in re.findall(r"(?m)^uvx .*mlflow ui.*$", (ROOT / "README.md").read_text()))
-    port = free_port()
-    uvx = shutil.which("uvx") or require_tool("uvx")
-    process = subprocess.Popen(
-        ["bash", "-c", f"exec {line.replace('uvx', uvx, 1)} --host 127.0.0.1 --port {port}"],
-        cwd=tmp_path,
-        env=clean_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                    assert response.status == 200
-                    break
-            except OSError:
-                assert process.poll() is None, "mlflow ui exited"
-                time.sleep(1)
-        else:
-            pytest.fail("mlflow ui did not answer within 240 s")
-    finally:
-        import os
-        import signal
-
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
+    with readme_ui(tmp_path) as url, urllib.request.urlopen(f"{url}/health", timeout=10) as response:
+        assert response.status == 200
 
 
 def test_metrics_reference_is_generated_from_the_script_table(scripts):

@@ -311,7 +311,7 @@ def test_bulk_fetch_with_truncation_and_fallback_equals_the_client(server_seeded
 # ---------------------------------------------------------------- what log_backtest writes
 
 
-def test_log_backtest_equity_and_drawdown_come_back_with_the_bars_dates(tmp_path, call):
+def test_log_backtest_equity_and_drawdown_come_back_with_the_bars_dates(tmp_path, call, client_for):
     """A real log_backtest run: every bar (756 < its 5,000-point cap) with its own date; equity is the growth
     of 1.0 and drawdown its distance below the running peak, computed here from the returns file."""
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
@@ -326,13 +326,25 @@ def test_log_backtest_equity_and_drawdown_come_back_with_the_bars_dates(tmp_path
     returns = pd.read_csv(source, parse_dates=["date"])
     equity = np.cumprod(1 + returns["returns"].to_numpy())
     drawdown = equity / np.maximum.accumulate(equity) - 1
-    dates = returns["date"].dt.strftime("%Y-%m-%dT%H:%M:%SZ").tolist()
+    dates = returns["date"].dt.strftime("%Y-%m-%d").tolist()  # daily bars come back as their dates
     series = by_series(json.loads(out))
     for metric, expected in (("equity", equity), ("drawdown", drawdown)):
         rows = series[("example_returns", metric)]
         assert [r["step"] for r in rows] == list(range(len(returns)))
         assert [r["timestamp"] for r in rows] == dates
         assert np.allclose([r["value"] for r in rows], expected, rtol=1e-12, atol=1e-12)
+    # in the store each bar sits at 12:00 UTC of its date: the same date in every zone from UTC-11 to UTC+11
+    stored = [m.timestamp for m in client_for(env).get_metric_history(run_id, "equity")]
+    noon = (returns["date"] + pd.Timedelta(hours=12)).dt.as_unit("ms").astype("int64")
+    assert sorted(stored) == noon.tolist()
+    code, out, err = call(env, "--run-id", run_id, "--metrics", "equity,sharpe", "--summary")
+    assert code == 0, err
+    summary = {row["metric"]: row for row in json.loads(out)}
+    assert (summary["equity"]["first_time"], summary["equity"]["last_time"]) == (dates[0], dates[-1])
+    assert summary["sharpe"]["first_time"].endswith("Z")  # a scalar keeps the time it was logged
+    code, out, err = call(env, "--run-id", run_id, "--metrics", "equity", "--output", str(tmp_path / "e.csv"))
+    assert code == 0, err
+    assert pd.read_csv(tmp_path / "e.csv")["timestamp"].tolist() == dates
 
 
 # ---------------------------------------------------------------- errors

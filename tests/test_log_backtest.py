@@ -442,11 +442,18 @@ def test_single_run_holds_everything(client_for, single):
     assert tags["team"] == "quant"
     assert len(tags["backtest.fingerprint"]) == 64
     assert tags["backtest.skill_version"]
-    assert "backtest.undefined_metrics" in tags
+    undefined = single["out"]["undefined_metrics"]
+    assert tags.get("backtest.undefined_metrics") == (",".join(undefined) if undefined else None)
     note = tags["mlflow.note.content"]
-    assert note.startswith("Twelve-one momentum")
-    assert "| sharpe |" in note
+    first, _, rest = note.partition("\n")
+    m = single["out"]["metrics"]
+    assert first == (
+        f"Sharpe {m['sharpe']:.2f} · CAGR {m['cagr'] * 100:.2f} % · "
+        f"MaxDD {m['max_drawdown'] * 100:.2f} % · Vol {m['volatility'] * 100:.2f} %"
+    ).replace("-", "\N{MINUS SIGN}")  # the line the UI's collapsed description shows
+    assert rest.lstrip().startswith("Twelve-one momentum")
     assert "2015-01-02" in note
+    assert f"- sharpe: **{m['sharpe']:.3f}**" in note  # a list: MLflow draws tables without padding
     [dataset_input] = run.inputs.dataset_inputs
     assert {(t.key, t.value) for t in dataset_input.tags} == {("mlflow.data.context", "backtest")}
     assert json.loads(dataset_input.dataset.profile)["num_rows"] == 2000
@@ -468,7 +475,8 @@ def test_single_histories_and_artifacts(client_for, single, tmp_path):
     deepest = int(np.argmin(drawdown.to_numpy()))
     assert {0, len(r) - 1, deepest} <= set(history)
     for step, point in history.items():
-        assert point.timestamp == r.index[step].value // 1_000_000
+        # a daily bar sits at 12:00 UTC of its date (its date in the UI in every zone from UTC-11 to UTC+11)
+        assert point.timestamp == (r.index[step].normalize() + pd.Timedelta(hours=12)).value // 1_000_000
         assert point.value == pytest.approx(equity.iloc[step], rel=1e-12)
         assert dd_history[step].value == pytest.approx(drawdown.iloc[step], rel=1e-12, abs=1e-15)
     assert dd_history[deepest].value == pytest.approx(single["out"]["metrics"]["max_drawdown"], rel=1e-12)
@@ -481,8 +489,16 @@ def test_single_histories_and_artifacts(client_for, single, tmp_path):
         html = handle.read()
     assert "<html" in html.lower()
     assert "mom-20" in html
+    # the metrics table is headed by the run's name, not the file's column; no glyph fonts lack (CAGR﹪)
+    assert "<th>mom-20</th>" in html
+    assert "<th>strategy</th>" not in html
+    assert "\N{SMALL PERCENT SIGN}" not in html
+    assert "CAGR%" in html
     saved = pd.read_csv(os.path.join(local, "returns.csv"))
     np.testing.assert_array_equal(saved["returns"].to_numpy(), r.to_numpy())
+    source = pd.read_csv(single["folder"] / "momentum.csv")
+    assert saved.columns[0] == source.columns[0]  # the user's timestamp column, by its name
+    assert saved.iloc[:, 0].tolist() == source.iloc[:, 0].tolist()  # dates as dates, no "+00:00"
 
 
 def test_dedupe_then_force(client_for, single):
@@ -531,8 +547,9 @@ def test_sweep_parent_and_children(client_for, sweep, tmp_path):
     out = sweep["out"]
     client = client_for(sweep["env"])
     assert [r["run_name"] for r in out["runs"]] == ["fast", "medium", "slow", "always_up"]
-    assert out["url"].endswith(f"/runs/{out['parent_run_id']}")
+    assert out["url"].endswith(f"/runs/{out['parent_run_id']}?workflowType=machine_learning")  # runs view
     assert "[4/4]" in sweep["result"].stderr
+    assert out["best_by"] == "sharpe"
     parent = client.get_run(out["parent_run_id"])
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["backtest.sweep"] == "true"
@@ -544,6 +561,9 @@ def test_sweep_parent_and_children(client_for, sweep, tmp_path):
     best = max((c for c in children if "sharpe" in c.data.metrics), key=lambda c: c.data.metrics["sharpe"])
     assert parent.data.tags["backtest.best_run_id"] == best.info.run_id == out["best_run_id"]
     assert parent.data.metrics["sharpe"] == best.data.metrics["sharpe"]
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith(f"Best `{best.info.run_name}`: Sharpe {best.data.metrics['sharpe']:.2f} · ")
+    assert all(f"- **{c.info.run_name}**: Sharpe " in note for c in children)  # a list, one line a column
     local = client.download_artifacts(out["parent_run_id"], "", str(tmp_path))
     table = pd.read_csv(os.path.join(local, "comparison.csv"))
     assert list(table["column"]) == ["fast", "medium", "slow", "always_up"]
@@ -774,3 +794,120 @@ def test_server_dying_mid_run_leaves_no_finished_run(scripts, tmp_path, monkeypa
         assert "sharpe" not in runs[0].data.metrics
     finally:
         revived.stop()
+
+
+# ---- the strategy's code version ---------------------------------------------------------------------------
+def git(folder, *args: str) -> str:
+    import subprocess
+
+    command = ["git", "-C", str(folder), "-c", "user.name=quant", "-c", "user.email=q@example.com", *args]
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_code_version_tags_and_code_artifacts(scripts, client_for, tmp_path, monkeypatch, capsys):
+    """The git repository holding the current folder (or --code-dir) is recorded: commit, branch, remote
+    without its credentials, dirty or not; --code files ride along as artifacts; package versions as tags.
+    Outside git: no git tags and no error. A missing --code file is exit 2 before anything is written."""
+    import importlib.metadata
+    import platform
+
+    lb = scripts.log_backtest
+    repo = tmp_path / "strategy"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "research")
+    (repo / "signal.py").write_text("LOOKBACK = 20\n")
+    daily_frame(21, n=300).to_csv(repo / "returns.csv", index=False)
+    git(repo, "add", "signal.py")
+    git(repo, "commit", "-q", "-m", "first")
+    canary = "tok-" + uuid.uuid4().hex
+    git(repo, "remote", "add", "origin", f"https://quant:{canary}@git.example.com/desk/strategy.git")
+    commit = git(repo, "rev-parse", "HEAD")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.chdir(repo)
+
+    def log(*argv: str):
+        capsys.readouterr()
+        code = lb.main(["--returns", "returns.csv", "--no-tearsheet", "--force", *argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, err = log("--code", "signal.py")  # returns.csv and mlflow.db are untracked: still clean
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["git"] == {
+        "commit": commit, "branch": "research", "repo_url": "https://git.example.com/desk/strategy.git",
+        "dirty": False,
+    }  # fmt: skip
+    assert "code/signal.py" in got["artifacts"] and canary not in out + err
+    client = client_for({"MLFLOW_TRACKING_URI": store})
+    tags = client.get_run(got["run_id"]).data.tags
+    assert tags["mlflow.source.git.commit"] == commit and tags["mlflow.source.git.branch"] == "research"
+    assert tags["mlflow.source.git.repoURL"] == "https://git.example.com/desk/strategy.git"
+    assert tags["backtest.git_dirty"] == "false" and canary not in json.dumps(tags)
+    assert tags["backtest.version.python"] == platform.python_version()
+    for package in ("quantstats", "pandas", "numpy", "mlflow"):
+        assert tags[f"backtest.version.{package}"] == importlib.metadata.version(package)
+    capsys.readouterr()
+    assert scripts.query_experiments.main(["run", "--run-id", got["run_id"]]) == 0
+    assert json.loads(capsys.readouterr().out)["git"] == got["git"]  # what query_experiments shows of it
+    local = client.download_artifacts(got["run_id"], "code", str(tmp_path / "down"))
+    assert (tmp_path / "down" / "code" / "signal.py").read_text() == "LOOKBACK = 20\n", local
+
+    (repo / "signal.py").write_text("LOOKBACK = 60\n")  # an uncommitted change to a tracked file
+    code, out, err = log()
+    assert code == 0, err
+    assert client.get_run(json.loads(out)["run_id"]).data.tags["backtest.git_dirty"] == "true"
+    git(repo, "checkout", "-q", "signal.py")
+    (repo / "new_signal.py").write_text("x = 1\n")  # a --code file git does not know: not in the commit
+    code, out, err = log("--code", "new_signal.py")
+    assert code == 0 and json.loads(out)["git"]["dirty"] is True, err
+
+    elsewhere = tmp_path / "not-git"  # outside any repository: no git tags, no error
+    elsewhere.mkdir()
+    daily_frame(22, n=300).to_csv(elsewhere / "returns.csv", index=False)
+    monkeypatch.chdir(elsewhere)
+    code, out, err = log()
+    assert code == 0 and json.loads(out)["git"] is None and err == "", err
+    tags = client.get_run(json.loads(out)["run_id"]).data.tags
+    assert not [k for k in tags if k.startswith("mlflow.source.git") or k == "backtest.git_dirty"]
+    code, out, err = log("--code-dir", str(repo))  # the strategy's repository named explicitly
+    assert code == 0 and json.loads(out)["git"]["commit"] == commit, err
+
+    runs_before = len(client.search_runs([client.get_experiment_by_name("backtests").experiment_id]))
+    for argv, needle in ((["--code", "missing.py"], "missing.py"), (["--code-dir", "nowhere"], "nowhere")):
+        code, out, err = log(*argv)
+        assert code == 2 and out == "" and needle in err and err.startswith("error: "), err
+    after = client.search_runs([client.get_experiment_by_name("backtests").experiment_id])
+    assert len(after) == runs_before  # nothing written
+
+
+def test_url_credentials_are_stripped(scripts):
+    strip = scripts.log_backtest.strip_url_credentials
+    assert strip("https://u:p@host/r.git") == "https://host/r.git"
+    assert strip("ssh://git@host:22/r.git") == "ssh://host:22/r.git"
+    assert strip("git@github.com:desk/r.git") == "git@github.com:desk/r.git"  # a user name, no secret
+    assert strip("https://host/r.git") == "https://host/r.git"
+
+
+def test_history_stamps_daily_at_noon_utc_intraday_exact(scripts, tmp_path):
+    """Daily-or-slower bars are stored at 12:00 UTC of their date (the MLflow UI shows metric times in the
+    browser's zone: midnight UTC would read as the day before west of Greenwich); intraday bars keep their
+    exact time. returns.csv keeps the user's timestamp column and writes UTC without "+00:00"."""
+    lb = scripts.log_backtest
+    days = pd.DatetimeIndex(["2024-01-02", "2024-01-03 21:00", "2024-01-08"])
+    noon = [pd.Timestamp(f"2024-01-0{d} 12:00", tz="UTC").value // 1_000_000 for d in (2, 3, 8)]
+    for frequency in ("daily", "daily_calendar", "weekly", "monthly", "yearly"):
+        assert lb.history_stamps(days, np.arange(3), frequency).tolist() == noon, frequency
+    minutes = pd.date_range("2024-01-02 14:30", periods=4, freq="5min")
+    exact = minutes.as_unit("ms").asi8[[0, 3]].tolist()
+    assert lb.history_stamps(minutes, np.array([0, 3]), "5min").tolist() == exact
+    for name, stamps, first in (("Date", pd.bdate_range("2024-01-02", periods=30), "2024-01-02"),
+                                ("Time", pd.date_range("2024-01-02 14:30", periods=30, freq="5min"),
+                                 "2024-01-02 14:30:00")):  # fmt: skip
+        frame = pd.DataFrame({name: stamps, "alpha": np.random.default_rng(1).normal(0, 0.01, 30)})
+        frame.to_csv(tmp_path / "r.csv", index=False)
+        req = lb.build_request(lb.build_parser().parse_args(["--returns", str(tmp_path / "r.csv")]))
+        [item] = lb.load_all(req).columns
+        written = pd.read_csv(tmp_path / lb.write_returns_artifact(item, tmp_path), dtype=str)
+        assert list(written.columns[:2]) == [name, "returns"] and written.iloc[0, 0] == first

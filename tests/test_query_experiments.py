@@ -451,7 +451,7 @@ def test_run_shows_everything(seeded, query):
     assert got["run_id"] == run_id and got["run_name"] == expected["name"]
     assert got["experiment_name"] == f"qe-momentum-{truth['suffix']}"
     assert got["metrics"] == expected["metrics"] and got["params"] == expected["params"]
-    assert got["tags"] == expected["tags"]
+    assert got["tags"] == expected["tags"] and got["git"] is None  # not logged from a git repository
     assert got["artifacts"] == [
         {"path": "backtest/", "size": None},
         {"path": "backtest/returns.csv", "size": len(RETURNS_CSV)},
@@ -462,7 +462,10 @@ def test_run_shows_everything(seeded, query):
     ]  # fmt: skip
     assert got["parent"] is None and got["children"] == [] and got["children_count"] == 0
     if env["MLFLOW_TRACKING_URI"].startswith("http"):
-        assert got["url"] == f"{env['MLFLOW_TRACKING_URI']}/#/experiments/{truth['a']}/runs/{run_id}"
+        runs_view = "?workflowType=machine_learning"  # the UI's runs view, not its GenAI mode
+        assert (
+            got["url"] == f"{env['MLFLOW_TRACKING_URI']}/#/experiments/{truth['a']}/runs/{run_id}{runs_view}"
+        )
     else:
         assert got["url"] is None
 
@@ -489,6 +492,8 @@ def test_compare_marks_best_in_each_direction(seeded, query):
     ids = [by_name(truth, n) for n in ("mom-w5-sp500", "mom-w10-sp500", "mom-w10-nasdaq100")]
     got = ok(query(env, "compare", *[a for i in ids for a in ("--run-id", i)]))
     assert [r["run_id"] for r in got["runs"]] == ids
+    names = {i: n for n, i in zip(("mom-w5-sp500", "mom-w10-sp500", "mom-w10-nasdaq100"), ids, strict=True)}
+    assert [r["label"] for r in got["runs"]] == [f"{names[i]} ({i[:8]})" for i in ids]  # name and id
     rows = {m["metric"]: m for m in got["metrics"]}
     default_order = ["sharpe", "sortino", "cagr", "max_drawdown", "volatility", "total_return", "win_rate"]
     assert list(rows) == [*default_order, "profit_factor", "calmar"]  # the key metrics, no turnover
@@ -517,6 +522,8 @@ def test_compare_marks_best_in_each_direction(seeded, query):
     best_label = "mom-w5-sp500" if metric[ids[0]]["sharpe"] > metric[ids[1]]["sharpe"] else "mom-w10-sp500"
     sharpe_line = next(line for line in table.splitlines() if line.startswith("sharpe "))
     assert best_label in sharpe_line and " *" in sharpe_line and "params.window" in table
+    header = table.splitlines()[0]
+    assert all(f"({i[:8]})" in header for i in ids[:2]), header  # columns by run name and run id
 
 
 def test_group_by_param(seeded, query):
