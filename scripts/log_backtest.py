@@ -367,6 +367,7 @@ TIMESTAMP_COLUMNS = ("date", "datetime", "timestamp", "time")
 DESCRIPTION_TAG = "mlflow.note.content"  # the markdown the MLflow UI shows on the run page
 PARENT_TAG = "mlflow.parentRunId"
 FINGERPRINT_TAG = "backtest.fingerprint"
+DUPLICATE_TAG = "backtest.duplicate_of"  # a run another process logged first, when it could not be deleted
 UNDEFINED_TAG = "backtest.undefined_metrics"
 VERSION_TAG = "backtest.skill_version"
 SWEEP_TAG = "backtest.sweep"
@@ -2882,6 +2883,7 @@ def worker_started(parent: int) -> None:
     import signal
 
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (linux/prctl.h): workers fork on Linux only
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler (terminated_as_error) is not ours
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
 
@@ -2979,12 +2981,95 @@ def check_s3_credentials(artifact_location: str | None) -> None:
 
 
 def find_duplicate(client, experiment_id: str, fp: str):
+    """The first FINISHED run with this fingerprint: earliest end time, ties by run id, so every process that
+    looks picks the same one."""
     runs = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{FINGERPRINT_TAG}` = '{fp}' and attributes.status = 'FINISHED'",
-        max_results=1,
+        max_results=100,
+        order_by=["attributes.end_time ASC"],
     )
-    return runs[0] if runs else None
+    return min(runs, key=lambda run: (run.info.end_time or 0, run.info.run_id), default=None)
+
+
+def write_once(client, experiment_id: str, fp: str, req: Request, write, run_ids):
+    """write() unless a run with this fingerprint is FINISHED, also when other processes log the same
+    backtest at the same moment. -> (the earlier identical run, None) or (None, what write() returned).
+
+    A local store: the check and the write happen under a lock on the fingerprint, so the second process
+    waits and then finds the first's run. A server (or database) is not locked from here: after writing,
+    the runs with this fingerprint are looked up again and every writer keeps the same one, the first
+    FINISHED; a later writer deletes what it wrote (run_ids(written): its runs, the fingerprinted one
+    first), or marks it KILLED and tagged backtest.duplicate_of where it may not delete, and reports the
+    first. (--force: no check, a new run.)"""
+    if req.force:
+        return None, write()
+    with fingerprint_lock(req.tracking_uri, fp):
+        existing = find_duplicate(client, experiment_id, fp)
+        if existing is not None:
+            return existing, None
+        written = write()
+    first = find_duplicate(client, experiment_id, fp)
+    ours = run_ids(written)
+    if first is None or first.info.run_id == ours[0]:
+        return None, written
+    from mlflow.exceptions import MlflowException
+
+    for run_id in ours:
+        try:
+            client.delete_run(run_id)
+        except MlflowException:  # deleting needs MANAGE on a server, writing EDIT: mark it instead
+            client.set_tag(run_id, DUPLICATE_TAG, first.info.run_id)
+            client.set_terminated(run_id, "KILLED")  # never FINISHED: no check finds it
+    return first, None
+
+
+def fingerprint_lock(tracking_uri: str, fp: str):
+    """An exclusive lock on this fingerprint in a local sqlite store, held until the context exits (a
+    no-op for other stores). One byte of <db>.fingerprints.lock per fingerprint: a POSIX record lock, which
+    the kernel releases when the process dies, kill -9 included. It must not be connect()'s lock file: a
+    sweep's worker takes that one to open the store while this process holds this one."""
+    import contextlib
+
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: MLflow's behaviour (the re-check after writing still applies)
+        fcntl = None
+    if fcntl is None or not tracking_uri.startswith("sqlite:///") or ":memory:" in tracking_uri:
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def locked():
+        with open(tracking_uri[len("sqlite:///") :].split("?")[0] + ".fingerprints.lock", "a") as handle:
+            offset = int(fp[:15], 16)
+            try:
+                fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+            except OSError:
+                print("waiting for another process logging the same backtest to this store", file=sys.stderr)
+                fcntl.lockf(handle, fcntl.LOCK_EX, 1, offset)
+            yield
+
+    return locked()
+
+
+# MLflow's SQL store logs a dataset in two steps: it looks the dataset up by (experiment, name, digest) and
+# inserts it when missing. Two processes logging the same dataset at once both insert it, and one fails with
+# "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets..." (PostgreSQL: UniqueViolation, MySQL:
+# "Duplicate entry"): an MlflowException in a local store, a 400 from a server. Retried, the lookup finds
+# the other's row and links the run to it.
+DUPLICATE_ROW = re.compile(r"IntegrityError|UniqueViolation|UNIQUE constraint failed|Duplicate entry")
+
+
+def log_dataset(client, run_id: str, dataset_input, attempts: int = 5) -> None:
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return client.log_inputs(run_id, datasets=[dataset_input])
+        except MlflowException as exc:
+            if attempt == attempts or not DUPLICATE_ROW.search(str(exc)):
+                raise
+            time.sleep(0.05 * attempt)
 
 
 @dataclass(frozen=True)
@@ -3029,11 +3114,10 @@ def write_run(
             for step, ts, value in zip(h.steps.tolist(), h.timestamps.tolist(), series.tolist(), strict=True)
         ]
         client.log_batch(run_id, metrics=points)  # MlflowClient splits into requests of <= 1000
-        client.log_inputs(
+        log_dataset(
+            client,
             run_id,
-            datasets=[
-                DatasetInput(dataset_entity(job, prep, req), [InputTag("mlflow.data.context", "backtest")])
-            ],
+            DatasetInput(dataset_entity(job, prep, req), [InputTag("mlflow.data.context", "backtest")]),
         )
         phase(req, f"{prep.run_name}: metrics, params, histories, dataset logged")
         if tearsheet is not None:
@@ -3137,7 +3221,7 @@ def build_parser() -> CliParser:
         prog="log_backtest.py",
         description="Log a backtest's returns to MLflow: every QuantStats metric, equity/drawdown curves, "
         "dataset, tearsheet and description in one run; several columns make a sweep.",
-        epilog=EXIT_CODES_HELP,
+        epilog=f"{EXIT_CODES_HELP}\n  130 interrupted (Ctrl-C), 143 terminated (SIGTERM): the run is FAILED",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     data = parser.add_argument_group("data")
@@ -3217,7 +3301,6 @@ def main(argv: list[str] | None = None) -> int:
     def action() -> int:
         import contextlib
         import io
-        import tempfile
 
         req = build_request(build_parser().parse_args(argv))
         phase(req, "arguments checked")
@@ -3227,22 +3310,99 @@ def main(argv: list[str] | None = None) -> int:
                 oos_position(column.returns, column.has_timestamps, req.oos, column.name)
         phase(req, "data loaded and validated")
         with (
-            tempfile.TemporaryDirectory(prefix="log_backtest-") as tmp,
+            work_folder() as tmp,
             # MLflow prints run links ("View run ... at ...") to stdout for http servers: stdout is ours.
             contextlib.redirect_stdout(sys.stderr if req.debug else io.StringIO()),
         ):
-            jobs = plan(loaded, req, Path(tmp))
+            jobs = plan(loaded, req, tmp)
             with worker_pool(worker_processes(req, jobs)) as pool:
-                if len(jobs) == 1:
-                    result = log_single(jobs[0], req, pool)
-                else:
-                    result = log_sweep(jobs, req, pool, Path(tmp))
+                result = log_single(jobs[0], req, pool) if len(jobs) == 1 else log_sweep(jobs, req, pool, tmp)
         out = {**result.output, "warnings": loaded.warnings + result.warnings}
         fmt = output_format(req.output_format)
         emit(table_rows(out) if fmt == "table" else out, fmt)
         return EXIT_OK
 
-    return run_cli(action, "--debug" in argv)
+    return run_cli(terminated_as_error(action), "--debug" in argv)
+
+
+# ---- signals and the temporary folder: every exit this process sees cleans up ---------------------------
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is: like Ctrl-C it passes every `except Exception`, so the run
+    being written is marked FAILED, the workers end and the temporary folder is removed on the way out."""
+
+
+def terminated_as_error(action):
+    """action() with SIGTERM raising Terminated in it, reported as "error: terminated", exit 143 (128 + 15,
+    what a shell reports for a process SIGTERM ended). The handler is this process's only while action()
+    runs (a host calling main() gets its own back); forked workers reset it (worker_started)."""
+    import signal
+    import threading
+
+    def raise_terminated(signum, frame):
+        raise Terminated
+
+    def run() -> int:
+        if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+            return action()
+        previous = signal.signal(signal.SIGTERM, raise_terminated)
+        try:
+            return action()
+        except Terminated:
+            raise CliError(EXIT_TERMINATED, "terminated") from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    return run
+
+
+EXIT_TERMINATED = 128 + 15
+TEMP_PREFIX = "log_backtest-"
+
+
+def work_folder():
+    """A folder for this run's files (metrics.json, returns, tearsheets) under the system temp folder,
+    removed when this process exits any way it can see: success, error, Ctrl-C, SIGTERM. kill -9 leaves it
+    behind, so each folder holds a lock (.lock, flock) for as long as its processes (workers included) live,
+    and every run first removes the folders whose lock is free (remove_stale_folders)."""
+    import contextlib
+    import tempfile
+
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: removed on the exits this process sees, nothing more
+        fcntl = None
+
+    @contextlib.contextmanager
+    def folder():
+        if fcntl is not None:
+            remove_stale_folders()
+        with (
+            tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-") as tmp,
+            open(Path(tmp) / ".lock.new", "w") as lock,
+        ):
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                # named .lock only once it is held: a run cleaning up never finds this folder's lock free
+                os.rename(Path(tmp) / ".lock.new", Path(tmp) / ".lock")
+            yield Path(tmp)
+
+    return folder()
+
+
+def remove_stale_folders() -> None:
+    """Remove the temporary folders of log_backtest processes that are gone (killed with -9): those whose
+    .lock nobody holds. Folders of live processes, of other users, and being set up are left alone."""
+    import fcntl
+    import shutil
+    import tempfile
+
+    for folder in Path(tempfile.gettempdir()).glob(TEMP_PREFIX + "*"):
+        try:
+            with open(folder / ".lock") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while its owner lives
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def log_single(job: Job, req: Request, pool) -> Result:
@@ -3256,8 +3416,12 @@ def log_single(job: Job, req: Request, pool) -> Result:
         outcome = Outcome(None, prep.run_name, artifacts=prep.artifacts)
         return Result(column_output(prep, outcome, req, None, key_only=False), prep.warnings)
     experiment_id = ensure_experiment(client, req.experiment)
-    existing = None if req.force else find_duplicate(client, experiment_id, prep.fingerprint)
-    phase(req, "experiment and dedupe checked")
+    existing, outcome = write_once(
+        client, experiment_id, prep.fingerprint, req,
+        write=lambda: write_run(client, experiment_id, job, prep, req, tearsheet=tearsheet),
+        run_ids=lambda written: [written.run_id],
+    )  # fmt: skip
+    phase(req, "experiment checked, run written or found")
     if existing is not None:
         warnings: list[str] = []
         warn(
@@ -3265,8 +3429,6 @@ def log_single(job: Job, req: Request, pool) -> Result:
             warnings,
         )
         outcome = Outcome(existing.info.run_id, existing.info.run_name, deduplicated=True, warnings=warnings)
-    else:
-        outcome = write_run(client, experiment_id, job, prep, req, tearsheet=tearsheet)
     return Result(
         column_output(prep, outcome, req, experiment_id, key_only=False), prep.warnings + outcome.warnings
     )
@@ -3349,14 +3511,8 @@ def log_sweep(jobs: list[Job], req: Request, pool, tmp: Path) -> Result:
         children = [Outcome(None, p.run_name, artifacts=p.artifacts) for p in sweep.preps]
         return Result(sweep_output(sweep, parent, children, None, req), warnings)
     experiment_id = ensure_experiment(client, req.experiment)
-    existing = None if req.force else find_duplicate(client, experiment_id, sweep.fingerprint)
-    if existing is not None:
-        parent, children = logged_sweep(client, experiment_id, sweep, existing.info.run_id)
-        warn(
-            f"an identical sweep is already logged as run {parent.run_id}; pass --force to log again",
-            warnings,
-        )
-    else:
+
+    def write() -> tuple[Outcome, list[Outcome]]:
         if req.tearsheet:
             # Every child is a complete run, tearsheet included, drawn before the parent run exists: a failing
             # report leaves nothing half-written.
@@ -3365,7 +3521,20 @@ def log_sweep(jobs: list[Job], req: Request, pool, tmp: Path) -> Result:
             ]
             for note in filter(None, notes):
                 warn(note, warnings)
-        parent, children = write_sweep(client, experiment_id, sweep, req, pool, tmp, search_files)
+        return write_sweep(client, experiment_id, sweep, req, pool, tmp, search_files)
+
+    existing, written = write_once(
+        client, experiment_id, sweep.fingerprint, req, write,
+        run_ids=lambda written: [written[0].run_id] + [child.run_id for child in written[1]],
+    )  # fmt: skip
+    if existing is not None:
+        parent, children = logged_sweep(client, experiment_id, sweep, existing.info.run_id)
+        warn(
+            f"an identical sweep is already logged as run {parent.run_id}; pass --force to log again",
+            warnings,
+        )
+    else:
+        parent, children = written
     return Result(sweep_output(sweep, parent, children, experiment_id, req), warnings)
 
 
