@@ -123,14 +123,48 @@ def mask_uri(uri: str) -> str:
     return URI_CREDENTIALS.sub("***@", uri or "")
 
 
+TRACKING_URIS: list[
+    str
+] = []  # the URIs resolve_tracking_uri returned: their passwords are masked in any text
+
+
+def password_pieces(uri: str) -> list[str]:
+    """The password of a URI's credentials, and the pieces of it a driver shows when it splits the URI at
+    another "@", "/" or ":" than we do (psycopg: host 'ss@Word9@127.0.0.1' for the password 'Pw@ss@Word9')."""
+    match = URI_CREDENTIALS.search(uri or "")
+    password = match.group(0)[:-1].partition(":")[2] if match else ""
+    pieces = {password}
+    for i, char in enumerate(password):
+        if char in "@/?#:":
+            pieces.update((password[:i], password[i + 1 :]))
+    return [piece for piece in pieces if len(piece) >= 4]
+
+
 def redact(text: str) -> str:
-    """Mask URI credentials and the values of secret env vars in text that will be shown or stored."""
+    """Mask URI credentials, the tracking URI's password (whole or in pieces) and the values of secret env
+    vars in text that will be shown or stored."""
     text = URI_CREDENTIALS.sub("***@", str(text))
-    for var in SECRET_ENV_VARS:
-        value = os.environ.get(var, "")
+    secrets = [os.environ.get(var, "") for var in SECRET_ENV_VARS]
+    for uri in (os.environ.get("MLFLOW_TRACKING_URI", ""), *TRACKING_URIS):
+        secrets += password_pieces(uri)
+    for value in sorted(secrets, key=len, reverse=True):  # longest first: a piece never unmasks a whole
         if len(value) >= 4:
             text = text.replace(value, "***")
     return text
+
+
+class RedactedStream:
+    """stderr with redact() applied to everything written: library logs (--debug) and drivers' errors quote
+    URIs and passwords in their own ways."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(redact(text))
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
 def resolve_tracking_uri(cli_uri: str | None) -> str:
@@ -141,6 +175,7 @@ def resolve_tracking_uri(cli_uri: str | None) -> str:
         # switches it to the file store, which raises. Spelling the default out avoids that and tells the
         # user which file holds their runs.
         uri = "sqlite:///" + str(Path.cwd() / "mlflow.db")
+    TRACKING_URIS.append(uri)
     scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else uri.lower()
     where = "--tracking-uri" if cli_uri else "MLFLOW_TRACKING_URI"
     if scheme not in ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks"):
@@ -280,10 +315,11 @@ def classify_error(exc: BaseException) -> tuple[int, str]:
 def run_cli(action, debug: bool) -> int:
     """Run action(); turn every failure into one redacted line on stderr and a documented exit code.
     Library warnings (MLflow, pandas, pydantic) stay off stderr unless --debug, for this call only."""
+    import contextlib
     import warnings
 
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stderr(RedactedStream(sys.stderr)):
             if not debug:
                 warnings.simplefilter("ignore")
             return action() or EXIT_OK
