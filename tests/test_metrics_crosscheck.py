@@ -15,7 +15,6 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import empyrical
 import numpy as np
@@ -365,14 +364,20 @@ def test_a_sweep_never_crowns_a_flat_column(scripts):
     flat, _ = metrics_of(lb, series(np.full(300, 0.001)))
     real, _ = metrics_of(lb, series(np.random.default_rng(3).normal(0.0002, 0.01, 300)))
     assert math.isnan(flat["sharpe"]) and math.isfinite(real["sharpe"])
-    preps = [
-        SimpleNamespace(name="flat", metrics={k: v for k, v in flat.items() if math.isfinite(v)}),
-        SimpleNamespace(name="real", metrics={k: v for k, v in real.items() if math.isfinite(v)}),
-        SimpleNamespace(name="nan", metrics={"sharpe": math.nan}),
-        SimpleNamespace(name="inf", metrics={"sharpe": math.inf}),
+    trials = [
+        {k: v for k, v in flat.items() if math.isfinite(v)},
+        {k: v for k, v in real.items() if math.isfinite(v)},
+        {"sharpe": math.nan},
+        {"sharpe": math.inf},
     ]
-    assert lb.best_of(preps).name == "real"
-    assert lb.best_of([preps[0], preps[2], preps[3]]).name == "flat"  # all undefined: the first
+
+    def best(metrics: list[dict]) -> int:  # the sweep's choice of best, by the default --best-by sharpe
+        no_pbo = lb.Overfitting(pbo=math.nan, splits=16, bars_used=0, reason="not computed here")
+        summary = lb.summarise_search(metrics, [252.0] * len(metrics), [300] * len(metrics), "sharpe", no_pbo)
+        return summary.best
+
+    assert best(trials) == 1
+    assert best([trials[0], trials[2], trials[3]]) == 0  # all undefined: the first
 
 
 def test_all_zero_series_has_no_win_rate_and_no_risk_of_ruin(scripts):

@@ -139,16 +139,20 @@ def test_every_query_subcommand(logged, client_for):
                            "--with-counts", env=env))  # fmt: skip
     assert [(e["name"], e["run_count"]) for e in listed] == [(experiment, len(expected))]
 
-    sharpe = {i: r.data.metrics["sharpe"] for i, r in expected.items()}
+    # A sweep parent summarises the search (best_sharpe, deflated_sharpe_ratio): it has no sharpe of its own.
+    sharpe = {i: r.data.metrics["sharpe"] for i, r in expected.items() if "sharpe" in r.data.metrics}
+    assert len(sharpe) == len(expected) - 1
     for direction, reverse in (("DESC", True), ("ASC", False)):
         runs = ok(run_script("query_experiments", "runs", "--experiment", experiment, "--order-by",
                              f"metrics.sharpe {direction}", env=env))  # fmt: skip
-        got = [r["metrics"]["sharpe"] for r in runs]
-        assert got == sorted(sharpe.values(), reverse=reverse) and len(got) == len(expected)
+        got = [r["metrics"].get("sharpe") for r in runs]
+        assert len(got) == len(expected)
+        assert got[: len(sharpe)] == sorted(sharpe.values(), reverse=reverse)
+        assert got[len(sharpe) :] == [None]  # the store sorts a run without the metric last either way
     top = ok(run_script("query_experiments", "runs", "--experiment", experiment, "--order-by",
                         "metrics.sharpe DESC", "--max-results", "2", "--top-level", env=env))  # fmt: skip
-    top_level = {i: s for i, s in sharpe.items() if "mlflow.parentRunId" not in expected[i].data.tags}
-    assert [r["run_id"] for r in top] == sorted(top_level, key=top_level.get, reverse=True)
+    top_level = [i for i, r in expected.items() if "mlflow.parentRunId" not in r.data.tags]
+    assert [r["run_id"] for r in top] == sorted(top_level, key=lambda i: (i not in sharpe, -sharpe.get(i, 0)))
     kids = ok(run_script("query_experiments", "runs", "--experiment", experiment, "--filter",
                          "params.kind = 'sweep' and metrics.sharpe > -100", "--parent-run-id",
                          sweep["parent_run_id"], env=env))  # fmt: skip
@@ -165,9 +169,10 @@ def test_every_query_subcommand(logged, client_for):
     groups = ok(run_script("query_experiments", "group", "--experiment", experiment, "--by", "params.kind",
                            "--metric", "sharpe", "--agg", "mean,count", env=env))  # fmt: skip
     for row in groups:
-        values = [sharpe[i] for i, r in expected.items() if r.data.params.get("kind") == row["params.kind"]]
-        assert row["count"] == len(values) and math.isclose(row["mean"], np.mean(values), rel_tol=1e-12)
-    assert sum(row["count"] for row in groups) == len(expected)
+        values = [s for i, s in sharpe.items() if expected[i].data.params.get("kind") == row["params.kind"]]
+        assert row["count"] == len(values)
+        assert math.isclose(row["mean"], np.mean(values), rel_tol=1e-12)
+    assert sum(row["count"] for row in groups) == len(sharpe)
 
 
 def test_history_bulk_and_summary(logged, tmp_path, client_for):
