@@ -539,15 +539,15 @@ def machine() -> str:
 # Why each goal is met or not: what the profile of the last full run showed (update with the code).
 WHY = {
     "--help": "argparse and the standard library only; mlflow, pandas and quantstats load when the work needs them",
-    "daily, no tearsheet": "the metrics are computed in a forked helper process while this one imports mlflow",
+    "daily, no tearsheet": "the metrics are computed in a worker process (ProcessPoolExecutor, fork on Linux) while this one imports mlflow",
     "daily, with tearsheet": "QuantStats' report (its full import and ~13 plots, ~5 s of CPU) is drawn in a second "
     "helper while the metrics and histories are written; it is the critical path, so the margin is thin",
     "sweep 10 cols vs 10 baseline": "MLflow's SQLAlchemy store spends ~0.7 s of CPU a run turning 10,000 history "
     "points (the default 5,000 per series) into ORM rows and latest-metric updates; the columns are split over "
-    "the 2 cores by helper processes, which is the floor here. The baseline logs 30 metrics and no history",
+    "the 2 cores by worker processes, which is the floor here. The baseline logs 30 metrics and no history",
     "minute bars + benchmark: wall": "vectorised drawdown episodes; the tearsheet is drawn from daily compounded "
     "returns; metrics and tearsheet in helpers",
-    "peak RSS": "summed over the process tree, so pages forked helpers share with the parent count twice",
+    "peak RSS": "summed over the process tree, so pages forked workers share with the parent count twice",
     "runs (PostgreSQL server)": "one request: the filter, sort and limit run in PostgreSQL (ANALYZEd after the "
     "bulk load); the baseline pages every run of the experiment over HTTP, 1,000 a request, and sorts in pandas",
     "history": "the server spends ~28 us of CPU a point on every history endpoint (~14 CPU-s for 500,000 points, "
@@ -566,7 +566,7 @@ def write_results(path: Path, started: dt.datetime, seconds: float, loads: tuple
         "user runs it (`uv run …`), start-up and imports included. Both sides run from bytecode compiled at "
         "install (`uv sync --script … --compile-bytecode` for every environment). 1-minute load average "
         f"{loads[0]:.2f} at the start, {loads[1]:.2f} at the end. Peak RSS sums the process tree (pages a "
-        "forked helper shares with its parent count twice).",
+        "forked worker shares with its parent count twice).",
         "",
         "| case | ours (s) | baseline (s) | ratio | goal | met |",
         "|---|---:|---:|---:|---|---|",

@@ -105,9 +105,9 @@ def mask_uri(uri: str) -> str:
     return URI_CREDENTIALS.sub("***@", uri or "")
 
 
-TRACKING_URIS: list[
-    str
-] = []  # the URIs resolve_tracking_uri returned: their passwords are masked in any text
+# The URIs resolve_tracking_uri returned: their passwords are masked in any text. A set, since in-process
+# callers (tests, notebooks) resolve many times.
+TRACKING_URIS: set[str] = set()
 
 
 def password_pieces(uri: str) -> list[str]:
@@ -157,7 +157,7 @@ def resolve_tracking_uri(cli_uri: str | None) -> str:
         # switches it to the file store, which raises. Spelling the default out avoids that and tells the
         # user which file holds their runs.
         uri = "sqlite:///" + str(Path.cwd() / "mlflow.db")
-    TRACKING_URIS.append(uri)
+    TRACKING_URIS.add(uri)
     scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else uri.lower()
     where = "--tracking-uri" if cli_uri else "MLFLOW_TRACKING_URI"
     if scheme not in ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks"):
