@@ -40,7 +40,7 @@ Output (JSON when stdout is not a terminal, a table when it is; --format overrid
                metrics, params, tags}]  (table: sweep children indented under their parent)
   run          {run_id, run_name, experiment_id, experiment_name, status, start_time, end_time, duration_s,
                description, git, metrics, params, tags, datasets, artifacts, parent, children,
-               children_count, url}   (git: {commit, branch, repo_url, dirty} of the strategy's code, or null)
+               children_count, url}   (git: {commit, branch, repo_url, dirty, dirty_unknown} of the code, or null)
   compare      {runs: [{run_id, run_name, label, ...}], metrics: [{metric, direction, best, values}],
                params_differ, params_same}; table/csv columns are labels: "run name (id prefix)"
   group        [{<by>, count, mean, median, max, ...}] one row per value of --by, ordered by that value
@@ -1490,6 +1490,7 @@ def code_version(tags: dict[str, str]) -> dict | None:
         "branch": tags.get("mlflow.source.git.branch"),
         "repo_url": tags.get("mlflow.source.git.repoURL"),
         "dirty": {"true": True, "false": False}.get(tags.get("backtest.git_dirty", "")),
+        "dirty_unknown": tags.get("backtest.git_dirty_unknown"),  # why dirty is null, when it is
     }
 
 
