@@ -88,7 +88,13 @@ class CliError(Exception):
 
 
 class CliParser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line (exit 2) instead of usage text plus error."""
+    """argparse that reports a usage error as one line (exit 2) instead of usage text plus error, and takes
+    no abbreviations: argparse would read a prefix (--period) as whichever long flag it starts
+    (--periods-per-year), a trap for an agent that guessed a flag."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         raise CliError(EXIT_USAGE, f"{message} (see --help)")
@@ -2563,6 +2569,15 @@ def fingerprint(item: Column, settings: dict, params: dict) -> str:
     return digest.hexdigest()
 
 
+def series_digest(item: Column) -> str:
+    """The logged dataset's digest: the return series alone (timestamps and values), so a rerun or a re-log
+    with other settings shows the same series; query_experiments deflate counts one trial per digest."""
+    digest = hashlib.sha256(b"series/1\0")
+    digest.update(item.returns.index.asi8.tobytes() if item.has_timestamps else b"bare")
+    digest.update(item.returns.to_numpy(dtype="float64").tobytes())
+    return digest.hexdigest()[:16]
+
+
 def fmt_value(name: str, value) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "undefined"
@@ -3055,7 +3070,7 @@ def import_mlflow() -> None:
 # ---- MLflow I/O ------------------------------------------------------------------------------------------
 def dataset_entity(job: Job, prep: Prepared, req: Request):
     """The returns as an MLflow dataset: schema from the head (MLflow infers it row by row: seconds at 1M
-    bars), digest from our fingerprint, row count of the whole series."""
+    bars), digest of the return series (series_digest), row count of the whole series."""
     import mlflow.data
     import pandas as pd
     from mlflow.entities import Dataset
@@ -3070,7 +3085,7 @@ def dataset_entity(job: Job, prep: Prepared, req: Request):
     if prep.params.get("column"):
         name = f"{name}[{column.name}]"
     small = mlflow.data.from_pandas(
-        head, source=str(req.returns_path.resolve()), name=name, digest=prep.fingerprint[:16]
+        head, source=str(req.returns_path.resolve()), name=name, digest=series_digest(column)
     )
     entity = small._to_mlflow_entity()
     profile = json.dumps(
