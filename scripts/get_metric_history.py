@@ -92,7 +92,13 @@ class CliError(Exception):
 
 
 class CliParser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line (exit 2) instead of usage text plus error."""
+    """argparse that reports a usage error as one line (exit 2) instead of usage text plus error, and takes
+    no abbreviations: argparse would read a prefix (--period) as whichever long flag it starts
+    (--periods-per-year), a trap for an agent that guessed a flag."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         raise CliError(EXIT_USAGE, f"{message} (see --help)")

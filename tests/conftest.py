@@ -104,17 +104,35 @@ def secret_scan(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(items):
-    """Every test that reaches the session's tracking server carries the `server` marker, also when it gets
-    there through a fixture (`sweep` asks for mlflow_server) or a fixture parameter (store[server],
-    seeded[server]): `-m "not server"` then starts no server. Tests that start a server of their own are
-    marked by hand."""
+    """Every test that starts or reaches a real server carries the `server` marker, found, not written by
+    hand: its own code or any fixture it uses (the session's `mlflow_server`, a module's PostgreSQL) names a
+    server starter, also through the suite's helpers (harness.starts_a_server), or a fixture parameter asks
+    for the server (store[server], seeded[server]). `-m "not server"` then starts no server; a start the
+    static check misses fails its test (harness.refuse_unmarked_start)."""
     for item in items:
-        callspec = getattr(item, "callspec", None)
-        by_param = callspec is not None and any(
-            isinstance(v, str) and v == "server" for v in callspec.params.values()
-        )
-        if "mlflow_server" in item.fixturenames or by_param:
+        if reaches_a_server(item):
             item.add_marker(pytest.mark.server)
+
+
+def reaches_a_server(item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and any(isinstance(v, str) and v == "server" for v in callspec.params.values()):
+        return True
+    function = getattr(item, "function", None)
+    fixtures = getattr(item, "_fixtureinfo", None)
+    definitions = [d for defs in fixtures.name2fixturedefs.values() for d in defs] if fixtures else []
+    return any(harness.starts_a_server(f) for f in [function, *(d.func for d in definitions)] if f)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """While a test without the `server` marker runs (its fixtures too), the server starters refuse."""
+    before = harness.UNMARKED_TEST
+    harness.UNMARKED_TEST = None if item.get_closest_marker("server") else item.nodeid
+    try:
+        yield
+    finally:
+        harness.UNMARKED_TEST = before
 
 
 def pytest_sessionfinish(session, exitstatus):

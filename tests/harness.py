@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import inspect
 import json
 import os
 import re
@@ -16,8 +17,10 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
+import types
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -50,6 +53,88 @@ MLFLOW_ENV_VARS = (
 # that conftest.py runs when the session ends.
 SECRETS: set[str] = set()
 OUTPUTS: list[str] = []
+
+
+# What starts a real server process (an MLflow tracking server, PostgreSQL, the S3 emulator, README's `mlflow
+# ui`). conftest.py marks `server` every test whose code or fixtures reach one of these names, through the
+# suite's own helpers too (starts_a_server), so `-m "not server"` starts none; the starters here also refuse
+# to run inside a test that is not so marked (a start the static check missed fails loudly, once).
+SERVER_STARTERS = frozenset({"MlflowServer", "PostgresServer", "readme_ui", "ThreadedMotoServer"})
+# Set by conftest.py while a test without the `server` marker runs: its node id.
+UNMARKED_TEST: str | None = None
+
+
+def starts_a_server(func) -> bool:
+    """Whether calling func may start a real server: its code (nested functions, lambdas and comprehensions
+    too) names one of SERVER_STARTERS, or names a function or class of the project's own code (not the
+    standard library's, not an installed package's) whose code does. Static, so it never runs anything; a
+    name reached only through a string (getattr) is missed, and the starters' own guard
+    (refuse_unmarked_start) catches that at run time."""
+    func = inspect.unwrap(func)
+    code = getattr(func, "__code__", None)
+    if code is None:
+        return False
+    if code not in _STARTS:
+        _STARTS[code] = False  # while looking: a recursive helper does not loop
+        _STARTS[code] = _names_a_starter(code, getattr(func, "__globals__", {}))
+    return _STARTS[code]
+
+
+_STARTS: dict[types.CodeType, bool] = {}
+_INSTALLED = tuple(
+    {Path(sysconfig.get_paths()[key]).resolve() for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+)
+
+
+def _names_a_starter(code: types.CodeType, scope: dict) -> bool:
+    names: set[str] = set()
+    stack = [code]
+    while stack:
+        current = stack.pop()
+        names.update(current.co_names)
+        stack.extend(c for c in current.co_consts if isinstance(c, types.CodeType))
+    if names & SERVER_STARTERS:
+        return True
+    modules = [m for m in scope.values() if isinstance(m, types.ModuleType) and _ours(m)]
+    for name in names:
+        for target in (scope.get(name), *(getattr(m, name, None) for m in modules)):
+            if any(starts_a_server(f) for f in _our_functions(target)):
+                return True
+    return False
+
+
+def _ours(obj) -> bool:
+    """Defined in the project's own files (tests, their helpers), not in Python's or a package's."""
+    try:
+        source = inspect.getsourcefile(obj)
+    except TypeError:
+        return False
+    if source is None:
+        return False
+    path = Path(source).resolve()
+    return not any(path.is_relative_to(root) for root in _INSTALLED)
+
+
+def _our_functions(target) -> list:
+    """The functions a name of the project's stands for: itself, or a class's methods (properties too)."""
+    if isinstance(target, types.FunctionType) and _ours(target):
+        return [target]
+    if isinstance(target, type) and _ours(target):
+        members = [
+            m.fget if isinstance(m, property) else getattr(m, "__func__", m) for m in vars(target).values()
+        ]
+        return [m for m in members if isinstance(m, types.FunctionType)]
+    return []
+
+
+def refuse_unmarked_start(what: str) -> None:
+    """Called by each server starter: a test that starts a server must carry the `server` marker."""
+    if UNMARKED_TEST is not None:
+        pytest.fail(
+            f"{UNMARKED_TEST} starts {what} but is not marked `server`: name its starter in"
+            " harness.SERVER_STARTERS, or mark the test (-m 'not server' must start no server)",
+            pytrace=False,
+        )
 
 
 def require_tool(name: str) -> str:
@@ -101,6 +186,7 @@ class MlflowServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 180) -> MlflowServer:
+        refuse_unmarked_start("an MLflow tracking server")
         self.root.mkdir(parents=True, exist_ok=True)
         auth_ini = self.root / "basic_auth.ini"
         auth_ini.write_text(
@@ -221,6 +307,7 @@ class MlflowServer:
 def readme_ui(folder: Path, timeout: float = 240):
     """README's `mlflow ui` line exactly as written, plus --host 127.0.0.1 --port N, run in folder (so it
     serves folder's ./mlflow.db); yields its URL once /health answers, stops it afterwards."""
+    refuse_unmarked_start("README's mlflow ui")
     line = re.findall(r"(?m)^uvx .*mlflow ui.*$", (ROOT / "README.md").read_text())[0]
     uvx = shutil.which("uvx") or require_tool("uvx")
     port = free_port()
@@ -301,6 +388,7 @@ class PostgresServer:
             raise RuntimeError(f"{command[0]} failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
 
     def start(self) -> PostgresServer:
+        refuse_unmarked_start("a PostgreSQL cluster")
         bindir = postgres_bindir()
         # Not under pytest's temp folder: that is private to root (0700), which the owner cannot enter.
         self.folder = Path(tempfile.mkdtemp(prefix="mlflow-python-pg-"))

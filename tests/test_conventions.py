@@ -118,6 +118,26 @@ def test_usage_error_is_one_line_exit_2(name):
     assert_clean_error(result, 2, "--no-such-flag", "--help")
 
 
+# A prefix of a long flag, and the flag argparse took it for while abbreviations were allowed.
+ABBREVIATIONS = {
+    "log_backtest": ["--returns", "r.csv", "--periods", "252"],  # was --periods-per-year
+    "query_experiments": ["runs", "--experiment", "x", "--max-res", "5"],  # was --max-results
+    "get_metric_history": ["--run-id", "abc", "--metric", "equity"],  # was --metrics
+    "create_experiment": ["--name", "x", "--desc", "text"],  # was --description
+}
+
+
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_a_prefix_of_a_flag_is_refused(scripts, name):
+    """allow_abbrev=False (in the shared CliParser): a guessed prefix is a usage error, never another flag."""
+    argv = ABBREVIATIONS[name]
+    parser = getattr(scripts, name).build_parser()
+    with pytest.raises(getattr(scripts, name).CliError) as refused:
+        parser.parse_args(argv)
+    assert refused.value.code == 2
+    assert f"unrecognized arguments: {argv[-2]}" in str(refused.value)
+
+
 def test_skill_md_is_valid_per_agent_skills_spec(tmp_path):
     skill = tmp_path / "mlflow-python"
     skill.mkdir()

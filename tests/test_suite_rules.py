@@ -1,0 +1,97 @@
+"""The suite's own rules. A test that starts a real server is marked `server` without anyone writing the
+marker (tests/conftest.py, harness.starts_a_server), so `uv run pytest -m "not server"` starts none; a start
+the static check cannot see fails its test instead of quietly starting a server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import harness
+from harness import ROOT
+
+TESTS = ROOT / "tests"
+
+# A small suite run by a pytest of its own with the real conftest.py: four tests reach a server in four
+# different ways, one hides its server behind a string, one starts none.
+INNER_TESTS = """
+import harness
+import pytest
+
+
+def start_a_server(root):  # a helper: the test below reaches MlflowServer only through it
+    return harness.MlflowServer(root).start()
+
+
+@pytest.fixture(scope="module")
+def database():
+    server = harness.PostgresServer().start()
+    yield server
+    server.stop()
+
+
+def test_through_a_helper(tmp_path):
+    start_a_server(tmp_path)
+
+
+def test_through_a_module_fixture(database):
+    assert database
+
+
+def test_through_the_session_server(mlflow_server):
+    assert mlflow_server
+
+
+def test_through_a_fixture_parameter(store):
+    assert store
+
+
+def test_hidden_behind_a_string(tmp_path):
+    getattr(harness, "Mlflow" + "Server")(tmp_path).start()
+
+
+def test_no_server(local_store):
+    assert local_store["MLFLOW_TRACKING_URI"].startswith("sqlite:///")
+"""
+
+INNER_CONFTEST = f"""
+import importlib.util
+import sys
+
+sys.path.insert(0, {str(TESTS)!r})
+spec = importlib.util.spec_from_file_location("suite_conftest", {str(TESTS / "conftest.py")!r})
+suite = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(suite)
+globals().update({{k: v for k, v in vars(suite).items() if not k.startswith("__")}})
+"""
+
+
+def test_every_test_that_starts_a_server_is_marked_and_not_server_starts_none(tmp_path):
+    (tmp_path / "conftest.py").write_text(INNER_CONFTEST)
+    (tmp_path / "test_inner.py").write_text(INNER_TESTS)
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    server: starts or reaches a server\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "MLFLOW_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-m", "not server", "-rA",
+         "--basetemp", str(tmp_path / "inner")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    out = done.stdout + done.stderr
+    # the four that reach a server visibly (store[server] among them; store[local] runs) are deselected
+    assert "4 deselected" in out, out
+    assert "PASSED test_inner.py::test_no_server" in out, out
+    assert "PASSED test_inner.py::test_through_a_fixture_parameter[local]" in out, out
+    # the hidden start is refused before any process starts, and says what to do
+    assert "FAILED test_inner.py::test_hidden_behind_a_string" in out, out
+    assert "starts an MLflow tracking server but is not marked `server`" in out, out
+    assert "1 failed, 2 passed" in out, out
+    assert list((tmp_path / "inner").rglob("server.log")) == [], "a server was started"
+
+
+def test_the_fault_test_with_a_server_of_its_own_is_marked():
+    """The test issue 26 found unmarked: it starts (and kills) a server of its own in its body."""
+    from test_reliability import test_server_killed_while_log_backtest_writes_leaves_no_finished_run as test
+
+    assert harness.starts_a_server(test)
+    assert not harness.starts_a_server(harness.run_script)
