@@ -3361,18 +3361,19 @@ def write_run(
     discard, warnings = False, []
     try:
         now = int(time.time() * 1000)
-        client.log_batch(
-            run_id,
-            metrics=[Metric(k, v, now, 0) for k, v in prep.metrics.items()],
-            params=[Param(k, v) for k, v in prep.params.items()],
-        )
         h = prep.histories
         points = [
-            Metric(key, float(value), int(ts), int(step))
+            Metric(key, value, ts, step)
             for key, series in (("equity", h.equity), ("drawdown", h.drawdown))
             for step, ts, value in zip(h.steps.tolist(), h.timestamps.tolist(), series.tolist(), strict=True)
         ]
-        client.log_batch(run_id, metrics=points)  # MlflowClient splits into requests of <= 1000
+        # One call: MlflowClient splits it into the largest batches a store accepts (1,000 entries, params
+        # first); every batch is a transaction in a SQL store and a request to a server.
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, now, 0) for k, v in prep.metrics.items()] + points,
+            params=[Param(k, v) for k, v in prep.params.items()],
+        )
         log_dataset(
             client,
             run_id,
