@@ -1465,22 +1465,93 @@ GIT_TIMEOUT = 5  # seconds per git call: a hung filesystem or credential helper 
 PACKAGES = ("quantstats", "pandas", "numpy", "mlflow")
 
 
-def git_output(directory: Path, *args: str) -> str | None:
-    """stdout of `git -C directory ARGS`, or None when git is missing, fails or times out."""
+# Nothing a repository names may run (a cloned or unpacked strategy repository is untrusted): git runs programs
+# its config names during `status` (core.fsmonitor, the clean filter of a path's `filter` attribute, and hooks
+# when it writes the index). Every git call gets these settings at command-line precedence (over the
+# repository's own config), no system config, no optional locks (no index write, no post-index-change hook),
+# no prompt, and every filter driver any config defines neutralised (see git_env). status never runs textconv
+# or external diffs; they are switched off anyway, as are submodules' work trees (git would run `status` in
+# each, under the submodule's own config): --ignore-submodules=dirty.
+GIT_SAFE_CONFIG = {
+    "core.fsmonitor": "",  # empty = off, in every git version (a bool since 2.36, a hook path before)
+    "core.useBuiltinFSMonitor": "false",
+    "core.hooksPath": os.devnull,
+    "diff.external": "",
+}
+GIT_UNSAFE_ENV = ("GIT_TEST_FSMONITOR", "GIT_EXTERNAL_DIFF", "GIT_PAGER", "GIT_ASKPASS", "GIT_SSH_COMMAND")
+
+
+@dataclass(frozen=True)
+class GitEnv:
+    """How to run git in one folder: the environment, and the filter drivers neutralised in it."""
+
+    env: dict[str, str]
+    filters: frozenset[str]
+
+
+def git_run(directory: Path, *args: str, env: dict[str, str] | None = None):
+    """`git -C directory ARGS` under env (default: git_env(directory)) -> CompletedProcess, or None when
+    git is missing or times out."""
     import subprocess
 
     try:
-        done = subprocess.run(
-            ["git", "-C", str(directory), *args],
+        return subprocess.run(
+            ["git", "--no-pager", "-C", str(directory), *args],
             capture_output=True,
             text=True,
             timeout=GIT_TIMEOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"},
+            env=env if env is not None else git_env(directory).env,
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def git_config_env(settings: dict[str, str]) -> dict[str, str]:
+    """The environment with settings added at command-line precedence (GIT_CONFIG_COUNT/KEY_n/VALUE_n: no
+    quoting limits, unlike -c name=value; appended to any the user set)."""
+    env = {k: v for k, v in os.environ.items() if k not in GIT_UNSAFE_ENV}
+    env.update(GIT_TERMINAL_PROMPT="0", GIT_OPTIONAL_LOCKS="0", GIT_CONFIG_NOSYSTEM="1")
+    count = env.get("GIT_CONFIG_COUNT", "")
+    count = int(count) if count.isdigit() else 0
+    for i, (key, value) in enumerate(settings.items(), start=count):
+        env[f"GIT_CONFIG_KEY_{i}"], env[f"GIT_CONFIG_VALUE_{i}"] = key, value
+    env["GIT_CONFIG_COUNT"] = str(count + len(settings))
+    return env
+
+
+def git_env(directory: Path) -> GitEnv:
+    """The safe environment for git in directory: GIT_SAFE_CONFIG, plus every filter driver that any config
+    git reads there defines (filter.NAME.clean/smudge/process) emptied and made optional, so that no path's
+    `filter` attribute can start a program (`git config` itself runs nothing)."""
+    base = git_config_env(GIT_SAFE_CONFIG)
+    done = git_run(directory, "config", "--null", "--name-only", "--get-regexp", r"^filter\.", env=base)
+    names = done.stdout.split("\0") if done is not None and done.returncode == 0 else []
+    filters = frozenset(n[len("filter.") : n.rindex(".")] for n in names if n.count(".") >= 2)
+    settings = dict(GIT_SAFE_CONFIG)
+    for name in sorted(filters):
+        for part, value in (("clean", ""), ("smudge", ""), ("process", ""), ("required", "false")):
+            settings[f"filter.{name}.{part}"] = value
+    return GitEnv(git_config_env(settings), filters)
+
+
+def git_output(directory: Path, *args: str, env: dict[str, str] | None = None) -> str | None:
+    """stdout of `git -C directory ARGS` under env (default: git_env(directory)), or None when git is
+    missing, fails or times out."""
+    done = git_run(directory, *args, env=env)
+    return done.stdout.strip() if done is not None and done.returncode == 0 else None
+
+
+def porcelain_paths(text: str) -> list[str]:
+    """The paths of `git status --porcelain -z` output (a rename's second path, its origin, skipped)."""
+    tokens, paths = text.split("\0"), []
+    it = iter(tokens)
+    for token in it:
+        if len(token) > 3:
+            paths.append(token[3:])
+            if token[0] in "RC":
+                next(it, None)
+    return paths
 
 
 def strip_url_credentials(url: str) -> str:
@@ -1497,31 +1568,68 @@ def code_version_tags(args) -> dict[str, str]:
     directory = Path(args.code_dir).expanduser() if args.code_dir else Path.cwd()
     if args.code_dir and not directory.is_dir():
         raise CliError(EXIT_USAGE, f"--code-dir {args.code_dir}: no such directory")
-    commit = git_output(directory, "rev-parse", "--verify", "--quiet", "HEAD")
+    safe = git_env(directory)
+    probe = git_run(directory, "rev-parse", "--verify", "--quiet", "HEAD", env=safe.env)
+    commit = probe.stdout.strip() if probe is not None and probe.returncode == 0 else None
     if not commit:
-        if args.code_dir:
+        if probe is not None and "dubious ownership" in probe.stderr:
+            warn(
+                f"git refuses the repository at {directory.resolve()}: it belongs to another user (git's "
+                "'dubious ownership'); no git tags"
+            )
+        elif args.code_dir:
             warn(f"--code-dir {args.code_dir} is not in a git repository with a commit: no git tags")
         return {}
     tags = {"mlflow.source.git.commit": commit}
-    branch = git_output(directory, "symbolic-ref", "--quiet", "--short", "HEAD")  # none when detached
+    # no branch when HEAD is detached
+    branch = git_output(directory, "symbolic-ref", "--quiet", "--short", "HEAD", env=safe.env)
     if branch:
         tags["mlflow.source.git.branch"] = branch
-    remotes = (git_output(directory, "remote") or "").split()
+    remotes = (git_output(directory, "remote", env=safe.env) or "").split()
     if remotes:
         remote = "origin" if "origin" in remotes else remotes[0]
-        url = git_output(directory, "remote", "get-url", remote)
+        url = git_output(directory, "remote", "get-url", remote, env=safe.env)
         if url:
             tags["mlflow.source.git.repoURL"] = strip_url_credentials(url)[:MAX_TAG_VALUE_LENGTH]
-    # Untracked files do not count (the local store ./mlflow.db is one), except --code files: a strategy
-    # file git does not know is not in the commit.
-    changed = git_output(directory, "status", "--porcelain", "--untracked-files=no")
-    code = [str(Path(f).expanduser().resolve()) for f in args.code or []]
-    untracked = (
-        git_output(directory, "status", "--porcelain", "--untracked-files=all", "--", *code) if code else ""
-    )
-    if changed is not None and untracked is not None:
-        tags["backtest.git_dirty"] = "true" if changed or untracked else "false"
+    dirty, reason = git_dirty(directory, [Path(f).expanduser().resolve() for f in args.code or []], safe)
+    if dirty is None:
+        tags["backtest.git_dirty_unknown"] = reason[:MAX_TAG_VALUE_LENGTH]
+        warn(f"git: whether the code has uncommitted changes is unknown: {reason}")
+    else:
+        tags["backtest.git_dirty"] = "true" if dirty else "false"
     return tags
+
+
+def git_dirty(directory: Path, code: list[Path], safe: GitEnv) -> tuple[bool | None, str]:
+    """(whether tracked files, or the --code files, differ from the commit; None with the reason when
+    that cannot be answered safely). Untracked files do not count (the local store ./mlflow.db is one),
+    except --code files: a strategy file git does not know is not in the commit."""
+    status = ("status", "--porcelain", "-z", "--ignore-submodules=dirty")
+    top = git_output(directory, "rev-parse", "--show-toplevel", env=safe.env)
+    if top is None:
+        return None, "git rev-parse --show-toplevel failed (no work tree?)"
+    outside = [str(f) for f in code if not f.is_relative_to(Path(top).resolve())]
+    if outside:
+        return None, f"--code {outside[0]} is outside the repository, so its commit does not hold it"
+    changed = git_output(directory, *status, "--untracked-files=no", env=safe.env)
+    untracked = (
+        git_output(directory, *status, "--untracked-files=all", "--", *map(str, code), env=safe.env)
+        if code
+        else ""
+    )
+    if changed is None or untracked is None:
+        return None, "git status failed"
+    paths = porcelain_paths(changed)
+    if paths and safe.filters:
+        # A changed path whose filter we did not let run may only look changed (its clean form may match).
+        attrs = git_output(Path(top), "check-attr", "-z", "filter", "--", *paths, env=safe.env) or ""
+        named = sorted({v for v in attrs.split("\0")[2::3] if v in safe.filters})
+        if named:
+            return None, (
+                f"the repository's filter {named[0]!r} would have to run to compare its files, and nothing a "
+                "repository names is run"
+            )
+    return bool(paths or untracked), ""
 
 
 def package_version_tags() -> dict[str, str]:
@@ -1591,6 +1699,7 @@ def git_summary(tags: dict[str, str]) -> dict | None:
         "branch": tags.get("mlflow.source.git.branch"),
         "repo_url": tags.get("mlflow.source.git.repoURL"),
         "dirty": {"true": True, "false": False}.get(tags.get("backtest.git_dirty", "")),
+        "dirty_unknown": tags.get("backtest.git_dirty_unknown"),  # why dirty is null, when it is
     }
 
 
@@ -2460,6 +2569,15 @@ def fingerprint(item: Column, settings: dict, params: dict) -> str:
     return digest.hexdigest()
 
 
+def series_digest(item: Column) -> str:
+    """The logged dataset's digest: the return series alone (timestamps and values), so a rerun or a re-log
+    with other settings shows the same series; query_experiments deflate counts one trial per digest."""
+    digest = hashlib.sha256(b"series/1\0")
+    digest.update(item.returns.index.asi8.tobytes() if item.has_timestamps else b"bare")
+    digest.update(item.returns.to_numpy(dtype="float64").tobytes())
+    return digest.hexdigest()[:16]
+
+
 def fmt_value(name: str, value) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "undefined"
@@ -2952,7 +3070,7 @@ def import_mlflow() -> None:
 # ---- MLflow I/O ------------------------------------------------------------------------------------------
 def dataset_entity(job: Job, prep: Prepared, req: Request):
     """The returns as an MLflow dataset: schema from the head (MLflow infers it row by row: seconds at 1M
-    bars), digest from our fingerprint, row count of the whole series."""
+    bars), digest of the return series (series_digest), row count of the whole series."""
     import mlflow.data
     import pandas as pd
     from mlflow.entities import Dataset
@@ -2967,7 +3085,7 @@ def dataset_entity(job: Job, prep: Prepared, req: Request):
     if prep.params.get("column"):
         name = f"{name}[{column.name}]"
     small = mlflow.data.from_pandas(
-        head, source=str(req.returns_path.resolve()), name=name, digest=prep.fingerprint[:16]
+        head, source=str(req.returns_path.resolve()), name=name, digest=series_digest(column)
     )
     entity = small._to_mlflow_entity()
     profile = json.dumps(

@@ -40,13 +40,13 @@ Output (JSON when stdout is not a terminal, a table when it is; --format overrid
                metrics, params, tags}]  (table: sweep children indented under their parent)
   run          {run_id, run_name, experiment_id, experiment_name, status, start_time, end_time, duration_s,
                description, git, metrics, params, tags, datasets, artifacts, parent, children,
-               children_count, url}   (git: {commit, branch, repo_url, dirty} of the strategy's code, or null)
+               children_count, url}   (git: {commit, branch, repo_url, dirty, dirty_unknown} of the code, or null)
   compare      {runs: [{run_id, run_name, label, ...}], metrics: [{metric, direction, best, values}],
                params_differ, params_same}; table/csv columns are labels: "run name (id prefix)"
   group        [{<by>, count, mean, median, max, ...}] one row per value of --by, ordered by that value
-  deflate      {experiment, filter, metric, n_trials, best_run_id, best_run_name, best_sharpe,
-               expected_max_sharpe, deflated_sharpe_ratio, verdict, periods_per_year, n_bars, skew, kurtosis,
-               per_bar, excluded, undefined}  (estimators: deflate --help; references/overfitting.md)
+  deflate      {experiment, filter, metric, n_trials, deleted_trials, exclude_deleted, best_run_id,
+               best_run_name, best_sharpe, best_is_deleted, expected_max_sharpe, deflated_sharpe_ratio, verdict,
+               periods_per_year, n_bars, skew, kurtosis, per_bar, excluded, undefined}  (estimators: deflate --help; references/overfitting.md)
 """
 
 from __future__ import annotations
@@ -470,6 +470,13 @@ KEY_METRICS = (
     "profit_factor",
     "calmar",
 )
+# A walk-forward parent (tag backtest.walk_forward=true, issue 22) is judged by its stitched out-of-sample
+# series: runs, compare and group show these in place of the key metrics it does not log.
+WALK_FORWARD_METRICS = tuple(f"oos_{name}" for name in KEY_METRICS) + (
+    "is_sharpe",
+    "wf_efficiency",
+    "n_folds",
+)
 AGGREGATES = ("mean", "median", "min", "max", "std", "sum", "count")
 DEFAULT_AGGREGATES = "mean,median,max,count"
 
@@ -594,6 +601,19 @@ def select(values: dict, keys: list[str] | None, default_keys=None) -> dict:
     return {k: values.get(k) for k in keys}
 
 
+def walk_forward_keys(tags: dict) -> tuple[str, ...]:
+    """The out-of-sample metrics shown for a walk-forward parent; () for any other run."""
+    return WALK_FORWARD_METRICS if tags.get(WALK_FORWARD_TAG) == "true" else ()
+
+
+def metric_direction(name: str) -> str | None:
+    """Which way a metric is better; is_/oos_/best_ variants go the way of the metric they split."""
+    for prefix in ("", "is_", "oos_", "best_"):
+        if name.startswith(prefix) and name[len(prefix) :] in METRIC_DIRECTIONS:
+            return METRIC_DIRECTIONS[name[len(prefix) :]]
+    return {"wf_efficiency": "higher"}.get(name)
+
+
 def run_record(run, columns: dict | None = None, all_columns: bool = False) -> dict:
     """One run as the JSON object `runs` prints."""
     info, data = run.info, run.data
@@ -609,7 +629,7 @@ def run_record(run, columns: dict | None = None, all_columns: bool = False) -> d
         params = select(data.params, columns["params"])
         shown_tags = select(tags, columns["tags"])
     else:
-        metrics = select(data.metrics, None, KEY_METRICS)
+        metrics = select(data.metrics, None, KEY_METRICS + walk_forward_keys(tags))
         params = dict(sorted(data.params.items()))
         # log_backtest's bookkeeping tags (fingerprint, skill version, undefined metrics) stay out of the
         # default listing: they cost ~200 characters a run. --all-columns, --columns tags.* and `run` show them.
@@ -705,7 +725,8 @@ def compare_runs(runs: list[dict], metric_names: list[str] | None) -> dict:
     """runs: [{run_id, run_name, experiment_id, status, metrics, params}] -> the compare object."""
     all_metrics = list(dict.fromkeys(k for r in runs for k in sorted(r["metrics"])))
     if metric_names is None:
-        metric_names = [m for m in KEY_METRICS if m in all_metrics] or all_metrics
+        shown = KEY_METRICS + tuple(k for r in runs for k in walk_forward_keys(r.get("tags", {})))
+        metric_names = [m for m in dict.fromkeys(shown) if m in all_metrics] or all_metrics
     elif metric_names == ["all"]:
         metric_names = [m for m in KEY_METRICS if m in all_metrics] + sorted(
             m for m in all_metrics if m not in KEY_METRICS
@@ -713,7 +734,7 @@ def compare_runs(runs: list[dict], metric_names: list[str] | None) -> dict:
     metrics = []
     for name in metric_names:
         values = {r["run_id"]: r["metrics"].get(name) for r in runs}
-        direction = METRIC_DIRECTIONS.get(name)
+        direction = metric_direction(name)
         metrics.append(
             {"metric": name, "direction": direction, "best": best_runs(values, direction), "values": values}
         )
@@ -813,12 +834,17 @@ def group_rows(pairs: list[tuple[str | None, float | None]], by: str, aggs: list
 
 # ---- deflate: is the best run of an experiment better than luck? (pure; fed by fetch_trials) ----
 SWEEP_TAG = "backtest.sweep"  # log_backtest's sweep parents: they summarise a search, they are not a trial
+WALK_FORWARD_TAG = "backtest.walk_forward"  # a walk-forward parent: one trial (its oos_ metrics); folds: none
+FOLD_PARAM = "fold"  # a walk-forward fold run: param fold, tag mlflow.parentRunId = its walk-forward parent
 DSR_CONFIDENCE = 0.95  # the verdict calls a best run "likely real" from this deflated Sharpe ratio on
 STORED_INF = 1.79e308  # MLflow stores +-inf as +-1.797e308: such a value is not a Sharpe ratio
 
 DEFLATE_HELP = (  # the estimators, stated once: deflate's --help
     "example: deflate --experiment momentum --filter \"params.universe = 'sp500'\"\n\n"
-    "Every finished run with --metric is a trial (sweep parents, tagged backtest.sweep=true, are not).\n"
+    "Every finished run with --metric is a trial, deleted runs included (--exclude-deleted leaves them out);\n"
+    "runs with the same logged return series (dataset digest) count once. Sweep parents (backtest.sweep=true)\n"
+    "are not trials, their children are; a walk-forward parent (backtest.walk_forward=true) is one trial\n"
+    "read from its oos_ metrics (oos_<metric>, oos_skew, oos_kurtosis, params.oos_n_bars), its folds none.\n"
     "Reads logged values only: metrics.<metric> (annualised), metrics.skew, metrics.kurtosis (excess, as\n"
     "log_backtest logs it; +3 is used), params.periods_per_year, params.n_bars. Estimators:\n"
     "  per-bar SR = metric / sqrt(periods_per_year) (runs of different bar frequencies compare per bar)\n"
@@ -833,7 +859,8 @@ DEFLATE_HELP = (  # the estimators, stated once: deflate's --help
 
 @dataclass
 class Trial:
-    """What deflate reads of one run: logged metrics and params only, nothing recomputed from returns."""
+    """What deflate reads of one run: logged metrics and params only, nothing recomputed from returns.
+    A walk-forward parent's values are its oos_ ones (the stitched out-of-sample series)."""
 
     run_id: str
     run_name: str | None
@@ -842,7 +869,12 @@ class Trial:
     n_bars: str | None
     skew: float | None
     kurtosis: float | None  # EXCESS kurtosis, as log_backtest logs it (QuantStats' convention: normal = 0)
-    sweep_parent: bool = False
+    role: str = (
+        "trial"  # "trial", "walk_forward_parent" (also one trial), "sweep_parent", "walk_forward_fold"
+    )
+    deleted: bool = False
+    series: str | None = None  # the logged return series' dataset digest: same digest, same trial
+    start_time: int = 0
 
 
 def defined_value(value) -> float | None:
@@ -860,6 +892,27 @@ def positive_number(text: str | None) -> float | None:
     return value if math.isfinite(value) and value > 0 else None
 
 
+def percent(probability: float) -> str:
+    """A probability as a percentage that never rounds to a certainty it is not: 0.996 -> '99.6%', never
+    '100%'; 0.53 -> '53%'."""
+    for digits in range(5):
+        text = f"{probability:.{digits}%}"
+        if (0 < probability < 1) and float(text[:-1]) in (0.0, 100.0):
+            continue
+        return text
+    return "> 99.999%" if probability > 0.5 else "< 0.001%"
+
+
+def ratio(value: float) -> str:
+    """A deflated Sharpe ratio at 2 decimals, more where 2 would show 0.00 or 1.00 for a value that is not."""
+    for digits in range(2, 7):
+        text = f"{value:.{digits}f}"
+        if (0 < value < 1) and float(text) in (0.0, 1.0):
+            continue
+        return text
+    return f"{value:.6g}"
+
+
 def deflate_verdict(n: int, name: str | None, best: float | None, expected: float, dsr: float, why) -> str:
     """One sentence an agent can repeat to a person."""
     label = f"run {name!r}" if name else "the best run"
@@ -868,37 +921,67 @@ def deflate_verdict(n: int, name: str | None, best: float | None, expected: floa
     if not math.isfinite(dsr):
         return f"No verdict on {label} (Sharpe {best:.2f}, best of {n}): the deflated Sharpe ratio is undefined ({why})."
     head = (
-        f"The best of {n} runs, {label} with Sharpe {best:.2f}, has a {dsr:.0%} probability of a true Sharpe "
-        f"above the {expected:.2f} that the best of {n} skill-less trials would show by luck"
+        f"The best of {n} runs, {label} with Sharpe {best:.2f}, has a {percent(dsr)} probability of a true "
+        f"Sharpe above the {expected:.2f} that the best of {n} skill-less trials would show by luck"
     )
     if dsr >= DSR_CONFIDENCE:
-        return f"{head}: likely a real edge (deflated Sharpe ratio {dsr:.2f} >= {DSR_CONFIDENCE})."
-    return f"{head}: not evidence of a real edge (deflated Sharpe ratio {dsr:.2f} < {DSR_CONFIDENCE})."
+        return f"{head}: likely a real edge (deflated Sharpe ratio {ratio(dsr)} >= {DSR_CONFIDENCE})."
+    return f"{head}: not evidence of a real edge (deflated Sharpe ratio {ratio(dsr)} < {DSR_CONFIDENCE})."
 
 
-def deflate_summary(trials: list[Trial], metric: str) -> dict:
+def deleted_sentence(counted: int, left_out: int, exclude_deleted: bool) -> str:
+    """What the verdict says about deleted runs: deleting the losers must never raise the DSR unseen."""
+    if exclude_deleted:
+        return f" Deleted runs left out (--exclude-deleted): {left_out}."
+    return f" Deleted runs count as trials: {counted} of them here (--exclude-deleted leaves them out)."
+
+
+def distinct_trials(trials: list[Trial]) -> tuple[list[Trial], int]:
+    """One trial per logged return series: runs with the same dataset digest (a rerun, a re-log with a
+    hold-out, an interrupted sweep's child next to its rerun, a deleted run and its rerun) count once; the
+    one kept is active before deleted, then the earliest. -> (trials, how many were repeats)."""
+    kept: dict[str, Trial] = {}
+    for trial in sorted(trials, key=lambda t: (t.deleted, t.start_time, t.run_id)):
+        kept.setdefault(trial.series or f"run:{trial.run_id}", trial)
+    chosen = set(map(id, kept.values()))
+    return [t for t in trials if id(t) in chosen], len(trials) - len(kept)
+
+
+def deflate_summary(trials: list[Trial], metric: str, exclude_deleted: bool = False) -> dict:
     """The deflate object from the runs' logged values (estimators: DEFLATE_HELP)."""
-    excluded = {"sweep_parents": 0, "no_periods_per_year": 0}
-    usable: list[tuple[Trial, float, float]] = []  # (trial, annualised value, bars per year)
+    excluded = {"sweep_parents": 0, "walk_forward_folds": 0, "same_series": 0, "deleted": 0,
+                "no_periods_per_year": 0}  # fmt: skip
+    candidates: list[Trial] = []
     for trial in trials:
-        value = defined_value(trial.sharpe)
-        if value is None:
-            continue  # not a trial of this metric
-        if trial.sweep_parent:
+        if trial.role == "sweep_parent":  # counted whether or not it logs the metric: it is never a trial
             excluded["sweep_parents"] += 1
-            continue
+        elif trial.role == "walk_forward_fold":
+            excluded["walk_forward_folds"] += 1
+        elif defined_value(trial.sharpe) is None:
+            continue  # not a trial of this metric
+        elif trial.deleted and exclude_deleted:
+            excluded["deleted"] += 1
+        else:
+            candidates.append(trial)
+    candidates, excluded["same_series"] = distinct_trials(candidates)
+    usable: list[tuple[Trial, float, float]] = []  # (trial, annualised value, bars per year)
+    for trial in candidates:
         periods = positive_number(trial.periods_per_year)
         if periods is None:
             excluded["no_periods_per_year"] += 1
             continue
-        usable.append((trial, value, periods))
+        usable.append((trial, defined_value(trial.sharpe), periods))  # type: ignore[arg-type]
+    deleted = sum(trial.deleted for trial, _, _ in usable)
+    note = deleted_sentence(deleted, excluded["deleted"], exclude_deleted)
     per_bar = [value / math.sqrt(periods) for _, value, periods in usable]
     undefined: dict[str, str] = {}
-    out: dict = {"metric": metric, "n_trials": len(usable)}
+    out: dict = {"metric": metric, "n_trials": len(usable), "deleted_trials": deleted,
+                 "exclude_deleted": exclude_deleted}  # fmt: skip
     if not usable:
         why = f"no finished run has a finite {metric!r} and a periods_per_year param"
         out.update(best_run_id=None, best_run_name=None, best_sharpe=None, expected_max_sharpe=None,
-                   deflated_sharpe_ratio=None, verdict=deflate_verdict(0, None, None, math.nan, math.nan, why))  # fmt: skip
+                   deflated_sharpe_ratio=None,
+                   verdict=deflate_verdict(0, None, None, math.nan, math.nan, why) + note)  # fmt: skip
         out.update(excluded=excluded, undefined={"deflated_sharpe_ratio": why})
         return out
     index = max(range(len(usable)), key=per_bar.__getitem__)  # per-bar units: mixed bar frequencies compare
@@ -918,8 +1001,9 @@ def deflate_summary(trials: list[Trial], metric: str) -> dict:
         undefined["expected_max_sharpe"] = "needs at least 2 trials"
     elif not variance > 0:
         undefined["expected_max_sharpe"] = "every trial has the same Sharpe ratio (zero variance)"
-    missing = [name for name, v in (("params.n_bars", n_bars), ("metrics.skew", skew),
-                                    ("metrics.kurtosis", kurtosis)) if v is None]  # fmt: skip
+    oos = "oos_" if best.role == "walk_forward_parent" else ""
+    missing = [name for name, v in ((f"params.{oos}n_bars", n_bars), (f"metrics.{oos}skew", skew),
+                                    (f"metrics.{oos}kurtosis", kurtosis)) if v is None]  # fmt: skip
     if "expected_max_sharpe" in undefined:
         undefined["deflated_sharpe_ratio"] = undefined["expected_max_sharpe"]
     elif missing:
@@ -931,6 +1015,7 @@ def deflate_summary(trials: list[Trial], metric: str) -> dict:
         best_run_id=best.run_id,
         best_run_name=best.run_name,
         best_sharpe=value,
+        best_is_deleted=best.deleted,
         expected_max_sharpe=expected * scale if math.isfinite(expected) else None,
         deflated_sharpe_ratio=dsr if math.isfinite(dsr) else None,
         verdict=deflate_verdict(
@@ -940,7 +1025,8 @@ def deflate_summary(trials: list[Trial], metric: str) -> dict:
             expected * scale,
             dsr,
             "; ".join(dict.fromkeys(undefined.values())),
-        ),
+        )
+        + note,
         periods_per_year=periods,
         n_bars=int(n_bars) if n_bars else None,
         skew=skew,
@@ -1117,8 +1203,9 @@ def refresh_sqlite_statistics(client) -> None:
         return
 
 
-def search_runs(client, experiment_ids, filter_string: str, order_by: list[str], limit: int):
-    """Up to `limit` runs, filtered and ordered by the store, fetched in pages; returns (runs, more_exist)."""
+def search_runs(client, experiment_ids, filter_string: str, order_by: list[str], limit: int, view=None):
+    """Up to `limit` runs, filtered and ordered by the store, fetched in pages; returns (runs, more_exist).
+    view: an mlflow ViewType (default: active runs only)."""
     from mlflow.entities import ViewType
     from mlflow.exceptions import MlflowException
 
@@ -1128,7 +1215,7 @@ def search_runs(client, experiment_ids, filter_string: str, order_by: list[str],
             page = client.search_runs(
                 experiment_ids,
                 filter_string=filter_string,
-                run_view_type=ViewType.ACTIVE_ONLY,
+                run_view_type=ViewType.ACTIVE_ONLY if view is None else view,
                 max_results=min(PAGE_SIZE, limit - len(runs)),
                 order_by=order_by or None,
                 page_token=token,
@@ -1243,91 +1330,185 @@ def list_artifacts(client, run_id: str, limit: int = ARTIFACT_LIST_LIMIT) -> tup
     return entries, False
 
 
-def trial_of(run_id: str, name, metrics: dict, params: dict, tags: dict, metric: str) -> Trial:
+@dataclass
+class LoggedRun:
+    """The few logged values of one run that deflate reads (from search_runs or straight from the database)."""
+
+    run_id: str
+    name: str | None
+    deleted: bool
+    start_time: int
+    metrics: dict
+    params: dict
+    tags: dict
+    digests: list[str]  # the digests of its logged datasets (log_backtest logs one: the return series)
+
+
+def deflate_keys(metric: str) -> tuple[list[str], list[str], list[str]]:
+    """The metric, param and tag keys deflate reads (a walk-forward parent's values are its oos_ ones)."""
+    metrics = [metric, "skew", "kurtosis"]
+    return (
+        metrics + [f"oos_{m}" for m in metrics],
+        ["periods_per_year", "n_bars", "oos_n_bars", FOLD_PARAM],
+        [SWEEP_TAG, WALK_FORWARD_TAG, PARENT_TAG],
+    )
+
+
+def trial_of(run: LoggedRun, metric: str, walk_forward_parents: set[str]) -> Trial:
+    """A Trial from a run's logged values: a walk-forward parent reads its oos_ values, a fold run (param
+    fold, its parent a walk-forward parent) and a sweep parent are marked, never trials."""
+    metrics, params, tags = run.metrics, run.params, run.tags
+    role, prefix = "trial", ""
+    if tags.get(SWEEP_TAG) == "true":
+        role = "sweep_parent"
+    elif tags.get(WALK_FORWARD_TAG) == "true":
+        role, prefix = "walk_forward_parent", "oos_"
+    elif FOLD_PARAM in params and tags.get(PARENT_TAG) in walk_forward_parents:
+        role = "walk_forward_fold"
     return Trial(
-        run_id=run_id, run_name=name, sharpe=metrics.get(metric), periods_per_year=params.get("periods_per_year"),
-        n_bars=params.get("n_bars"), skew=metrics.get("skew"), kurtosis=metrics.get("kurtosis"),
-        sweep_parent=tags.get(SWEEP_TAG) == "true",
+        run_id=run.run_id, run_name=run.name, sharpe=metrics.get(prefix + metric),
+        periods_per_year=params.get("periods_per_year"), n_bars=params.get(prefix + "n_bars"),
+        skew=metrics.get(prefix + "skew"), kurtosis=metrics.get(prefix + "kurtosis"), role=role,
+        deleted=run.deleted, series=min(run.digests) if run.digests else None, start_time=run.start_time or 0,
     )  # fmt: skip
 
 
-def trials_from_search(client, experiment_ids: list[str], filter_string: str, metric: str) -> list[Trial]:
-    """Every finished run through search_runs, a page at a time (any store, the tracking server too)."""
-    runs, _ = search_runs(client, experiment_ids, filter_string, [], math.inf)
+def runs_from_search(client, experiment_ids: list[str], filter_string: str, metric: str) -> list[LoggedRun]:
+    """Every matching run, deleted ones too, through search_runs a page at a time (any store, servers too)."""
+    from mlflow.entities import ViewType
+
+    runs, _ = search_runs(client, experiment_ids, filter_string, [], math.inf, ViewType.ALL)
+    metric_keys, param_keys, tag_keys = deflate_keys(metric)
     return [
-        trial_of(r.info.run_id, r.info.run_name, r.data.metrics, r.data.params, r.data.tags, metric)
+        LoggedRun(
+            run_id=r.info.run_id,
+            name=r.info.run_name,
+            deleted=r.info.lifecycle_stage == "deleted",
+            start_time=r.info.start_time or 0,
+            metrics={k: v for k, v in r.data.metrics.items() if k in metric_keys},
+            params={k: v for k, v in r.data.params.items() if k in param_keys},
+            tags={k: v for k, v in r.data.tags.items() if k in tag_keys},
+            digests=[d.dataset.digest for d in getattr(r.inputs, "dataset_inputs", None) or []],
+        )  # fmt: skip
         for r in runs
     ]
 
 
-def trials_from_database(store, experiment_ids: list[str], filter_string: str, metric: str) -> list[Trial]:
-    """The same runs from a database store, reading only the 5 metrics/params deflate needs.
+MLFLOW_FILTER_HELPER = "_get_sqlalchemy_filter_clauses"  # private, in mlflow.store.tracking.sqlalchemy_store
+
+
+def mlflow_filter_clauses(session, store, filter_string: str):
+    """MLflow's own translation of a search filter into SQLAlchemy clauses, or None when this MLflow has no
+    such helper. The one place deflate touches MLflow's private API
+    (sqlalchemy_store._get_sqlalchemy_filter_clauses(parsed, session, dialect) -> (attribute filters,
+    non-attribute subqueries, dataset subqueries)); tests/test_overfitting.py fails when its shape changes,
+    and deflate falls back to the public search_runs."""
+    import inspect
+
+    from mlflow.store.tracking import sqlalchemy_store
+    from mlflow.utils.search_utils import SearchUtils
+
+    helper = getattr(sqlalchemy_store, MLFLOW_FILTER_HELPER, None)
+    if helper is None or list(inspect.signature(helper).parameters) != ["parsed", "session", "dialect"]:
+        return None
+    clauses = helper(SearchUtils.parse_search_filter(filter_string), session, store._get_dialect())
+    if not (isinstance(clauses, tuple) and len(clauses) == 3):
+        return None
+    return clauses
+
+
+def runs_from_database(store, experiment_ids: list[str], filter_string: str, metric: str):
+    """The same runs from a database store, reading only the rows deflate needs; None when MLflow's filter
+    translation is not available (mlflow_filter_clauses).
 
     MLflow's search_runs builds a full Run (every metric, param and tag as ORM objects) for each match:
     ~1 ms a run of log_backtest's ~90 metrics, seconds for thousands. Here the runs are selected with
-    MLflow's own filter translation (sqlalchemy_store._get_sqlalchemy_filter_clauses, private, so the
-    import is checked and search_runs is the fallback), and only the needed rows are read."""
-    from mlflow.store.tracking import sqlalchemy_store as sql_store
-    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlParam, SqlRun, SqlTag
-    from mlflow.utils.search_utils import SearchUtils
+    MLflow's own filter translation and only the needed rows are read."""
+    from mlflow.store.tracking.dbmodels import models
     from sqlalchemy import select
 
+    SqlRun, SqlInput, SqlDataset, latest = (
+        models.SqlRun,
+        models.SqlInput,
+        models.SqlDataset,
+        models.SqlLatestMetric,
+    )
+    metric_keys, param_keys, tag_keys = deflate_keys(metric)
     with store.ManagedSessionMaker() as session:
-        parsed = SearchUtils.parse_search_filter(filter_string)
-        attribute, non_attribute, dataset = sql_store._get_sqlalchemy_filter_clauses(
-            parsed, session, store._get_dialect()
-        )
+        clauses = mlflow_filter_clauses(session, store, filter_string)
+        if clauses is None:
+            return None
+        attribute, non_attribute, dataset = clauses
         runs = select(SqlRun.run_uuid)
         for clause in non_attribute:
             runs = runs.join(clause)
         for clause in dataset:
             runs = runs.join(clause, SqlRun.run_uuid == clause.c.destination_id)
-        runs = runs.where(
-            SqlRun.experiment_id.in_([int(i) for i in experiment_ids]),
-            SqlRun.lifecycle_stage == "active",
-            *attribute,
-        ).distinct()
-        names = dict(
-            session.execute(select(SqlRun.run_uuid, SqlRun.name).where(SqlRun.run_uuid.in_(runs))).all()
-        )
-        metrics: dict[str, dict] = {run_id: {} for run_id in names}
-        params: dict[str, dict] = {run_id: {} for run_id in names}
-        tags: dict[str, dict] = {run_id: {} for run_id in names}
-        latest = SqlLatestMetric
+        runs = runs.where(SqlRun.experiment_id.in_([int(i) for i in experiment_ids]), *attribute).distinct()
+        found = {
+            run_id: LoggedRun(run_id, name, stage == "deleted", start or 0, {}, {}, {}, [])
+            for run_id, name, stage, start in session.execute(
+                select(SqlRun.run_uuid, SqlRun.name, SqlRun.lifecycle_stage, SqlRun.start_time).where(
+                    SqlRun.run_uuid.in_(runs)
+                )
+            )
+        }
         for run_id, key, value, is_nan in session.execute(
             select(latest.run_uuid, latest.key, latest.value, latest.is_nan).where(
-                latest.run_uuid.in_(runs), latest.key.in_([metric, "skew", "kurtosis"])
+                latest.run_uuid.in_(runs), latest.key.in_(metric_keys)
             )
         ):
-            metrics[run_id][key] = math.nan if is_nan else value
-        for table, keys, into in (
-            (SqlParam, ["periods_per_year", "n_bars"], params),
-            (SqlTag, [SWEEP_TAG], tags),
+            found[run_id].metrics[key] = math.nan if is_nan else value
+        for table, keys, field in (
+            (models.SqlParam, param_keys, "params"),
+            (models.SqlTag, tag_keys, "tags"),
         ):
             rows = select(table.run_uuid, table.key, table.value).where(
                 table.run_uuid.in_(runs), table.key.in_(keys)
             )
             for run_id, key, value in session.execute(rows):
-                into[run_id][key] = value
-    return [trial_of(i, names[i], metrics[i], params[i], tags[i], metric) for i in names]
+                getattr(found[run_id], field)[key] = value
+        digests = select(SqlInput.destination_id, SqlDataset.digest).join(
+            SqlDataset, SqlDataset.dataset_uuid == SqlInput.source_id
+        )
+        digests = digests.where(
+            SqlInput.destination_type == "RUN",
+            SqlInput.source_type == "DATASET",
+            SqlInput.destination_id.in_(runs),
+        )
+        for run_id, digest in session.execute(digests):
+            found[run_id].digests.append(digest)
+    return list(found.values())
+
+
+def walk_forward_parents(client, runs: list[LoggedRun]) -> set[str]:
+    """Ids of the walk-forward parents of these runs' fold runs: from the runs themselves, and looked up for
+    fold runs whose parent is not among them (another filter, or a parent still RUNNING)."""
+    known = {r.run_id for r in runs if r.tags.get(WALK_FORWARD_TAG) == "true"}
+    seen = {r.run_id for r in runs}
+    for parent in {r.tags.get(PARENT_TAG) for r in runs if FOLD_PARAM in r.params} - seen - {None}:
+        with contextlib.suppress(Exception):  # a purged parent: its folds stay trials of their own
+            if client.get_run(parent).data.tags.get(WALK_FORWARD_TAG) == "true":
+                known.add(parent)
+    return known
 
 
 def fetch_trials(client, experiment_ids: list[str], user_filter: str, metric: str) -> list[Trial]:
-    """Finished, active runs of the experiments that match --filter, as Trials (sweep parents marked)."""
+    """Finished runs of the experiments that match --filter, deleted ones too, as Trials (roles marked)."""
     from mlflow.exceptions import MlflowException
 
     filter_string = build_run_filter(user_filter, "FINISHED", None, False)
     store = getattr(getattr(client, "_tracking_client", None), "store", None)
-    if store is None or not hasattr(store, "ManagedSessionMaker"):
-        return trials_from_search(client, experiment_ids, filter_string, metric)
-    try:
-        from mlflow.store.tracking.sqlalchemy_store import _get_sqlalchemy_filter_clauses  # noqa: F401
-    except ImportError:  # MLflow renamed its private helper: the slow, public way still works
-        return trials_from_search(client, experiment_ids, filter_string, metric)
-    try:
-        return trials_from_database(store, experiment_ids, filter_string, metric)
-    except MlflowException as exc:
-        raise (filter_error(exc, "--filter") or exc) from None
+    runs = None
+    if store is not None and hasattr(store, "ManagedSessionMaker"):
+        try:
+            runs = runs_from_database(store, experiment_ids, filter_string, metric)
+        except MlflowException as exc:
+            raise (filter_error(exc, "--filter") or exc) from None
+    if runs is None:  # a tracking server, or an MLflow whose private filter helper changed
+        runs = runs_from_search(client, experiment_ids, filter_string, metric)
+    parents = walk_forward_parents(client, runs)
+    return [trial_of(run, metric, parents) for run in runs]
 
 
 # ---- subcommands ----
@@ -1496,6 +1677,7 @@ def code_version(tags: dict[str, str]) -> dict | None:
         "branch": tags.get("mlflow.source.git.branch"),
         "repo_url": tags.get("mlflow.source.git.repoURL"),
         "dirty": {"true": True, "false": False}.get(tags.get("backtest.git_dirty", "")),
+        "dirty_unknown": tags.get("backtest.git_dirty_unknown"),  # why dirty is null, when it is
     }
 
 
@@ -1529,6 +1711,14 @@ def cmd_compare(client, query: Query) -> object:
     return result
 
 
+def group_value(run, metric: str) -> float | None:
+    """A run's value of the grouped metric: a walk-forward parent's is its out-of-sample one (oos_<metric>)."""
+    metrics = run.data.metrics
+    if metric not in metrics and walk_forward_keys(run.data.tags):
+        return metrics.get(f"oos_{metric}")
+    return metrics.get(metric)
+
+
 def cmd_group(client, query: Query) -> list[dict]:
     args = query.args
     experiments = resolve_experiments(client, args.experiment)
@@ -1555,7 +1745,7 @@ def cmd_group(client, query: Query) -> list[dict]:
             + ("" if sample else " (no runs match at all)"),
         )
     source = (lambda r: r.data.params) if prefix == "params" else (lambda r: r.data.tags)
-    pairs = [(source(r).get(key), r.data.metrics.get(args.metric)) for r in runs]
+    pairs = [(source(r).get(key), group_value(r, args.metric)) for r in runs]
     if not any(finite(value) for _, value in pairs):
         known = sorted({k for r in runs for k in r.data.metrics})
         near = closest(args.metric, known)
@@ -1590,13 +1780,15 @@ def cmd_deflate(client, query: Query) -> dict:
             + (f" (closest: {', '.join(near)})" if near else "")
             + ("" if sample else " (no finished runs match at all)"),
         )
-    summary = deflate_summary(trials, args.metric)
+    summary = deflate_summary(trials, args.metric, args.exclude_deleted)
     for reason, count in summary["excluded"].items():
-        if count and reason != "sweep_parents":
+        if count and reason == "no_periods_per_year":
             print(
                 f"warning: {count} runs with {args.metric!r} left out: {reason.replace('_', ' ')}",
                 file=sys.stderr,
             )
+    if summary.get("best_is_deleted"):
+        print(f"warning: the best trial, run {summary['best_run_id']}, is deleted", file=sys.stderr)
     return {"experiment": [e.name for e in experiments], "filter": args.filter or None, **summary}
 
 
@@ -1756,6 +1948,11 @@ def build_parser() -> CliParser:
     )
     p.add_argument(
         "--metric", default="sharpe", help="the annualised Sharpe-type metric to deflate (default sharpe)"
+    )
+    p.add_argument(
+        "--exclude-deleted",
+        action="store_true",
+        help="leave deleted runs out (only for runs deleted as mistakes: deleted losers are still trials)",
     )
     return parser
 

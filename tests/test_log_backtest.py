@@ -840,7 +840,7 @@ def test_code_version_tags_and_code_artifacts(scripts, client_for, tmp_path, mon
     got = json.loads(out)
     assert got["git"] == {
         "commit": commit, "branch": "research", "repo_url": "https://git.example.com/desk/strategy.git",
-        "dirty": False,
+        "dirty": False, "dirty_unknown": None,
     }  # fmt: skip
     assert "code/signal.py" in got["artifacts"] and canary not in out + err
     client = client_for({"MLFLOW_TRACKING_URI": store})

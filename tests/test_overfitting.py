@@ -245,7 +245,9 @@ def test_deflate_on_a_local_store(local_store, query):
     assert got["expected_max_sharpe"] == pytest.approx(want["expected"], rel=1e-9)
     assert got["deflated_sharpe_ratio"] == pytest.approx(want["dsr"], rel=1e-9)
     assert got["kurtosis"] == pytest.approx(want["best"]["metrics"]["kurtosis"] + 3)
-    assert got["excluded"] == {"sweep_parents": 1, "no_periods_per_year": 1} and got["undefined"] == {}
+    assert got["excluded"] == {"sweep_parents": 1, "walk_forward_folds": 0, "same_series": 0, "deleted": 0,
+                               "no_periods_per_year": 1}  # fmt: skip
+    assert got["undefined"] == {} and got["deleted_trials"] == 0
     assert "1 runs with 'sharpe' left out: no periods per year" in err
     assert f"best of 12 runs, run {want['best']['name']!r}" in got["verdict"]
     assert f"{got['deflated_sharpe_ratio']:.2f}" in got["verdict"]
@@ -284,8 +286,8 @@ def test_database_read_equals_search_runs(local_store, scripts):
     ids = [client.get_experiment_by_name(name).experiment_id]
     for user_filter in ("", "params.universe = 'sp500' and metrics.sharpe > 0.5"):
         filter_string = qe.build_run_filter(user_filter, "FINISHED", None, False)
-        direct = qe.trials_from_database(client._tracking_client.store, ids, filter_string, "sharpe")
-        searched = qe.trials_from_search(client, ids, filter_string, "sharpe")
+        direct = qe.runs_from_database(client._tracking_client.store, ids, filter_string, "sharpe")
+        searched = qe.runs_from_search(client, ids, filter_string, "sharpe")
         assert direct and sorted(direct, key=lambda t: t.run_id) == sorted(searched, key=lambda t: t.run_id)
 
 
@@ -307,9 +309,8 @@ def test_deflate_reads_what_log_backtest_logged(local_store, tmp_path, query):
     got = json.loads(out)
     children = {r["run_id"]: r for r in sweep["runs"]}
     assert got["n_trials"] == 4
-    # The parent logs best_sharpe, not sharpe: it is no trial (a parent that did, tagged backtest.sweep, is
-    # excluded: test_deflate_on_a_local_store).
-    assert got["excluded"]["sweep_parents"] == 0 and got["best_run_id"] != sweep["parent_run_id"]
+    # The parent logs best_sharpe, not sharpe: it is no trial, and counted under excluded all the same.
+    assert got["excluded"]["sweep_parents"] == 1 and got["best_run_id"] != sweep["parent_run_id"]
     best = max(children.values(), key=lambda r: r["metrics"]["sharpe"])
     assert got["best_run_id"] == best["run_id"] and got["best_sharpe"] == best["metrics"]["sharpe"]
     column = frame[best["column"]]
