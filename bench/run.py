@@ -174,7 +174,7 @@ def case_log(args, work: Path, stores: Stores) -> None:
     years = 1 if args.quick else 20
     path = work / "daily.csv"
     daily_returns(years).to_csv(path)
-    for label, extra, goal_ratio in (("no tearsheet", ["--no-tearsheet"], 1.0), ("with tearsheet", [], 1.5)):
+    for label, extra, goal_ratio in (("no tearsheet", ["--no-tearsheet"], 0.6), ("with tearsheet", [], 1.0)):
         ours, base = alternate(
             args.reps,
             lambda extra=extra: checked(
@@ -265,12 +265,13 @@ def case_large(args, work: Path, stores: Stores) -> None:
     ]
     wall = median(samples)
     rss = max(s.peak_rss_mb for s in samples)
-    record(f"{bars:,} minute bars + benchmark: wall", wall, None, "<= 30 s", wall <= 30)
+    wall_goal, rss_goal = (30, 1536) if args.quick else (5, 750)
+    record(f"{bars:,} minute bars + benchmark: wall", wall, None, f"<= {wall_goal} s", wall <= wall_goal)
     ROWS.append(
         {"case": f"{bars:,} minute bars + benchmark: peak RSS (MB)", "ours_s": None, "baseline_s": None,
-         "ratio": None, "goal": "<= 1536 MB", "met": rss <= 1536, "note": f"{rss:.0f} MB"}
+         "ratio": None, "goal": f"<= {rss_goal} MB", "met": rss <= rss_goal, "note": f"{rss:.0f} MB"}
     )  # fmt: skip
-    print(f"  {'peak RSS':<44} {rss:7.0f} MB  goal <= 1536 MB {'met' if rss <= 1536 else 'MISSED'}")
+    print(f"  {'peak RSS':<44} {rss:7.0f} MB  goal <= {rss_goal} MB {'met' if rss <= rss_goal else 'MISSED'}")
 
 
 def seed_histories(client, experiment: str, runs: int, points: int) -> None:
@@ -539,14 +540,17 @@ def machine() -> str:
 # Why each goal is met or not: what the profile of the last full run showed (update with the code).
 WHY = {
     "--help": "argparse and the standard library only; mlflow, pandas and quantstats load when the work needs them",
-    "daily, no tearsheet": "the metrics are computed in a worker process (ProcessPoolExecutor, fork on Linux) while this one imports mlflow",
+    "daily, no tearsheet": "the metrics are QuantStats' definitions computed in one pass without importing "
+    "QuantStats (~0.02 CPU-s), in a worker process while this one imports mlflow; the rest is mlflow's import, "
+    "its SQLAlchemy store's start-up and ~110 us of store CPU per history point (10,000 points a run)",
     "daily, with tearsheet": "QuantStats' report (its full import and ~13 plots, ~5 s of CPU) is drawn in a second "
     "helper while the metrics and histories are written; it is the critical path, so the margin is thin",
-    "sweep 10 cols vs 10 baseline": "MLflow's SQLAlchemy store spends ~0.7 s of CPU a run turning 10,000 history "
-    "points (the default 5,000 per series) into ORM rows and latest-metric updates; the columns are split over "
-    "the 2 cores by worker processes, which is the floor here. The baseline logs 30 metrics and no history",
-    "minute bars + benchmark: wall": "vectorised drawdown episodes; the tearsheet is drawn from daily compounded "
-    "returns; metrics and tearsheet in helpers",
+    "sweep 10 cols vs 10 baseline": "MLflow's SQLAlchemy store spends ~110 us of CPU a history point (~1.1 s a "
+    "run of 10,000 points, the default 5,000 per series) turning them into ORM rows and latest-metric updates, "
+    "in batches of 1,000 (its limit), one transaction each; the columns are split over the 2 cores by worker "
+    "processes, which is the floor here. The baseline logs 30 metrics and no history",
+    "minute bars + benchmark: wall": "one vectorised pass for the metrics (0.65 CPU-s, QuantStats not imported); "
+    "the tearsheet is drawn from daily compounded returns; metrics and tearsheet in worker processes",
     "peak RSS": "summed over the process tree, so pages forked workers share with the parent count twice",
     "runs (PostgreSQL server)": "one request: the filter, sort and limit run in PostgreSQL (ANALYZEd after the "
     "bulk load); the baseline pages every run of the experiment over HTTP, 1,000 a request, and sorts in pandas",

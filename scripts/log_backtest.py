@@ -522,31 +522,43 @@ KEY_METRICS = (
 
 
 # ---- the metric table: the one place that says what each metric is --------------------------------------
-# `call` is evaluated as written (it IS the code that computes the metric), in a namespace where:
-#   qs          quantstats;  np  numpy
-#   r           the normalised returns (pandas Series, DatetimeIndex, decimal units)
-#   rf          annual risk-free rate (--rf);  periods  bars per year;  compounded  False with --simple
-#   x           excess returns per bar: r - ((1 + rf) ** (1 / periods) - 1), QuantStats' de-annualisation
-#   years       len(r) / periods (QuantStats' CAGR convention: bars, not calendar time)
+# `call` is evaluated as written (it IS the code that computes the metric) in the namespace metric_inputs()
+# builds once per series: QuantStats 0.0.86's definitions (its qs.stats functions, read line by line), written
+# over intermediates shared by all metrics instead of recomputed per call, and without importing QuantStats
+# (its import, scipy's and yfinance's, took longer than all the metrics; tests compare every metric with the
+# qs.stats call it replaces, and with independent definitions). The names:
+#   np, sqrt    numpy, math.sqrt;  n  bars;  periods  bars per year;  compounded  False with --simple
+#   r           the normalised returns (pandas Series, DatetimeIndex, decimal units; no NaN, no inf)
+#   x           excess returns per bar (numpy): r - ((1 + rf) ** (1 / periods) - 1), QuantStats' de-annualisation
+#   mu_r, sd_r, mu_x, sd_x   mean and sample std (ddof 1) of r and of x
+#   years       n / periods (QuantStats' CAGR convention: bars, not calendar time)
 #   rf_total    the risk-free growth over the run's span: (1 + rf) ** years - 1 (rf x years with --simple)
-#   total(x)    qs.stats.comp(x) when compounded, else x.sum()   (QuantStats' report does the same)
-#   cagr        qs.stats.cagr(r, 0.0, compounded, periods)
+#   total(s)    prod(1 + s) - 1 when compounded, else sum(s) (QuantStats' comp; its report does the same)
+#   cagr_of(s)  (1 + total(s)) ** (1 / (len(s) / periods)) - 1, NaN when 1 + total(s) < 0;  cagr  cagr_of(r)
+#   month, quarter, year   r aggregated per calendar month/quarter/year present: total() of each (numpy)
+#   day_sums, month_sums   r summed per calendar day / month (gain to pain)
+#   wins, losses, gains    r's bars > 0, < 0, >= 0 (numpy);  wr  win_rate(r): share of non-zero bars > 0
+#   pf          gains.sum() / -losses.sum() (QuantStats: inf without a losing bar, 0 for an all-zero series)
+#   payoff      wins.mean() / -losses.mean();  tail  |95th / 5th percentile|;  quantiles  1st, 5th, 95th, 99th
+#   penalty     QuantStats' autocorr_penalty: sqrt(1 + 2 sum_k (n - k) / n |rho_1| ** k), rho_1 the lag-1 autocorr
+#   psr(sr)     Phi(sr / sqrt((1 - skew sr + (kurt + 2) / 4 sr^2) / (n - 1))), skew/kurt (excess) of r
+#   Z05         the standard normal 5 % quantile;  gaussian_es(s)  mean(s) - std(s) phi(Z05) / 0.05
+#   exposure    ceil(share of non-zero bars x 100) / 100;  longest_run(mask)  the longest run of True
 #   dd, mdd     OUR drawdown series (equity_and_drawdown: the logged `drawdown` history) and its minimum.
 #               QuantStats re-reads a non-negative series whose max is exactly 1.0 as prices in its drawdown
 #               functions (_looks_like_returns: max < 1) and always compounds: every drawdown-based metric here
 #               comes from the run's own equity curve instead (same numbers on ordinary series, tests check).
 #   ulcer       sqrt(sum(dd ** 2) / (n - 1)), QuantStats' ulcer index on our dd
-#   since(x, months=N | period="mtd"/"ytd")  the bars of the last N months / month / year to date
+#   episodes    drawdown_details(dd): a vectorised qs.stats.drawdown_details(dd) that also counts an episode
+#               open at the last bar and one open from the first bar (QuantStats drops the latter)
+#   since(s, months=N | period="mtd"/"ytd")  the bars of the last N months / month / year to date
 #   short(N)    the series does not reach back N months (its first bar's period starts after the window)
-#   dd_details(dd)  a vectorised qs.stats.drawdown_details(dd) that also counts an episode open at the last
-#               bar and one open from the first bar (QuantStats drops the latter)
 #   flat(s)     the dispersion of s is ~0 relative to the data's scale (std <= DISPERSION_RTOL x max|s|, |r|)
 #   downside(s) sqrt(sum(min(s, 0) ** 2) / n): the Sortino denominator;  tiny(v, s)  |v| ~0 at s's scale
-#   rp, bp      strategy and benchmark aligned on common timestamps, positionally indexed (QuantStats' own
-#               alignment compares Python sets of timestamps: seconds at 1M bars)
-# prepare_returns=False skips QuantStats' re-cleaning of r where the function allows it: r is already what
-# _prepare_returns would return (validated: no prices, no inf, no NaN; tests check the identity).
+#   rp, bp      strategy and benchmark aligned on common timestamps, positionally indexed (pandas Series)
+#   cov, beta   np.cov(rp, bp) and cov[0, 1] / cov[1, 1]
 # `guard`: when true, the metric is undefined (QuantStats would return 0, inf or a meaningless huge number).
+# A value that is not finite (a division by zero) is undefined too.
 # `calendar`: needs real timestamps (a bare column of numbers has none: such metrics are undefined).
 # `annualised`: scaled to a year from `periods`; `departure`: where and why we differ from QuantStats 0.0.86.
 @dataclass(frozen=True)
@@ -572,7 +584,6 @@ NO_NONZERO_BAR = "(r != 0).sum() == 0"
 FLAT_BENCHMARK = "flat(bp)"
 SHARPE_GUARD = "flat(x)"
 SORTINO_GUARD = "tiny(downside(x), x)"
-NP = "prepare_returns=False"
 SHORT = "undefined when the series is shorter than the window (QuantStats uses the whole series)"
 EPISODES = (
     "from our drawdown; an episode still open at the last bar counts (it ends there), as does one open from "
@@ -585,57 +596,54 @@ SPAN_RF = (
 )
 METRICS: tuple[MetricSpec, ...] = (
     # ratios
-    MetricSpec("sharpe", "qs.stats.sharpe(r, rf, periods)",
+    MetricSpec("sharpe", "mu_x / sd_x * sqrt(periods)",
                "mean(x) / std(x, ddof=1) x sqrt(periods)", "ratio", True, guard=SHARPE_GUARD,
                annualised=True, departure="undefined when std(x) is ~0 (QuantStats: ~1e16)"),
-    MetricSpec("smart_sharpe", "qs.stats.smart_sharpe(r, rf, periods)",
+    MetricSpec("smart_sharpe", "mu_x / (sd_x * penalty) * sqrt(periods)",
                "sharpe / autocorr_penalty", "ratio", True, guard=SHARPE_GUARD, annualised=True,
                departure="undefined when std(x) is ~0"),
-    MetricSpec("sortino", "qs.stats.sortino(r, rf, periods)",
+    MetricSpec("sortino", "mu_x / downside(x) * sqrt(periods)",
                "mean(x) / downside(x) x sqrt(periods); downside(x) = sqrt(sum(min(x, 0)^2) / n)", "ratio",
                True, guard=SORTINO_GUARD, annualised=True, departure="undefined when downside(x) is ~0"),
-    MetricSpec("smart_sortino", "qs.stats.smart_sortino(r, rf, periods)",
+    MetricSpec("smart_sortino", "mu_x / (downside(x) * penalty) * sqrt(periods)",
                "sortino / autocorr_penalty", "ratio", True, guard=SORTINO_GUARD, annualised=True,
                departure="undefined when downside(x) is ~0"),
-    MetricSpec("adjusted_sortino", "qs.stats.adjusted_sortino(r, rf, periods)",
+    MetricSpec("adjusted_sortino", "mu_x / downside(x) * sqrt(periods) / sqrt(2)",
                "sortino / sqrt(2) (Jack Schwager), comparable with Sharpe", "ratio", True, guard=SORTINO_GUARD,
                annualised=True, departure="undefined when downside(x) is ~0"),
-    MetricSpec("smart_adjusted_sortino", "qs.stats.adjusted_sortino(r, rf, periods, smart=True)",
+    MetricSpec("smart_adjusted_sortino", "mu_x / (downside(x) * penalty) * sqrt(periods) / sqrt(2)",
                "smart_sortino / sqrt(2)", "ratio", True, guard=SORTINO_GUARD, annualised=True,
                departure="undefined when downside(x) is ~0"),
-    MetricSpec("probabilistic_sharpe_ratio", "qs.stats.probabilistic_sharpe_ratio(r, rf, periods)",
+    MetricSpec("probabilistic_sharpe_ratio", "psr(mu_x / sd_x)",
                "Phi(SR / sqrt((1 - skew SR + (kurt - 1) / 4 SR^2) / (n - 1))), SR the per-bar Sharpe, "
                "skew and kurt (non-excess) the bias-corrected sample moments of r",
                "probability", True, guard=SHARPE_GUARD, departure="undefined when std(x) is ~0"),
-    MetricSpec("probabilistic_smart_sharpe_ratio",
-               "qs.stats.probabilistic_sharpe_ratio(r, rf, periods, smart=True)",
+    MetricSpec("probabilistic_smart_sharpe_ratio", "psr(mu_x / (sd_x * penalty))",
                "probabilistic_sharpe_ratio of the per-bar smart Sharpe", "probability", True,
                guard=SHARPE_GUARD, departure="undefined when std(x) is ~0"),
-    MetricSpec("probabilistic_sortino_ratio", "qs.stats.probabilistic_sortino_ratio(r, rf, periods)",
+    MetricSpec("probabilistic_sortino_ratio", "psr(mu_x / downside(x))",
                "probabilistic_sharpe_ratio's formula with the per-bar Sortino in place of SR", "probability",
                True, guard=SORTINO_GUARD, departure="undefined when downside(x) is ~0"),
-    MetricSpec("probabilistic_adjusted_sortino_ratio",
-               "qs.stats.probabilistic_adjusted_sortino_ratio(r, rf, periods)",
+    MetricSpec("probabilistic_adjusted_sortino_ratio", "psr(mu_x / downside(x) / sqrt(2))",
                "probabilistic_sharpe_ratio's formula with the per-bar adjusted Sortino", "probability", True,
                guard=SORTINO_GUARD, departure="undefined when downside(x) is ~0"),
-    MetricSpec("omega", "qs.stats.omega(r, rf, 0.0, periods)",
+    MetricSpec("omega", "x[x > 0].sum() / -x[x < 0].sum()",
                "sum(x[x > 0]) / -sum(x[x < 0]) (threshold 0)", "ratio", True, guard="tiny(x[x < 0].sum(), x)",
                departure="undefined when the losses sum to ~0"),
     MetricSpec("calmar", "cagr / -mdd", "cagr / |max_drawdown|", "ratio", True, guard="mdd == 0",
                annualised=True, departure=OWN_DD),
-    MetricSpec("risk_return_ratio", f"qs.stats.risk_return_ratio(r, {NP})",
+    MetricSpec("risk_return_ratio", "mu_r / sd_r",
                "mean(r) / std(r, ddof=1) (per-bar Sharpe without rf)", "ratio", True, guard="flat(r)",
                departure="undefined when std(r) is ~0 (QuantStats: ~1e15)"),
-    MetricSpec("gain_to_pain_ratio", "qs.stats.gain_to_pain_ratio(r, rf)",
+    MetricSpec("gain_to_pain_ratio", "gain_to_pain(day_sums)",
                "sum of daily sums / |sum of losing daily sums| (Jack Schwager; rf not applied)", "ratio", True,
                calendar=True),
-    MetricSpec("gain_to_pain_ratio_monthly", "qs.stats.gain_to_pain_ratio(r, rf, 'ME')",
+    MetricSpec("gain_to_pain_ratio_monthly", "gain_to_pain(month_sums)",
                "gain_to_pain_ratio on monthly sums", "ratio", True, calendar=True),
     MetricSpec("ulcer_performance_index", "(total(r) - rf_total) / ulcer",
                "(total_return - rf_total) / ulcer_index", "ratio", True, guard="ulcer == 0",
                departure=f"{OWN_DD}; {SPAN_RF}; total return simple with --simple"),
-    MetricSpec("serenity_index",
-               f"(total(r) - rf_total) / (ulcer * -qs.stats.conditional_value_at_risk(dd, {NP}) / r.std())",
+    MetricSpec("serenity_index", "(total(r) - rf_total) / (ulcer * -gaussian_es(dd) / sd_r)",
                "(total_return - rf_total) / (ulcer_index x pitfall), pitfall = -CVaR95(dd) / std(r) "
                "(KeyQuant)", "ratio", True, guard="flat(r) or ulcer == 0",
                departure=f"{OWN_DD}; {SPAN_RF}; numerator total_return (QuantStats: plain sum of r)"),
@@ -643,46 +651,44 @@ METRICS: tuple[MetricSpec, ...] = (
                "total_return / |max_drawdown| (negative for a losing run)", "ratio", True, guard="mdd == 0",
                departure="sign-correct: QuantStats takes |sum of returns|, so a run that lost 40 % scores "
                f"+0.88; total return compounded (simple with --simple); {OWN_DD}"),
-    MetricSpec("risk_adjusted_return", f"cagr / qs.stats.exposure(r, {NP})", "cagr / exposure",
+    MetricSpec("risk_adjusted_return", "cagr / exposure", "cagr / exposure",
                "fraction per year", True, guard=NO_NONZERO_BAR, annualised=True,
                departure="QuantStats' rar calls cagr() without periods (always 252) and measures exposure "
                "on rf-adjusted returns (every bar exposed when --rf > 0)"),
     # returns
     MetricSpec("total_return", "total(r)", "prod(1 + r) - 1, or sum(r) with --simple", "fraction", True),
-    MetricSpec("cagr", "qs.stats.cagr(r, 0.0, compounded, periods)",
+    MetricSpec("cagr", "cagr_of(r)",
                "(1 + total_return) ** (1 / years) - 1, years = bars / periods",
                "fraction per year", True, annualised=True),
-    MetricSpec("expected_return", f"qs.stats.expected_return(r, compounded=compounded, {NP})",
+    MetricSpec("expected_return", "geometric_mean(r)",
                "Geometric mean return per bar", "fraction per bar", True),
-    MetricSpec("expected_return_monthly",
-               f"qs.stats.expected_return(r, aggregate='ME', compounded=compounded, {NP})",
+    MetricSpec("expected_return_monthly", "geometric_mean(month)",
                "Geometric mean monthly return", "fraction per month", True, calendar=True),
-    MetricSpec("expected_return_yearly",
-               f"qs.stats.expected_return(r, aggregate='YE', compounded=compounded, {NP})",
+    MetricSpec("expected_return_yearly", "geometric_mean(year)",
                "Geometric mean calendar-year return", "fraction per year", True, calendar=True),
-    MetricSpec("avg_return", f"qs.stats.avg_return(r, {NP})", "Mean of non-zero bar returns",
+    MetricSpec("avg_return", "r[r != 0].mean()", "Mean of non-zero bar returns",
                "fraction per bar", True),
-    MetricSpec("avg_win", f"qs.stats.avg_win(r, {NP})", "Mean of positive bar returns", "fraction per bar",
+    MetricSpec("avg_win", "wins.mean()", "Mean of positive bar returns", "fraction per bar",
                True),
-    MetricSpec("avg_loss", f"qs.stats.avg_loss(r, {NP})", "Mean of negative bar returns (< 0)",
+    MetricSpec("avg_loss", "losses.mean()", "Mean of negative bar returns (< 0)",
                "fraction per bar", True),
-    MetricSpec("avg_up_month", f"qs.stats.avg_win(r, aggregate='ME', compounded=compounded, {NP})",
+    MetricSpec("avg_up_month", "month[month > 0].mean()",
                "Mean of positive monthly returns", "fraction per month", True, calendar=True),
-    MetricSpec("avg_down_month", f"qs.stats.avg_loss(r, aggregate='ME', compounded=compounded, {NP})",
+    MetricSpec("avg_down_month", "month[month < 0].mean()",
                "Mean of negative monthly returns (< 0)", "fraction per month", True, calendar=True),
-    MetricSpec("best", f"qs.stats.best(r, {NP})", "Best single bar", "fraction per bar", True),
-    MetricSpec("worst", f"qs.stats.worst(r, {NP})", "Worst single bar", "fraction per bar", True),
-    MetricSpec("best_month", f"qs.stats.best(r, aggregate='ME', compounded=compounded, {NP})",
+    MetricSpec("best", "r.max()", "Best single bar", "fraction per bar", True),
+    MetricSpec("worst", "r.min()", "Worst single bar", "fraction per bar", True),
+    MetricSpec("best_month", "month.max()",
                "Best calendar month", "fraction", True, calendar=True),
-    MetricSpec("worst_month", f"qs.stats.worst(r, aggregate='ME', compounded=compounded, {NP})",
+    MetricSpec("worst_month", "month.min()",
                "Worst calendar month", "fraction", True, calendar=True),
-    MetricSpec("best_quarter", f"qs.stats.best(r, aggregate='QE', compounded=compounded, {NP})",
+    MetricSpec("best_quarter", "quarter.max()",
                "Best calendar quarter", "fraction", True, calendar=True),
-    MetricSpec("worst_quarter", f"qs.stats.worst(r, aggregate='QE', compounded=compounded, {NP})",
+    MetricSpec("worst_quarter", "quarter.min()",
                "Worst calendar quarter", "fraction", True, calendar=True),
-    MetricSpec("best_year", f"qs.stats.best(r, aggregate='YE', compounded=compounded, {NP})",
+    MetricSpec("best_year", "year.max()",
                "Best calendar year", "fraction", True, calendar=True),
-    MetricSpec("worst_year", f"qs.stats.worst(r, aggregate='YE', compounded=compounded, {NP})",
+    MetricSpec("worst_year", "year.min()",
                "Worst calendar year", "fraction", True, calendar=True),
     MetricSpec("returns_mtd", "total(since(r, period='mtd'))", "Return month to date (of the last bar)",
                "fraction", True, calendar=True),
@@ -694,101 +700,102 @@ METRICS: tuple[MetricSpec, ...] = (
                "fraction", True, calendar=True),
     MetricSpec("returns_1y", "total(since(r, months=12))", "Return over the last 12 months", "fraction", True,
                guard="short(12)", calendar=True, departure=SHORT),
-    MetricSpec("cagr_3y", "qs.stats.cagr(since(r, months=35), 0.0, compounded, periods)",
+    MetricSpec("cagr_3y", "cagr_of(since(r, months=35))",
                "CAGR of the last 3 years (35 months back, as QuantStats' report)", "fraction per year", True,
                guard="short(35)", calendar=True, annualised=True, departure=SHORT),
-    MetricSpec("cagr_5y", "qs.stats.cagr(since(r, months=59), 0.0, compounded, periods)",
+    MetricSpec("cagr_5y", "cagr_of(since(r, months=59))",
                "CAGR of the last 5 years (59 months back)", "fraction per year", True, guard="short(59)",
                calendar=True, annualised=True, departure=SHORT),
-    MetricSpec("cagr_10y", "qs.stats.cagr(since(r, months=119), 0.0, compounded, periods)",
+    MetricSpec("cagr_10y", "cagr_of(since(r, months=119))",
                "CAGR of the last 10 years (119 months back)", "fraction per year", True, guard="short(119)",
                calendar=True, annualised=True, departure=SHORT),
     # trade-style (computed from bars, not from discrete trades)
-    MetricSpec("win_rate", f"qs.stats.win_rate(r, {NP})", "Share of non-zero bars that are positive",
+    MetricSpec("win_rate", "wr", "Share of non-zero bars that are positive",
                "fraction", True, guard=NO_NONZERO_BAR),
-    MetricSpec("win_rate_month", f"qs.stats.win_rate(r, aggregate='ME', compounded=compounded, {NP})",
+    MetricSpec("win_rate_month", "win_rate(month)",
                "Share of non-zero months that are positive", "fraction", True, guard=NO_NONZERO_BAR,
                calendar=True),
-    MetricSpec("win_rate_quarter", f"qs.stats.win_rate(r, aggregate='QE', compounded=compounded, {NP})",
+    MetricSpec("win_rate_quarter", "win_rate(quarter)",
                "Share of non-zero quarters that are positive", "fraction", True, guard=NO_NONZERO_BAR,
                calendar=True),
-    MetricSpec("win_rate_year", f"qs.stats.win_rate(r, aggregate='YE', compounded=compounded, {NP})",
+    MetricSpec("win_rate_year", "win_rate(year)",
                "Share of non-zero years that are positive", "fraction", True, guard=NO_NONZERO_BAR,
                calendar=True),
-    MetricSpec("profit_factor", f"qs.stats.profit_factor(r, {NP})",
+    MetricSpec("profit_factor", "pf",
                "Sum of bars >= 0 / |sum of bars < 0|; undefined without a losing bar", "ratio", True,
                guard="(r < 0).sum() == 0"),
-    MetricSpec("payoff_ratio", f"qs.stats.payoff_ratio(r, {NP})", "Average win / |average loss| per bar",
+    MetricSpec("payoff_ratio", "payoff", "Average win / |average loss| per bar",
                "ratio", True),
-    MetricSpec("profit_ratio", f"qs.stats.profit_ratio(r, {NP})",
+    MetricSpec("profit_ratio", "profit_ratio(gains, losses)",
                "(Mean win / win count) / (mean loss / loss count), absolute", "ratio", True),
-    MetricSpec("common_sense_ratio", f"qs.stats.common_sense_ratio(r, {NP})", "Profit factor x tail ratio",
+    MetricSpec("common_sense_ratio", "pf * tail", "Profit factor x tail ratio",
                "ratio", True),
-    MetricSpec("cpc_index", f"qs.stats.cpc_index(r, {NP})", "Profit factor x win rate x payoff ratio",
+    MetricSpec("cpc_index", "pf * wr * payoff", "Profit factor x win rate x payoff ratio",
                "ratio", True),
-    MetricSpec("kelly_criterion", f"qs.stats.kelly_criterion(r, {NP})",
+    MetricSpec("kelly_criterion", "(payoff * wr - (1 - wr)) / payoff",
                "Kelly fraction p - (1 - p) / payoff ratio, from bar win rate and payoff",
                "fraction of capital", True),
-    MetricSpec("consecutive_wins", f"qs.stats.consecutive_wins(r, {NP})", "Longest run of positive bars",
+    MetricSpec("consecutive_wins", "longest_run(r > 0)", "Longest run of positive bars",
                "bars", True),
-    MetricSpec("consecutive_losses", f"qs.stats.consecutive_losses(r, {NP})", "Longest run of negative bars",
+    MetricSpec("consecutive_losses", "longest_run(r < 0)", "Longest run of negative bars",
                "bars", False),
-    MetricSpec("exposure", f"qs.stats.exposure(r, {NP})",
+    MetricSpec("exposure", "exposure",
                "Time in market: share of bars with a non-zero return, rounded up to 1 %", "fraction", None),
     # risk and tail
-    MetricSpec("volatility", f"qs.stats.volatility(r, periods, {NP})",
+    MetricSpec("volatility", "sd_r * sqrt(periods)",
                "std(r, ddof=1) x sqrt(periods)", "fraction per year", False, annualised=True),
     MetricSpec("max_drawdown", "mdd",
                "min(equity / running peak - 1), the peak including the starting 1.0; equity prod(1 + r), "
                "1 + cumsum(r) with --simple (<= 0; closer to 0 is better)", "fraction", True,
                departure=f"{OWN_DD}; simple equity with --simple (QuantStats always compounds)"),
-    MetricSpec("avg_drawdown", "dd_details(dd)['max drawdown'].mean() / 100",
+    MetricSpec("avg_drawdown", "episodes['max drawdown'].mean() / 100",
                "Mean depth of the drawdown episodes (<= 0)", "fraction", True, departure=EPISODES),
-    MetricSpec("longest_drawdown_days", "dd_details(dd)['days'].max()",
+    MetricSpec("longest_drawdown_days", "episodes['days'].max()",
                "Longest drawdown episode: whole days elapsed from its first to its last bar below the peak "
                "+ 1",
                "days", False, calendar=True, departure=EPISODES),
-    MetricSpec("avg_drawdown_days", "dd_details(dd)['days'].mean()",
+    MetricSpec("avg_drawdown_days", "episodes['days'].mean()",
                "Mean drawdown episode length in calendar days", "days", False, calendar=True,
                departure=EPISODES),
     MetricSpec("ulcer_index", "ulcer", "sqrt(sum(dd^2) / (n - 1)) (QuantStats' n - 1)", "fraction", False,
                departure=OWN_DD),
-    MetricSpec("value_at_risk", f"qs.stats.value_at_risk(r, {NP})",
+    MetricSpec("value_at_risk", "mu_r + sd_r * Z05",
                "Parametric 95 % value at risk of one bar (normal with the bars' mean and std; < 0)",
-               "fraction per bar", True),
-    MetricSpec("conditional_value_at_risk", f"qs.stats.conditional_value_at_risk(r, {NP})",
+               "fraction per bar", True,
+               departure="the mean when std(r) is exactly 0, as QuantStats' CVaR (its VaR: NaN from scipy)"),
+    MetricSpec("conditional_value_at_risk", "gaussian_es(r)",
                "Parametric 95 % expected shortfall of one bar (< 0)", "fraction per bar", True),
-    MetricSpec("tail_ratio", f"qs.stats.tail_ratio(r, {NP})", "|95th / 5th percentile| of bar returns",
+    MetricSpec("tail_ratio", "tail", "|95th / 5th percentile| of bar returns",
                "ratio", True),
-    MetricSpec("outlier_win_ratio", f"qs.stats.outlier_win_ratio(r, {NP})",
+    MetricSpec("outlier_win_ratio", "quantiles[3] / gains.mean()",
                "99th percentile bar / mean of bars >= 0", "ratio", None),
-    MetricSpec("outlier_loss_ratio", f"qs.stats.outlier_loss_ratio(r, {NP})",
+    MetricSpec("outlier_loss_ratio", "quantiles[0] / losses.mean()",
                "1st percentile bar / mean of losing bars", "ratio", None),
-    MetricSpec("risk_of_ruin", f"qs.stats.risk_of_ruin(r, {NP})",
+    MetricSpec("risk_of_ruin", "((1 - wr) / (1 + wr)) ** n",
                "((1 - win rate) / (1 + win rate)) ** bars", "probability", False, guard=NO_NONZERO_BAR,
                departure="undefined when no bar is non-zero, like win_rate (QuantStats: 1.0)"),
-    MetricSpec("skew", f"qs.stats.skew(r, {NP})", "Bias-corrected sample skewness of bar returns",
+    MetricSpec("skew", "r.skew()", "Bias-corrected sample skewness of bar returns",
                "unitless", True, guard="flat(r)", departure="undefined when std(r) is ~0 (pandas: 0)"),
-    MetricSpec("kurtosis", f"qs.stats.kurtosis(r, {NP})",
+    MetricSpec("kurtosis", "r.kurt()",
                "Bias-corrected sample excess kurtosis of bar returns (normal = 0)", "unitless", False,
                guard="flat(r)", departure="undefined when std(r) is ~0 (pandas: 0)"),
-    MetricSpec("autocorr_penalty", "qs.stats.autocorr_penalty(r)",
+    MetricSpec("autocorr_penalty", "penalty",
                "Lag-1 autocorrelation penalty used by the smart ratios (>= 1)", "unitless", None),
     # against the benchmark (--benchmark)
-    MetricSpec("alpha", f"qs.stats.greeks(rp, bp, periods, {NP})['alpha']",
+    MetricSpec("alpha", "(rp.mean() - beta * bp.mean()) * periods",
                "(mean(rp) - beta x mean(bp)) x periods: arithmetic, rf ignored (QuantStats' convention)",
                "fraction per year", True, guard=FLAT_BENCHMARK, benchmark=True, annualised=True),
-    MetricSpec("beta", f"qs.stats.greeks(rp, bp, periods, {NP})['beta']",
+    MetricSpec("beta", "beta",
                "Beta: cov(strategy, benchmark) / var(benchmark)", "ratio", None, guard=FLAT_BENCHMARK,
                benchmark=True),
     MetricSpec("correlation", "bp.corr(rp)", "Pearson correlation with the benchmark (QuantStats' report)",
                "unitless", None, guard="flat(rp) or flat(bp)", benchmark=True),
-    MetricSpec("r_squared", f"qs.stats.r_squared(rp, bp, {NP})", "R^2 of the regression on the benchmark",
+    MetricSpec("r_squared", "cov[0, 1] ** 2 / (cov[0, 0] * cov[1, 1])", "R^2 of the regression on the benchmark",
                "unitless", None, guard="flat(rp) or flat(bp)", benchmark=True),
-    MetricSpec("information_ratio", f"qs.stats.information_ratio(rp, bp, {NP})",
+    MetricSpec("information_ratio", "(rp - bp).mean() / (rp - bp).std()",
                "Mean active return / tracking error, per bar (not annualised)", "ratio", True,
                guard="flat(rp - bp)", benchmark=True),
-    MetricSpec("treynor_ratio", f"(total(r) - rf_total) / qs.stats.greeks(rp, bp, periods, {NP})['beta']",
+    MetricSpec("treynor_ratio", "(total(r) - rf_total) / beta",
                "(total_return - rf_total) / beta: over the whole run, not annualised", "ratio", True,
                guard="flat(bp) or flat(rp)", benchmark=True,
                departure=f"{SPAN_RF}; total return simple with --simple; undefined when beta is 0 "
@@ -2500,103 +2507,196 @@ def dispersion_tests(r):
     return {"flat": flat, "tiny": tiny, "downside": downside}
 
 
-def import_quantstats(full: bool = True, req: Request | None = None):
-    """QuantStats, headless and quiet: Agg backend, no warnings or prints reaching our streams.
-
-    `import quantstats` loads its plotting stack (matplotlib, seaborn: ~3 s) even when only qs.stats is
-    needed. For metrics alone (full=False) the package module is created without running its __init__ and
-    only quantstats.stats (+ utils) is imported: the same code, loaded lazily. The tearsheet (full=True)
-    then adds reports and plots to that same package. Any surprise falls back to the plain import."""
+def import_quantstats(req: Request | None = None):
+    """QuantStats (for the tearsheet), headless and quiet: Agg backend, no warnings or prints reaching our
+    streams. The metrics do not need it (metric_inputs)."""
     import contextlib
     import io
     import warnings
 
-    if req and (
-        "quantstats" not in sys.modules or (full and not hasattr(sys.modules["quantstats"], "reports"))
-    ):
-        phase(req, "importing quantstats" + ("" if full else " (stats only)"))
+    if req and "quantstats" not in sys.modules:
+        phase(req, "importing quantstats")
     os.environ.setdefault("MPLBACKEND", "Agg")
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        if "quantstats" not in sys.modules and not full:
-            import importlib.util
-            import types
-
-            spec = importlib.util.find_spec("quantstats")
-            package = types.ModuleType("quantstats")
-            package.__path__ = list(spec.submodule_search_locations or [])
-            package.__spec__, package.__file__ = spec, spec.origin
-            sys.modules["quantstats"] = package
-            try:
-                import quantstats.stats  # noqa: F401
-                import quantstats.version
-
-                package.__version__ = quantstats.version.version
-            except Exception:  # noqa: BLE001 - fall back to QuantStats' own package import
-                for name in [m for m in sys.modules if m == "quantstats" or m.startswith("quantstats.")]:
-                    del sys.modules[name]
         import quantstats as qs
-
-        if full:
-            import quantstats.plots
-            import quantstats.reports  # noqa: F401
+        import quantstats.plots
+        import quantstats.reports  # noqa: F401
     return qs
+
+
+Z05 = -1.6448536269514729  # statistics.NormalDist().inv_cdf(0.05), scipy.stats.norm.ppf(0.05)
+
+
+def normal_cdf(z: float) -> float:
+    """Phi(z) through erfc, accurate in both tails (scipy's ndtr does the same)."""
+    return 0.5 * math.erfc(-z / math.sqrt(2.0))
+
+
+def gaussian_es(s) -> float:
+    """QuantStats' parametric 95 % expected shortfall: mean - std x phi(Z05) / 0.05 (the mean when std is 0)."""
+    import numpy as np
+
+    values = np.asarray(s, dtype=float)
+    mu, sd = float(np.mean(values)), float(np.std(values, ddof=1))
+    if sd == 0 or math.isnan(sd):
+        return mu
+    return mu - sd * math.exp(-(Z05**2) / 2) / math.sqrt(2 * math.pi) / 0.05
+
+
+def win_rate(s) -> float:
+    """Share of the non-zero values that are positive (QuantStats: 0.0 when none is non-zero)."""
+    import numpy as np
+
+    values = np.asarray(s, dtype=float)
+    nonzero = int(np.count_nonzero(values))
+    return int(np.count_nonzero(values > 0)) / nonzero if nonzero else 0.0
+
+
+def geometric_mean(s) -> float:
+    """QuantStats' expected_return: prod(1 + s) ** (1 / len(s)) - 1."""
+    import numpy as np
+
+    values = np.asarray(s, dtype=float)
+    return float(np.prod(1.0 + values) ** (1.0 / len(values)) - 1.0)
+
+
+def longest_run(mask) -> int:
+    """The longest run of True in a boolean series or array (QuantStats' consecutive wins/losses)."""
+    import numpy as np
+
+    flags = np.concatenate(([False], np.asarray(mask, dtype=bool), [False]))
+    edges = np.flatnonzero(np.diff(flags.astype(np.int8)))
+    return int((edges[1::2] - edges[::2]).max()) if len(edges) else 0
+
+
+def gain_to_pain(sums) -> float:
+    """sum / |sum of the negative ones| (QuantStats' gain_to_pain_ratio of resampled sums; NaN without one)."""
+    import numpy as np
+
+    values = np.asarray(sums, dtype=float)
+    pain = abs(float(values[values < 0].sum()))
+    return float(values.sum()) / pain if pain else math.nan
+
+
+def profit_ratio(gains, losses) -> float:
+    """QuantStats' profit_ratio: |mean gain / gain count| / |mean loss / loss count| (0.0 without a gain)."""
+    if not len(gains):
+        return 0.0
+    if not len(losses):
+        return math.nan
+    return abs(float(gains.mean()) / len(gains)) / abs(float(losses.mean()) / len(losses))
+
+
+def autocorr_penalty(values) -> float:
+    """QuantStats' autocorr_penalty: sqrt(1 + 2 sum_k (n - k) / n |rho_1| ** k), 1 when rho_1 is undefined."""
+    import numpy as np
+
+    n = len(values)
+    if n < 2:
+        return 1.0
+    coef = abs(np.corrcoef(values[:-1], values[1:])[0, 1])
+    if np.isnan(coef):
+        return 1.0
+    lags = np.arange(1, n)
+    return float(np.sqrt(1 + 2 * np.sum((n - lags) / n * coef**lags)))
+
+
+def calendar_groups(index) -> dict:
+    """Integer keys of each bar's calendar day, month, quarter and year (cheap to group by)."""
+    import numpy as np
+
+    years = index.year.to_numpy()
+    return {
+        "day": index.asi8 // np.int64(86_400 * 10 ** {"s": 0, "ms": 3, "us": 6, "ns": 9}[index.unit]),
+        "month": years * 12 + index.month.to_numpy(),
+        "quarter": years * 4 + index.quarter.to_numpy(),
+        "year": years,
+    }
+
+
+def metric_inputs(item: Column, rf: float, periods: float, compounded: bool) -> dict:
+    """The namespace the metric table's expressions are evaluated in: every intermediate computed once
+    (the names are listed above the table)."""
+    import numpy as np
+    import pandas as pd
+
+    r = item.returns
+    a = r.to_numpy(dtype=float)
+    n = len(a)
+    years = n / periods
+    rf_bar = (1.0 + rf) ** (1.0 / periods) - 1.0 if rf else 0.0  # QuantStats' to_excess_returns
+    x = a - rf_bar if rf else a
+
+    def total(s) -> float:
+        values = np.asarray(s, dtype=float)
+        return float(np.prod(1.0 + values) - 1.0) if compounded else float(values.sum())
+
+    def cagr_of(s) -> float:
+        wealth = total(s) + 1.0  # QuantStats' order of operations below
+        return math.nan if wealth < 0 else abs(wealth) ** (1.0 / (len(s) / periods)) - 1.0
+
+    equity, drawdown = equity_and_drawdown(r, compounded)
+    dd = pd.Series(drawdown, index=r.index)
+    wins, losses, gains = a[a > 0], a[a < 0], a[a >= 0]
+    quantiles = np.percentile(a, [1, 5, 95, 99])  # pandas' (QuantStats') quantile: linear interpolation
+    loss_sum, gain_sum = abs(float(losses.sum())), float(gains.sum())
+    skew, kurt = float(r.skew()), float(r.kurt())
+    mu_x, sd_x = float(np.mean(x)), float(np.std(x, ddof=1)) if n > 1 else math.nan
+
+    def psr(sr: float) -> float:
+        spread = (1 - skew * sr + (kurt + 3 - 1) / 4 * sr**2) / (n - 1)
+        return normal_cdf(sr / math.sqrt(spread)) if spread > 0 else math.nan
+
+    ns = {
+        "np": np, "sqrt": math.sqrt, "n": n, "periods": periods, "compounded": compounded, "years": years,
+        "r": r, "x": x, "mu_r": float(np.mean(a)), "sd_r": float(np.std(a, ddof=1)) if n > 1 else math.nan,
+        "mu_x": mu_x, "sd_x": sd_x,
+        "rf_total": ((1.0 + rf) ** years - 1.0) if compounded else rf * years,
+        "total": total, "cagr_of": cagr_of, "cagr": cagr_of(a), "since": since,
+        "short": lambda months: shorter_than(r, months),
+        "wins": wins, "losses": losses, "gains": gains, "wr": win_rate(a), "win_rate": win_rate,
+        "pf": gain_sum / loss_sum if loss_sum else (math.inf if gain_sum else 0.0),
+        "payoff": float(wins.mean()) / -float(losses.mean()) if len(wins) and len(losses) else math.nan,
+        "tail": abs(quantiles[2] / quantiles[1]) if quantiles[1] else math.nan, "quantiles": quantiles,
+        "profit_ratio": profit_ratio, "longest_run": longest_run, "geometric_mean": geometric_mean,
+        "gain_to_pain": gain_to_pain, "penalty": autocorr_penalty(a), "psr": psr, "Z05": Z05,
+        "gaussian_es": gaussian_es, "exposure": math.ceil(np.count_nonzero(a) / n * 100) / 100,
+        "dd": dd, "mdd": float(drawdown.min()), "ulcer": float(np.sqrt(np.sum(drawdown**2) / (n - 1))),
+        "episodes": drawdown_details(dd),
+        **dispersion_tests(r),
+    }  # fmt: skip
+    if item.has_timestamps:
+        keys = calendar_groups(r.index)
+        for name in ("month", "quarter", "year"):
+            groups = (r + 1.0 if compounded else r).groupby(keys[name])
+            ns[name] = (groups.prod() - 1.0 if compounded else groups.sum()).to_numpy()
+        ns["day_sums"] = r.groupby(keys["day"]).sum().to_numpy()
+        ns["month_sums"] = r.groupby(keys["month"]).sum().to_numpy() if compounded else ns["month"]
+    if item.benchmark is not None:
+        # Positionally indexed: both are already aligned on the same timestamps.
+        rp, bp = r.reset_index(drop=True), item.benchmark.reset_index(drop=True)
+        cov = np.cov(rp.to_numpy(dtype=float), bp.to_numpy(dtype=float))
+        ns.update(rp=rp, bp=bp, cov=cov, beta=cov[0, 1] / cov[1, 1] if cov[1, 1] else math.nan)
+    return ns
 
 
 def compute_metrics(item: Column, rf: float, periods: float, compounded: bool) -> tuple[dict, list[str]]:
     """Every metric of the table for one series -> ({name: float or nan}, [warnings for the output]).
 
-    The warnings name the metrics QuantStats could not compute (reported undefined) and say when annualised
+    The warnings name the metrics that could not be computed (reported undefined) and say when annualised
     figures extrapolate from less than a year of bars."""
-    import contextlib
-    import io
-    import logging
     import warnings
 
     import numpy as np
-    import pandas as pd
 
-    qs = import_quantstats(full=False)
-    # pandas' reductions (std, mean, ...) take other code paths when bottleneck is installed and differ in the
-    # last bits: the same series must give the same numbers in any environment (this script's own has none).
-    pd.set_option("compute.use_bottleneck", False)
-    r = item.returns
-    n = len(r)
-    years = n / periods
-    equity, drawdown = equity_and_drawdown(r, compounded)
-    dd = pd.Series(drawdown, index=r.index)
-    rf_bar = (1.0 + rf) ** (1.0 / periods) - 1.0 if rf else 0.0  # QuantStats' to_excess_returns
-    ns = {
-        "qs": qs,
-        "np": np,
-        "r": r,
-        "x": r - rf_bar if rf else r,
-        "rf": rf,
-        "periods": periods,
-        "compounded": compounded,
-        "years": years,
-        "rf_total": ((1.0 + rf) ** years - 1.0) if compounded else rf * years,
-        "total": (lambda s: qs.stats.comp(s)) if compounded else (lambda s: s.sum()),
-        "since": since,
-        "short": lambda months: shorter_than(r, months),
-        "dd_details": drawdown_details,
-        "dd": dd,
-        "mdd": float(drawdown.min()),
-        "ulcer": float(np.sqrt(np.sum(drawdown**2) / (n - 1))),
-        **dispersion_tests(r),
-    }
     values: dict[str, float] = {}
     notes: list[str] = []
-    logging.getLogger("matplotlib").setLevel(logging.ERROR)
-    with warnings.catch_warnings(), np.errstate(all="ignore"), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        ns["cagr"] = float(qs.stats.cagr(r, 0.0, compounded, periods))
-        if item.benchmark is not None:
-            # Positionally indexed copies: QuantStats' _prepare_benchmark skips its set-of-timestamps
-            # comparison (seconds at 1M bars) for a non-datetime index; both are already aligned, so the
-            # numbers are the same as with the dated series (tests compare).
-            ns["rp"] = r.reset_index(drop=True)
-            ns["bp"] = item.benchmark.reset_index(drop=True)
+    n = len(item.returns)
+    years = n / periods
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")  # means of empty selections (no losing bar): NaN, undefined
+        ns = metric_inputs(item, rf, periods, compounded)
         for spec in METRICS:
             if spec.benchmark and item.benchmark is None:
                 continue
@@ -2609,9 +2709,9 @@ def compute_metrics(item: Column, rf: float, periods: float, compounded: bool) -
                     continue
                 value = float(eval(_code(spec.call), ns))
                 values[spec.name] = value if math.isfinite(value) else float("nan")
-            except Exception:  # noqa: BLE001 - a metric QuantStats cannot compute is undefined, not fatal
+            except (ArithmeticError, ValueError, IndexError):  # e.g. a division by zero: undefined, not fatal
                 values[spec.name] = float("nan")
-                notes.append(f"QuantStats could not compute {spec.name}; it is reported undefined")
+                notes.append(f"could not compute {spec.name}; it is reported undefined")
     if years < 1:
         annualised = [s.name for s in METRICS if s.annualised and math.isfinite(values.get(s.name, math.nan))]
         if annualised:
@@ -2946,7 +3046,6 @@ def prepare_column(job: Job, req: Request) -> Prepared:
     """Metrics, histories, params, tags, description and artifacts (all but the tearsheet) of one column."""
     column, warnings = job.column, []
     periods, frequency = periods_of(column, req)
-    import_quantstats(full=False, req=req)
     values, notes = compute_metrics(column, req.rf, periods, req.compounded)
     phase(req, f"{column.name}: {len(values)} metrics")
     for note in notes:
@@ -3027,7 +3126,7 @@ def draw_tearsheet(job: Job, req: Request) -> str | None:
     """QuantStats' report into the job's folder as tearsheet.html; a warning when it was drawn from daily
     returns (or on a synthetic calendar)."""
     job.folder.mkdir(parents=True, exist_ok=True)
-    import_quantstats(full=True, req=req)
+    import_quantstats(req)
     periods = periods_of(job.column, req)[0]
     note = write_tearsheet(
         job.column, job.folder / "tearsheet.html", req.rf, periods, req.compounded, job.run_name
@@ -3360,18 +3459,19 @@ def write_run(
     discard, warnings = False, []
     try:
         now = int(time.time() * 1000)
-        client.log_batch(
-            run_id,
-            metrics=[Metric(k, v, now, 0) for k, v in prep.metrics.items()],
-            params=[Param(k, v) for k, v in prep.params.items()],
-        )
         h = prep.histories
         points = [
-            Metric(key, float(value), int(ts), int(step))
+            Metric(key, value, ts, step)
             for key, series in (("equity", h.equity), ("drawdown", h.drawdown))
             for step, ts, value in zip(h.steps.tolist(), h.timestamps.tolist(), series.tolist(), strict=True)
         ]
-        client.log_batch(run_id, metrics=points)  # MlflowClient splits into requests of <= 1000
+        # One call: MlflowClient splits it into the largest batches a store accepts (1,000 entries, params
+        # first); every batch is a transaction in a SQL store and a request to a server.
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, now, 0) for k, v in prep.metrics.items()] + points,
+            params=[Param(k, v) for k, v in prep.params.items()],
+        )
         log_dataset(
             client,
             run_id,

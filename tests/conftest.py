@@ -3,21 +3,35 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 
 import harness
 import pytest
 from harness import SCRIPTS, STRICT, MlflowServer
 
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory) -> MlflowServer:
     """A real `mlflow server --app-name basic-auth` with proxied artifacts and three users:
     admin; `alice`, an ordinary user (default permission READ, MANAGE on what she creates);
-    `reader`, READ only on the shared experiment `shared-readonly`."""
-    server = MlflowServer(tmp_path_factory.mktemp("server")).start()
-    server.alice = server.create_user("alice")
-    server.reader = server.create_user("reader")
+    `reader`, READ only on the shared experiment `shared-readonly`.
+    One per test session: under xdist the first worker that needs it starts it and the others use the same
+    server (~25 s of CPU per start saved); the controller stops it (pytest_sessionfinish)."""
+
+    def start() -> MlflowServer:
+        server = MlflowServer(tmp_path_factory.mktemp("server")).start()
+        server.alice = server.create_user("alice")
+        server.reader = server.create_user("reader")
+        return server
+
+    if XDIST_WORKER:
+        # the workers' temp folders are folders of the controller's (xdist: basetemp/popen-gwN)
+        yield harness.shared_server(tmp_path_factory.getbasetemp().parent / "mlflow-server.json", start)
+        return
+    server = start()
     yield server
     server.stop()
 
@@ -136,8 +150,16 @@ def pytest_runtest_protocol(item, nextitem):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """In CI nothing may be skipped: a skipped test turns a green run red (checked where results gather)."""
+    """The controller of an xdist run stops the workers' shared server. In CI nothing may be skipped: a
+    skipped test turns a green run red (checked where results gather)."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    factory = getattr(session.config, "_tmp_path_factory", None)  # pytest's own, as xdist reads it
+    if not XDIST_WORKER and factory is not None and session.config.pluginmanager.hasplugin("dsession"):
+        leaks = harness.stop_shared_server(factory.getbasetemp() / "mlflow-server.json")
+        if leaks:
+            if reporter is not None:
+                reporter.write_line(f"secrets leaked into: {', '.join(leaks[:20])}", red=True)
+            session.exitstatus = 1
     if STRICT and reporter is not None and reporter.stats.get("skipped") and exitstatus == 0:
         reporter.write_line("CI=true: skipped tests are failures here", red=True)
         session.exitstatus = 1

@@ -204,6 +204,10 @@ class MlflowServer:
             MLFLOW_AUTH_CONFIG_PATH=str(auth_ini),
             MLFLOW_AUTH_ADMIN_PASSWORD=self.admin.password,
             MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(32),
+            # MLflow 3.x servers start a huey job runner and its worker processes by default (GenAI scorer
+            # jobs; 13 processes instead of 5): the tracking API the scripts use never queues a job, and the
+            # runner cost each start ~14 s of CPU and kept busy while idle (measured: 37.5 s vs 23.4 s).
+            MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
         )
         self.log_path = self.root / "server.log"
         command = [
@@ -301,6 +305,63 @@ class MlflowServer:
         env = self.env(user)
         os.environ.update({k: v for k, v in env.items() if k.startswith("MLFLOW_TRACKING_")})
         return MlflowClient(env["MLFLOW_TRACKING_URI"])
+
+
+def shared_server(state: Path, start) -> MlflowServer:
+    """One server for every xdist worker of a session: the first worker to ask calls start() (under a lock
+    on state's folder, so the others wait for it instead of starting their own) and writes what the others
+    need into state; they read it. The controller stops it when the session ends (stop_shared_server).
+    The passwords are this suite's secrets in every worker: each one's secret scan looks for them."""
+    import fcntl
+
+    with open(state.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if state.exists():
+            saved = json.loads(state.read_text())
+            server = MlflowServer(Path(saved["root"]), port=saved["port"], admin=User(**saved["admin"]))
+            server.log_path = server.root / "server.log"
+            for name, user in saved["users"].items():
+                setattr(server, name, User(**user))
+        else:
+            server = start()
+            users = {name: vars(getattr(server, name)) for name in ("alice", "reader")}
+            state.write_text(
+                json.dumps({
+                    "root": str(server.root), "port": server.port, "pid": server.process.pid,
+                    "admin": vars(server.admin), "users": users,
+                })
+            )  # fmt: skip
+    SECRETS.update([server.admin.password, server.alice.password, server.reader.password])
+    return server
+
+
+def stop_shared_server(state: Path) -> list[str]:
+    """Stop the server shared_server started (if one was), then scan its folder for its passwords: what it
+    wrote after the starting worker's own scan. Returns where they leaked."""
+    if not state.exists():
+        return []
+    saved = json.loads(state.read_text())
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(saved["pid"], signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and _group_alive(saved["pid"]):
+            time.sleep(0.2)
+        os.killpg(saved["pid"], signal.SIGKILL)
+    state.unlink()
+    SECRETS.update([saved["admin"]["password"], *(u["password"] for u in saved["users"].values())])
+    leaks, _ = scan_for_secrets([Path(saved["root"])])
+    return leaks
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of the group still runs (zombies do not: its parent, the worker, has gone)."""
+    import psutil
+
+    for process in psutil.process_iter(["status"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(process.pid) == pgid and process.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+    return False
 
 
 @contextlib.contextmanager

@@ -154,6 +154,90 @@ def test_metrics_equal_direct_qs_stats_calls(scripts):
         assert values[name] == pytest.approx(float(value), rel=1e-12, abs=1e-15), name
 
 
+PLAIN_QS_CALLS = (
+    "profit_factor", "payoff_ratio", "profit_ratio", "common_sense_ratio", "cpc_index", "kelly_criterion",
+    "consecutive_wins", "consecutive_losses", "exposure", "value_at_risk", "conditional_value_at_risk",
+    "tail_ratio", "outlier_win_ratio", "outlier_loss_ratio", "risk_of_ruin", "skew", "kurtosis", "autocorr_penalty",
+)  # fmt: skip
+# The qs.stats call each metric's expression replaces (log_backtest computes them without importing
+# QuantStats): on an ordinary series every one must give the same number.
+QS_CALLS = {
+    "sharpe": "qs.stats.sharpe(r, rf, periods)",
+    "smart_sharpe": "qs.stats.smart_sharpe(r, rf, periods)",
+    "sortino": "qs.stats.sortino(r, rf, periods)",
+    "smart_sortino": "qs.stats.smart_sortino(r, rf, periods)",
+    "adjusted_sortino": "qs.stats.adjusted_sortino(r, rf, periods)",
+    "smart_adjusted_sortino": "qs.stats.adjusted_sortino(r, rf, periods, smart=True)",
+    "probabilistic_sharpe_ratio": "qs.stats.probabilistic_sharpe_ratio(r, rf, periods)",
+    "probabilistic_smart_sharpe_ratio": "qs.stats.probabilistic_sharpe_ratio(r, rf, periods, smart=True)",
+    "probabilistic_sortino_ratio": "qs.stats.probabilistic_sortino_ratio(r, rf, periods)",
+    "probabilistic_adjusted_sortino_ratio": "qs.stats.probabilistic_adjusted_sortino_ratio(r, rf, periods)",
+    "omega": "qs.stats.omega(r, rf, 0.0, periods)",
+    "risk_return_ratio": "qs.stats.risk_return_ratio(r)",
+    "gain_to_pain_ratio": "qs.stats.gain_to_pain_ratio(r, rf)",
+    "gain_to_pain_ratio_monthly": "qs.stats.gain_to_pain_ratio(r, rf, 'ME')",
+    "serenity_index": "(total - rf_total) / (qs.stats.ulcer_index(r) * -qs.stats.cvar(qs.stats.to_drawdown_series(r)) / r.std())",
+    "risk_adjusted_return": "qs.stats.cagr(r, 0.0, compounded, periods) / qs.stats.exposure(r)",
+    "cagr": "qs.stats.cagr(r, 0.0, compounded, periods)",
+    "expected_return": "qs.stats.expected_return(r, compounded=compounded)",
+    "expected_return_monthly": "qs.stats.expected_return(r, aggregate='ME', compounded=compounded)",
+    "expected_return_yearly": "qs.stats.expected_return(r, aggregate='YE', compounded=compounded)",
+    "avg_return": "qs.stats.avg_return(r)",
+    "avg_win": "qs.stats.avg_win(r)",
+    "avg_loss": "qs.stats.avg_loss(r)",
+    "avg_up_month": "qs.stats.avg_win(r, aggregate='ME', compounded=compounded)",
+    "avg_down_month": "qs.stats.avg_loss(r, aggregate='ME', compounded=compounded)",
+    **{
+        f"{kind}{suffix}": f"qs.stats.{kind}(r, aggregate={agg!r}, compounded=compounded)"
+        for kind in ("best", "worst")
+        for suffix, agg in (("", None), ("_month", "ME"), ("_quarter", "QE"), ("_year", "YE"))
+    },
+    **{
+        f"cagr_{years}y": f"qs.stats.cagr(since(r, months={months}), 0.0, compounded, periods)"
+        for years, months in ((3, 35), (5, 59), (10, 119))
+    },
+    "win_rate": "qs.stats.win_rate(r)",
+    "win_rate_month": "qs.stats.win_rate(r, aggregate='ME', compounded=compounded)",
+    "win_rate_quarter": "qs.stats.win_rate(r, aggregate='QE', compounded=compounded)",
+    "win_rate_year": "qs.stats.win_rate(r, aggregate='YE', compounded=compounded)",
+    **{name: f"qs.stats.{name}(r)" for name in PLAIN_QS_CALLS},
+    "volatility": "qs.stats.volatility(r, periods)",
+    "alpha": "qs.stats.greeks(r, b, periods)['alpha']",
+    "beta": "qs.stats.greeks(r, b, periods)['beta']",
+    "r_squared": "qs.stats.r_squared(r, b)",
+    "information_ratio": "qs.stats.information_ratio(r, b)",
+    "treynor_ratio": "(total - rf_total) / qs.stats.greeks(r, b, periods)['beta']",
+}
+
+
+@pytest.mark.parametrize("compounded", [True, False], ids=["compounded", "simple"])
+@pytest.mark.parametrize("periods", [252.0, 365.0])
+def test_every_metric_equals_the_quantstats_call_it_replaces(scripts, periods, compounded):
+    lb = scripts.log_backtest
+    qs = qs_module()
+    rng = np.random.default_rng(11)
+    n = 4200  # > 10 years on both calendars: cagr_10y is defined
+    calendar = pd.bdate_range if periods == 252 else pd.date_range
+    index = calendar("2012-01-02", periods=n)
+    r = pd.Series(rng.normal(0.0004, 0.011, n), index=index.as_unit("ns"))
+    b = pd.Series(0.6 * r.to_numpy() + rng.normal(0.0002, 0.008, n), index=r.index)
+    rf = 0.02
+    values, notes = lb.compute_metrics(lb.Column("s", r, True, benchmark=b), rf, periods, compounded)
+    assert notes == []
+    years = n / periods
+    namespace = {
+        "qs": qs, "r": r, "b": b, "rf": rf, "periods": periods, "compounded": compounded, "since": lb.since,
+        "total": qs.stats.comp(r) if compounded else r.sum(),
+        "rf_total": (1 + rf) ** years - 1 if compounded else rf * years,
+    }  # fmt: skip
+    assert set(QS_CALLS) <= set(values)
+    for name, call in QS_CALLS.items():
+        if name == "serenity_index" and not compounded:
+            continue  # QuantStats' drawdown always compounds; ours follows --simple (crosscheck tests it)
+        want = float(eval(call, namespace))
+        assert values[name] == pytest.approx(want, rel=1e-12, abs=1e-15), (name, call)
+
+
 @pytest.mark.parametrize("seed", [4, 5, 6])
 def test_vectorised_drawdown_details_matches_quantstats(scripts, seed):
     qs = qs_module()
