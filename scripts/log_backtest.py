@@ -915,8 +915,8 @@ def probability_of_overfitting(returns, splits: int = DEFAULT_PBO_SPLITS) -> Ove
     4. n* = the trial with the best in-sample Sharpe (the first on ties); w = its out-of-sample rank / (N + 1)
        (rank 1 = worst, ties share their average rank); logit = ln(w / (1 - w)).
     5. PBO = the share of combinations whose logit is <= 0: the in-sample best ranks at or below the median
-       out of sample. Undefined (NaN, with a reason) for fewer than 2 trials, an odd S or S < 2, fewer than
-       2 bars per block, or a trial with zero variance on some half."""
+       out of sample. Undefined (NaN, with a reason) for fewer than 2 trials, identical trials, an odd S or
+       S < 2, fewer than 2 bars per block, or a trial with zero variance on some half."""
     from itertools import combinations
 
     import numpy as np
@@ -935,6 +935,8 @@ def probability_of_overfitting(returns, splits: int = DEFAULT_PBO_SPLITS) -> Ove
         result.reason = f"{total} bars are too few for {splits} blocks of at least 2 bars"
     elif not np.isfinite(matrix).all():
         result.reason = "returns contain NaN or infinite values"
+    elif (matrix == matrix[:, :1]).all():  # every rank a tie at the median: logit 0 everywhere, PBO 1.0
+        result.reason = f"the {n_trials} trials have identical returns: nothing to choose between"
     if result.reason:
         return result
     data = matrix[total - block * splits :]
