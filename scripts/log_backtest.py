@@ -1554,7 +1554,7 @@ def build_request(args) -> Request:
         date_format=args.date_format,
         decimal=args.decimal,
         sep=args.sep.replace("\\t", "\t") if args.sep else None,
-        code_files=code_artifacts(args.code, args.code_dir),
+        code_files=code_artifacts(args.code, args.code_dir, args.code_max_mb),
     )
 
 
@@ -1755,9 +1755,17 @@ def package_version_tags() -> dict[str, str]:
     return tags
 
 
-def code_artifacts(files: list[str] | None, code_dir: str | None) -> dict[str, Path]:
+DEFAULT_CODE_MAX_MB = 10  # a strategy's source is kilobytes: a bigger --code file is a wrong path or data
+
+
+def code_artifacts(
+    files: list[str] | None, code_dir: str | None, max_mb: float = DEFAULT_CODE_MAX_MB
+) -> dict[str, Path]:
     """--code FILE...: checked before anything is written; stored under code/ by their path relative to
-    --code-dir (default: the current folder) when inside it, else by file name."""
+    --code-dir (default: the current folder) when inside it, else by file name. Over max_mb MB: exit 2
+    (--code-max-mb raises it); a file holding NUL bytes (not source) is attached with a warning."""
+    if not (math.isfinite(max_mb) and max_mb > 0):
+        raise CliError(EXIT_USAGE, f"--code-max-mb {max_mb:g} must be a positive number of megabytes")
     base = (Path(code_dir).expanduser() if code_dir else Path.cwd()).resolve()
     out: dict[str, Path] = {}
     for text in files or []:
@@ -1768,6 +1776,16 @@ def code_artifacts(files: list[str] | None, code_dir: str | None) -> dict[str, P
             raise CliError(EXIT_USAGE, f"--code {text} is not a file: give the strategy's source files")
         if not os.access(path, os.R_OK):
             raise CliError(EXIT_USAGE, f"--code {text} is not readable (check its permissions)")
+        size = path.stat().st_size
+        if size > max_mb * 1024 * 1024:
+            raise CliError(
+                EXIT_USAGE,
+                f"--code {text} is {size / 1024 / 1024:.1f} MB, over the {max_mb:g} MB limit for source files: "
+                "attach the strategy's source, or raise the limit with --code-max-mb",
+            )
+        with open(path, "rb") as handle:
+            if b"\0" in handle.read(8192):
+                warn(f"--code {text} looks binary (NUL bytes), not source code: attached as it is")
         resolved = path.resolve()
         name = resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else resolved.name
         if name in out and out[name] != resolved:
@@ -3616,6 +3634,8 @@ def build_parser() -> CliParser:
     where.add_argument("--description", metavar="TEXT", help="markdown shown first on the run page")
     where.add_argument("--code", nargs="+", metavar="FILE",
                        help="strategy source files to attach (artifacts under code/)")  # fmt: skip
+    where.add_argument("--code-max-mb", type=float, default=DEFAULT_CODE_MAX_MB, metavar="MB",
+                       help=f"largest --code file accepted (default: {DEFAULT_CODE_MAX_MB} MB)")  # fmt: skip
     where.add_argument("--code-dir", metavar="DIR",
                        help="the strategy's git repository (default: the current folder): commit, branch, "
                        "remote and uncommitted changes become tags")  # fmt: skip
