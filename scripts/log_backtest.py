@@ -155,8 +155,31 @@ class RedactedStream:
         return getattr(self.stream, name)
 
 
+# The database drivers the scripts can open a database URI with: scheme[+driver] -> (the module SQLAlchemy
+# imports, its PyPI package). The scripts ship psycopg (PostgreSQL 3) alone; postgresql+psycopg2:// (MLflow's
+# documented form) is served by it. Others work when installed alongside (uv run --with PACKAGE).
+DB_DRIVERS = {
+    "postgresql": ("psycopg", "psycopg"),  # SQLAlchemy >= 2.1 reads postgresql:// as psycopg 3
+    "postgresql+psycopg": ("psycopg", "psycopg"),
+    "postgresql+pg8000": ("pg8000", "pg8000"),
+    "mysql": ("MySQLdb", "mysqlclient"),
+    "mysql+mysqldb": ("MySQLdb", "mysqlclient"),
+    "mysql+pymysql": ("pymysql", "PyMySQL"),
+    "mssql": ("pyodbc", "pyodbc"),
+    "mssql+pyodbc": ("pyodbc", "pyodbc"),
+    "mssql+pymssql": ("pymssql", "pymssql"),
+}
+TRACKING_URI_FORMS = (
+    "http(s)://host:port, sqlite:///path/to/mlflow.db, postgresql://, databricks (with the Databricks "
+    "credentials), or mysql:// / mssql:// with their driver installed (uv run --with PACKAGE)"
+)
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
 def resolve_tracking_uri(cli_uri: str | None) -> str:
-    """--tracking-uri, else MLFLOW_TRACKING_URI, else the embedded local store ./mlflow.db (absolute)."""
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the embedded local store ./mlflow.db (absolute).
+    Checked before anything is written: a scheme MLflow can track to, a database driver that is installed
+    (postgresql+psycopg2:// becomes postgresql+psycopg://), an SQLite store that is a file that lasts."""
     uri = (cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or "").strip()
     if not uri:
         # MLflow >= 3.7 defaults to sqlite:///mlflow.db in the working directory, but a leftover ./mlruns
@@ -164,23 +187,75 @@ def resolve_tracking_uri(cli_uri: str | None) -> str:
         # user which file holds their runs.
         uri = "sqlite:///" + str(Path.cwd() / "mlflow.db")
     TRACKING_URIS.add(uri)
-    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else uri.lower()
-    where = "--tracking-uri" if cli_uri else "MLFLOW_TRACKING_URI"
+    form = uri.split("://", 1)[0].lower() if "://" in uri else uri.lower()
+    scheme = form.split("+", 1)[0]
+    where = (
+        f"{'--tracking-uri' if cli_uri else 'MLFLOW_TRACKING_URI'} (MLFLOW_TRACKING_URI) {mask_uri(uri)!r}"
+    )
     if scheme not in ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks"):
         raise CliError(
-            EXIT_USAGE,
-            f"{where} (MLFLOW_TRACKING_URI) {mask_uri(uri)!r} is not a tracking URI: use http(s)://host:port, "
-            "sqlite:///path/to/mlflow.db, postgresql://, mysql:// or mssql:// (a path needs sqlite:///)",
+            EXIT_USAGE, f"{where} is not a tracking URI: use {TRACKING_URI_FORMS} (a path needs sqlite:///)"
         )
-    if scheme == "sqlite" and ":memory:" not in uri:
-        folder = Path(uri.split("://", 1)[1][1:].split("?")[0]).parent
-        if not folder.is_dir():
+    if form == "postgresql+psycopg2":
+        uri = "postgresql+psycopg" + uri[len(form) :]
+        TRACKING_URIS.add(uri)
+        form = "postgresql+psycopg"
+    if scheme in ("postgresql", "mysql", "mssql"):
+        import importlib.util
+
+        if form not in DB_DRIVERS:
+            raise CliError(
+                EXIT_USAGE, f"{where}: driver {form} is not one MLflow can use here: use {TRACKING_URI_FORMS}"
+            )
+        module, package = DB_DRIVERS[form]
+        if importlib.util.find_spec(module) is None:
             raise CliError(
                 EXIT_USAGE,
-                f"{where} (MLFLOW_TRACKING_URI) {uri}: folder {folder} does not exist; create it or fix the "
-                "path (sqlite:///relative.db, sqlite:////absolute/path.db)",
+                f"{where} needs the Python package {package}, which these scripts do not ship: run them with "
+                f"`uv run --with {package} scripts/...`, or use {TRACKING_URI_FORMS}",
             )
+    if scheme == "sqlite":
+        check_sqlite_uri(uri, where)
     return uri
+
+
+def check_sqlite_uri(uri: str, where: str) -> None:
+    """An SQLite store must be a file that outlives the script: not in memory, in a folder that exists, and
+    (when it exists) an SQLite database."""
+    target = uri.split("://", 1)[1]
+    if target in ("", "/") or ":memory:" in target or "mode=memory" in target:
+        raise CliError(
+            EXIT_USAGE,
+            f"{where}: an in-memory SQLite store keeps nothing once the script exits; use a file: "
+            "sqlite:///mlflow.db (relative) or sqlite:////absolute/path.db",
+        )
+    db = Path(target[1:].split("?")[0])
+    if not db.parent.is_dir():
+        raise CliError(
+            EXIT_USAGE,
+            f"{where}: folder {db.parent} does not exist; create it or fix the path (sqlite:///relative.db, "
+            "sqlite:////absolute/path.db)",
+        )
+    if db.exists() or db.is_symlink():
+        header = b""
+        if db.is_file() and os.access(db, os.R_OK):
+            with open(db, "rb") as handle:
+                header = handle.read(len(SQLITE_HEADER))
+        elif db.is_file():
+            return  # unreadable: connect() says so
+        if not db.is_file() or (header and header != SQLITE_HEADER):
+            what = (
+                "a folder"
+                if db.is_dir()
+                else "not a regular file"
+                if not db.is_file()
+                else "another kind of file"
+            )
+            raise CliError(
+                EXIT_USAGE,
+                f"{where}: {db} is not an SQLite database ({what}); point it at an MLflow store "
+                "(sqlite:///mlflow.db) or at a new file",
+            )
 
 
 def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str | None:
@@ -191,6 +266,22 @@ def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> 
     base = URI_CREDENTIALS.sub("", tracking_uri).rstrip("/")
     path = f"/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
     return f"{base}{path}?workflowType=machine_learning"
+
+
+def store_lock_path(db: Path, kind: str) -> Path:
+    """The file a local store's lock of this kind lives in: in the user's cache folder
+    ($XDG_CACHE_HOME or ~/.cache, mlflow-python/locks/), not beside db, so the research repository that
+    holds mlflow.db gets no lock files. Named by the store's folder (device and inode: every path to the
+    store, symlinks included, finds the same lock) and file name; beside db when the cache is not writable.
+    The locks coordinate one user's processes on one machine (as SQLite itself assumes)."""
+    folder = db.resolve().parent
+    stat = folder.stat()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlflow-python" / "locks"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return db.with_name(f"{db.name}.{kind}.lock")
+    return cache / f"{stat.st_dev}-{stat.st_ino}-{db.name}.{kind}.lock"
 
 
 def connect(tracking_uri: str, debug: bool = False, writes: bool = True):
@@ -251,7 +342,7 @@ def connect(tracking_uri: str, debug: bool = False, writes: bool = True):
         import fcntl
     except ImportError:  # not POSIX: no lock, MLflow's own behaviour
         fcntl = None
-    with open(f"{db}.lock", "a") as lock:
+    with open(store_lock_path(db, "open"), "a") as lock:
         if fcntl is not None:
             fcntl.flock(lock, fcntl.LOCK_EX)
         client = mlflow.MlflowClient(tracking_uri)
@@ -270,6 +361,12 @@ def classify_error(exc: BaseException) -> tuple[int, str]:
         return EXIT_AUTH, (
             f"tracking server refused the request: {what}. Check MLFLOW_TRACKING_USERNAME and "
             "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) and that this user may do this"
+        )
+    if "Databricks credential configuration failed" in text:  # databricks:// without (valid) credentials
+        return EXIT_AUTH, (
+            "no Databricks credentials for this tracking URI: set DATABRICKS_HOST and DATABRICKS_TOKEN, or "
+            "name a profile of ~/.databrickscfg (databricks://PROFILE or DATABRICKS_CONFIG_PROFILE; "
+            "`databricks auth login` writes one)"
         )
     if re.search(r"password authentication failed", text):  # a database URI's user or password is wrong
         return EXIT_AUTH, "the database refused the login: check the user and password in MLFLOW_TRACKING_URI"
@@ -818,8 +915,8 @@ def probability_of_overfitting(returns, splits: int = DEFAULT_PBO_SPLITS) -> Ove
     4. n* = the trial with the best in-sample Sharpe (the first on ties); w = its out-of-sample rank / (N + 1)
        (rank 1 = worst, ties share their average rank); logit = ln(w / (1 - w)).
     5. PBO = the share of combinations whose logit is <= 0: the in-sample best ranks at or below the median
-       out of sample. Undefined (NaN, with a reason) for fewer than 2 trials, an odd S or S < 2, fewer than
-       2 bars per block, or a trial with zero variance on some half."""
+       out of sample. Undefined (NaN, with a reason) for fewer than 2 trials, identical trials, an odd S or
+       S < 2, fewer than 2 bars per block, or a trial with zero variance on some half."""
     from itertools import combinations
 
     import numpy as np
@@ -838,6 +935,8 @@ def probability_of_overfitting(returns, splits: int = DEFAULT_PBO_SPLITS) -> Ove
         result.reason = f"{total} bars are too few for {splits} blocks of at least 2 bars"
     elif not np.isfinite(matrix).all():
         result.reason = "returns contain NaN or infinite values"
+    elif (matrix == matrix[:, :1]).all():  # every rank a tie at the median: logit 0 everywhere, PBO 1.0
+        result.reason = f"the {n_trials} trials have identical returns: nothing to choose between"
     if result.reason:
         return result
     data = matrix[total - block * splits :]
@@ -1455,7 +1554,7 @@ def build_request(args) -> Request:
         date_format=args.date_format,
         decimal=args.decimal,
         sep=args.sep.replace("\\t", "\t") if args.sep else None,
-        code_files=code_artifacts(args.code, args.code_dir),
+        code_files=code_artifacts(args.code, args.code_dir, args.code_max_mb),
     )
 
 
@@ -1656,9 +1755,17 @@ def package_version_tags() -> dict[str, str]:
     return tags
 
 
-def code_artifacts(files: list[str] | None, code_dir: str | None) -> dict[str, Path]:
+DEFAULT_CODE_MAX_MB = 10  # a strategy's source is kilobytes: a bigger --code file is a wrong path or data
+
+
+def code_artifacts(
+    files: list[str] | None, code_dir: str | None, max_mb: float = DEFAULT_CODE_MAX_MB
+) -> dict[str, Path]:
     """--code FILE...: checked before anything is written; stored under code/ by their path relative to
-    --code-dir (default: the current folder) when inside it, else by file name."""
+    --code-dir (default: the current folder) when inside it, else by file name. Over max_mb MB: exit 2
+    (--code-max-mb raises it); a file holding NUL bytes (not source) is attached with a warning."""
+    if not (math.isfinite(max_mb) and max_mb > 0):
+        raise CliError(EXIT_USAGE, f"--code-max-mb {max_mb:g} must be a positive number of megabytes")
     base = (Path(code_dir).expanduser() if code_dir else Path.cwd()).resolve()
     out: dict[str, Path] = {}
     for text in files or []:
@@ -1669,6 +1776,16 @@ def code_artifacts(files: list[str] | None, code_dir: str | None) -> dict[str, P
             raise CliError(EXIT_USAGE, f"--code {text} is not a file: give the strategy's source files")
         if not os.access(path, os.R_OK):
             raise CliError(EXIT_USAGE, f"--code {text} is not readable (check its permissions)")
+        size = path.stat().st_size
+        if size > max_mb * 1024 * 1024:
+            raise CliError(
+                EXIT_USAGE,
+                f"--code {text} is {size / 1024 / 1024:.1f} MB, over the {max_mb:g} MB limit for source files: "
+                "attach the strategy's source, or raise the limit with --code-max-mb",
+            )
+        with open(path, "rb") as handle:
+            if b"\0" in handle.read(8192):
+                warn(f"--code {text} looks binary (NUL bytes), not source code: attached as it is")
         resolved = path.resolve()
         name = resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else resolved.name
         if name in out and out[name] != resolved:
@@ -3285,7 +3402,7 @@ def write_once(client, experiment_id: str, fp: str, req: Request, write, run_ids
 
 def fingerprint_lock(tracking_uri: str, fp: str):
     """An exclusive lock on this fingerprint in a local sqlite store, held until the context exits (a
-    no-op for other stores). One byte of <db>.fingerprints.lock per fingerprint: a POSIX record lock, which
+    no-op for other stores). One byte of the store's fingerprints lock file (store_lock_path) per fingerprint: a POSIX record lock, which
     the kernel releases when the process dies, kill -9 included. It must not be connect()'s lock file: a
     sweep's worker takes that one to open the store while this process holds this one."""
     import contextlib
@@ -3299,7 +3416,8 @@ def fingerprint_lock(tracking_uri: str, fp: str):
 
     @contextlib.contextmanager
     def locked():
-        with open(tracking_uri[len("sqlite:///") :].split("?")[0] + ".fingerprints.lock", "a") as handle:
+        db = Path(tracking_uri[len("sqlite:///") :].split("?")[0])
+        with open(store_lock_path(db, "fingerprints"), "a") as handle:
             offset = int(fp[:15], 16)
             try:
                 fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
@@ -3516,6 +3634,8 @@ def build_parser() -> CliParser:
     where.add_argument("--description", metavar="TEXT", help="markdown shown first on the run page")
     where.add_argument("--code", nargs="+", metavar="FILE",
                        help="strategy source files to attach (artifacts under code/)")  # fmt: skip
+    where.add_argument("--code-max-mb", type=float, default=DEFAULT_CODE_MAX_MB, metavar="MB",
+                       help=f"largest --code file accepted (default: {DEFAULT_CODE_MAX_MB} MB)")  # fmt: skip
     where.add_argument("--code-dir", metavar="DIR",
                        help="the strategy's git repository (default: the current folder): commit, branch, "
                        "remote and uncommitted changes become tags")  # fmt: skip

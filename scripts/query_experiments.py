@@ -173,8 +173,31 @@ class RedactedStream:
         return getattr(self.stream, name)
 
 
+# The database drivers the scripts can open a database URI with: scheme[+driver] -> (the module SQLAlchemy
+# imports, its PyPI package). The scripts ship psycopg (PostgreSQL 3) alone; postgresql+psycopg2:// (MLflow's
+# documented form) is served by it. Others work when installed alongside (uv run --with PACKAGE).
+DB_DRIVERS = {
+    "postgresql": ("psycopg", "psycopg"),  # SQLAlchemy >= 2.1 reads postgresql:// as psycopg 3
+    "postgresql+psycopg": ("psycopg", "psycopg"),
+    "postgresql+pg8000": ("pg8000", "pg8000"),
+    "mysql": ("MySQLdb", "mysqlclient"),
+    "mysql+mysqldb": ("MySQLdb", "mysqlclient"),
+    "mysql+pymysql": ("pymysql", "PyMySQL"),
+    "mssql": ("pyodbc", "pyodbc"),
+    "mssql+pyodbc": ("pyodbc", "pyodbc"),
+    "mssql+pymssql": ("pymssql", "pymssql"),
+}
+TRACKING_URI_FORMS = (
+    "http(s)://host:port, sqlite:///path/to/mlflow.db, postgresql://, databricks (with the Databricks "
+    "credentials), or mysql:// / mssql:// with their driver installed (uv run --with PACKAGE)"
+)
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
 def resolve_tracking_uri(cli_uri: str | None) -> str:
-    """--tracking-uri, else MLFLOW_TRACKING_URI, else the embedded local store ./mlflow.db (absolute)."""
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the embedded local store ./mlflow.db (absolute).
+    Checked before anything is written: a scheme MLflow can track to, a database driver that is installed
+    (postgresql+psycopg2:// becomes postgresql+psycopg://), an SQLite store that is a file that lasts."""
     uri = (cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or "").strip()
     if not uri:
         # MLflow >= 3.7 defaults to sqlite:///mlflow.db in the working directory, but a leftover ./mlruns
@@ -182,23 +205,75 @@ def resolve_tracking_uri(cli_uri: str | None) -> str:
         # user which file holds their runs.
         uri = "sqlite:///" + str(Path.cwd() / "mlflow.db")
     TRACKING_URIS.add(uri)
-    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else uri.lower()
-    where = "--tracking-uri" if cli_uri else "MLFLOW_TRACKING_URI"
+    form = uri.split("://", 1)[0].lower() if "://" in uri else uri.lower()
+    scheme = form.split("+", 1)[0]
+    where = (
+        f"{'--tracking-uri' if cli_uri else 'MLFLOW_TRACKING_URI'} (MLFLOW_TRACKING_URI) {mask_uri(uri)!r}"
+    )
     if scheme not in ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks"):
         raise CliError(
-            EXIT_USAGE,
-            f"{where} (MLFLOW_TRACKING_URI) {mask_uri(uri)!r} is not a tracking URI: use http(s)://host:port, "
-            "sqlite:///path/to/mlflow.db, postgresql://, mysql:// or mssql:// (a path needs sqlite:///)",
+            EXIT_USAGE, f"{where} is not a tracking URI: use {TRACKING_URI_FORMS} (a path needs sqlite:///)"
         )
-    if scheme == "sqlite" and ":memory:" not in uri:
-        folder = Path(uri.split("://", 1)[1][1:].split("?")[0]).parent
-        if not folder.is_dir():
+    if form == "postgresql+psycopg2":
+        uri = "postgresql+psycopg" + uri[len(form) :]
+        TRACKING_URIS.add(uri)
+        form = "postgresql+psycopg"
+    if scheme in ("postgresql", "mysql", "mssql"):
+        import importlib.util
+
+        if form not in DB_DRIVERS:
+            raise CliError(
+                EXIT_USAGE, f"{where}: driver {form} is not one MLflow can use here: use {TRACKING_URI_FORMS}"
+            )
+        module, package = DB_DRIVERS[form]
+        if importlib.util.find_spec(module) is None:
             raise CliError(
                 EXIT_USAGE,
-                f"{where} (MLFLOW_TRACKING_URI) {uri}: folder {folder} does not exist; create it or fix the "
-                "path (sqlite:///relative.db, sqlite:////absolute/path.db)",
+                f"{where} needs the Python package {package}, which these scripts do not ship: run them with "
+                f"`uv run --with {package} scripts/...`, or use {TRACKING_URI_FORMS}",
             )
+    if scheme == "sqlite":
+        check_sqlite_uri(uri, where)
     return uri
+
+
+def check_sqlite_uri(uri: str, where: str) -> None:
+    """An SQLite store must be a file that outlives the script: not in memory, in a folder that exists, and
+    (when it exists) an SQLite database."""
+    target = uri.split("://", 1)[1]
+    if target in ("", "/") or ":memory:" in target or "mode=memory" in target:
+        raise CliError(
+            EXIT_USAGE,
+            f"{where}: an in-memory SQLite store keeps nothing once the script exits; use a file: "
+            "sqlite:///mlflow.db (relative) or sqlite:////absolute/path.db",
+        )
+    db = Path(target[1:].split("?")[0])
+    if not db.parent.is_dir():
+        raise CliError(
+            EXIT_USAGE,
+            f"{where}: folder {db.parent} does not exist; create it or fix the path (sqlite:///relative.db, "
+            "sqlite:////absolute/path.db)",
+        )
+    if db.exists() or db.is_symlink():
+        header = b""
+        if db.is_file() and os.access(db, os.R_OK):
+            with open(db, "rb") as handle:
+                header = handle.read(len(SQLITE_HEADER))
+        elif db.is_file():
+            return  # unreadable: connect() says so
+        if not db.is_file() or (header and header != SQLITE_HEADER):
+            what = (
+                "a folder"
+                if db.is_dir()
+                else "not a regular file"
+                if not db.is_file()
+                else "another kind of file"
+            )
+            raise CliError(
+                EXIT_USAGE,
+                f"{where}: {db} is not an SQLite database ({what}); point it at an MLflow store "
+                "(sqlite:///mlflow.db) or at a new file",
+            )
 
 
 def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str | None:
@@ -209,6 +284,22 @@ def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> 
     base = URI_CREDENTIALS.sub("", tracking_uri).rstrip("/")
     path = f"/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
     return f"{base}{path}?workflowType=machine_learning"
+
+
+def store_lock_path(db: Path, kind: str) -> Path:
+    """The file a local store's lock of this kind lives in: in the user's cache folder
+    ($XDG_CACHE_HOME or ~/.cache, mlflow-python/locks/), not beside db, so the research repository that
+    holds mlflow.db gets no lock files. Named by the store's folder (device and inode: every path to the
+    store, symlinks included, finds the same lock) and file name; beside db when the cache is not writable.
+    The locks coordinate one user's processes on one machine (as SQLite itself assumes)."""
+    folder = db.resolve().parent
+    stat = folder.stat()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlflow-python" / "locks"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return db.with_name(f"{db.name}.{kind}.lock")
+    return cache / f"{stat.st_dev}-{stat.st_ino}-{db.name}.{kind}.lock"
 
 
 def connect(tracking_uri: str, debug: bool = False, writes: bool = True):
@@ -269,7 +360,7 @@ def connect(tracking_uri: str, debug: bool = False, writes: bool = True):
         import fcntl
     except ImportError:  # not POSIX: no lock, MLflow's own behaviour
         fcntl = None
-    with open(f"{db}.lock", "a") as lock:
+    with open(store_lock_path(db, "open"), "a") as lock:
         if fcntl is not None:
             fcntl.flock(lock, fcntl.LOCK_EX)
         client = mlflow.MlflowClient(tracking_uri)
@@ -288,6 +379,12 @@ def classify_error(exc: BaseException) -> tuple[int, str]:
         return EXIT_AUTH, (
             f"tracking server refused the request: {what}. Check MLFLOW_TRACKING_USERNAME and "
             "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) and that this user may do this"
+        )
+    if "Databricks credential configuration failed" in text:  # databricks:// without (valid) credentials
+        return EXIT_AUTH, (
+            "no Databricks credentials for this tracking URI: set DATABRICKS_HOST and DATABRICKS_TOKEN, or "
+            "name a profile of ~/.databrickscfg (databricks://PROFILE or DATABRICKS_CONFIG_PROFILE; "
+            "`databricks auth login` writes one)"
         )
     if re.search(r"password authentication failed", text):  # a database URI's user or password is wrong
         return EXIT_AUTH, "the database refused the login: check the user and password in MLFLOW_TRACKING_URI"

@@ -516,3 +516,14 @@ def test_search_flags_refuse_bad_input_before_writing(local_store, tmp_path, fla
     assert_clean_error(done, 2, words)
     db = Path(local_store["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///"))
     assert not db.exists()  # nothing written: not even the store
+
+
+def test_pbo_of_identical_trials_is_undefined_not_one(scripts):
+    """Issue 25 item 8: identical columns tie everywhere (each at the median rank, logit 0, counted as
+    <= 0), which made PBO 1.0. With nothing to choose between, PBO is undefined with the reason, like the DSR."""
+    column = np.random.default_rng(8).normal(0.0005, 0.01, size=(400, 1))
+    result = scripts.log_backtest.probability_of_overfitting(np.repeat(column, 5, axis=1), 16)
+    assert math.isnan(result.pbo) and "identical" in result.reason and result.logits == [], result.reason
+    nearly = np.repeat(column, 5, axis=1)
+    nearly[7, 3] += 1e-4  # one bar differs: a choice exists again
+    assert not math.isnan(scripts.log_backtest.probability_of_overfitting(nearly, 16).pbo)

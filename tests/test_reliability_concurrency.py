@@ -73,7 +73,13 @@ def close_store_gate(env: dict[str, str]):
     uri = env["MLFLOW_TRACKING_URI"]
     if not uri.startswith("sqlite:///"):
         return None
-    handle = open(uri[len("sqlite:///") :] + ".lock", "a")  # noqa: SIM115 - closed by open_gate_when_all_wait
+    import sys
+
+    from conftest import load_script
+
+    module = sys.modules.get("log_backtest") or load_script("log_backtest")
+    lock = module.store_lock_path(Path(uri[len("sqlite:///") :]), "open")  # where connect() takes it
+    handle = open(lock, "a")  # noqa: SIM115 - closed by open_gate_when_all_wait
     fcntl.flock(handle, fcntl.LOCK_EX)
     return handle
 

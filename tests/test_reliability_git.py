@@ -157,3 +157,25 @@ def test_a_repository_owned_by_another_user_is_refused_by_git_with_a_warning(tmp
         assert result.returncode == 0, result.stderr
         assert result.json()["git"] is None and ran(markers) == []
         assert "dubious ownership" in result.stderr and str(repo) in result.stderr, result.stderr
+
+
+def test_code_files_over_the_limit_are_refused_unless_raised_and_binaries_warned(scripts, tmp_path, capsys):
+    """Issue 25 item 14: a 1 GB --code file was copied with no warning. A strategy's source is kilobytes:
+    over --code-max-mb (default 10) is exit 2 naming the file; a file with NUL bytes is attached with a
+    warning. (Sparse files: nothing is really written to disk.)"""
+    artifacts = scripts.log_backtest.code_artifacts
+    big = tmp_path / "huge.py"
+    with big.open("wb") as handle:
+        handle.truncate(11 * 1024 * 1024)
+    with pytest.raises(scripts.log_backtest.CliError) as refused:
+        artifacts([str(big)], str(tmp_path))
+    assert (
+        refused.value.code == 2 and "huge.py" in str(refused.value) and "--code-max-mb" in str(refused.value)
+    )
+    assert artifacts([str(big)], str(tmp_path), max_mb=12) == {"huge.py": big.resolve()}
+    capsys.readouterr()
+    binary = tmp_path / "model.pkl"
+    binary.write_bytes(b"\x80\x04\x95\x00\x00binary")
+    assert artifacts([str(binary)], str(tmp_path)) == {"model.pkl": binary.resolve()}
+    err = capsys.readouterr().err
+    assert "model.pkl" in err and "binary" in err, err
