@@ -523,6 +523,288 @@ KEY_METRICS = (
 )  # fmt: skip
 
 
+# ---- main and the family pipeline: where a reader starts ------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """The pipeline, each stage one function returning a typed value: build_request -> load_all -> plan (the
+    kind of family and a Job per child) -> log_family (prepare the children in worker processes where that
+    is safe, open the store meanwhile, find a duplicate, write the run or the parent and its children) ->
+    emit."""
+    argv = sys.argv[1:] if argv is None else argv
+
+    def action() -> int:
+        import contextlib
+        import io
+
+        req = build_request(build_parser().parse_args(argv))
+        phase(req, "arguments checked")
+        loaded = load_all(req)  # pandas from here on; every input error is still exit 2 with nothing written
+        if req.oos:
+            for column in loaded.columns:  # each side of the split needs bars: checked before any work
+                oos_position(column.returns, column.has_timestamps, req.oos, column.name)
+        phase(req, "data loaded and validated")
+        with (
+            work_folder() as tmp,
+            # MLflow prints run links ("View run ... at ...") to stdout for http servers: stdout is ours.
+            contextlib.redirect_stdout(sys.stderr if req.debug else io.StringIO()),
+        ):
+            family = plan(loaded, req, tmp)
+            with worker_pool(worker_processes(req, family)) as pool:
+                result = log_family(family, req, pool, tmp)
+        out = {**result.output, "warnings": loaded.warnings + result.warnings}
+        fmt = output_format(req.output_format)
+        emit(table_rows(out) if fmt == "table" else out, fmt)
+        return EXIT_OK
+
+    return run_cli(terminated_as_error(action), "--debug" in argv)
+
+
+@dataclass(frozen=True)
+class ParentRecord:
+    """What a kind writes on its parent once the children are logged (its files are in the parent's folder)."""
+
+    metrics: dict[str, float]
+    undefined: list[str]
+    params: dict[str, str]
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Family:
+    """A plan carried out up to the writes: the children prepared (each job an already-sliced series with its
+    role) and what identifies the family. One subclass per kind (SingleRun, Sweep) supplies the parent's
+    tags, metrics, description and artifacts and the output; log_family and write_family do the rest."""
+
+    shares: list[list[Job]]  # shares[0] this process's, then one per worker: each prepares and writes its own
+    preps: list[Prepared]  # in job order
+    fingerprint: str  # of the parent (a single run: of the run): what the duplicate check looks for
+    run_name: str
+    warnings: list[str]
+
+    noun: ClassVar[str] = "backtest"  # what the duplicate warning calls it
+    has_parent: ClassVar[bool] = True
+
+    @classmethod
+    def workers(cls, req: Request, jobs: list[Job], cores: int) -> int:
+        """Worker processes worth starting for these jobs (worker_processes has ruled out the unsafe cases)."""
+        return min(cores, len(jobs)) - 1
+
+    @classmethod
+    def start(cls, jobs: list[Job], req: Request, pool, tmp: Path) -> Callable[[], Family]:
+        """Start preparing the jobs (the workers' share in the pool); -> finish(), which is called once this
+        process has opened the store and returns the family prepared."""
+        raise NotImplementedError
+
+    def draw_tearsheets(self, req: Request, warnings: list[str]) -> None:
+        """Before the first write: the children's reports that must exist before anything is written."""
+
+    def tearsheet(self):
+        """A future of the lone run's tearsheet that write_run awaits after the metrics land (or None)."""
+        return None
+
+    def parent_tags(self, req: Request) -> dict[str, str]:
+        """The parent's tags when it is created (its description follows once the children are logged)."""
+        raise NotImplementedError
+
+    def parent_record(self, children: list[Outcome], req: Request, folder: Path) -> ParentRecord:
+        raise NotImplementedError
+
+    def output(self, parent: Outcome | None, children: list[Outcome], experiment_id, req: Request) -> dict:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What main() logs: the child jobs and the kind of family they make."""
+
+    kind: type[Family]
+    jobs: list[Job]
+
+
+def log_family(plan: Plan, req: Request, pool, tmp: Path) -> Result:
+    """Prepare the children (in worker processes where that is safe) while this process imports mlflow;
+    skip a duplicate; write the family; the kind's output."""
+    finish = plan.kind.start(plan.jobs, req, pool, tmp)
+    client = open_store(req)
+    family = finish()
+    warnings = list(family.warnings)
+    if client is None:
+        parent = Outcome(None, family.run_name) if family.has_parent else None
+        children = [Outcome(None, p.run_name, artifacts=p.artifacts) for p in family.preps]
+        return Result(family.output(parent, children, None, req), warnings)
+    experiment_id = ensure_experiment(client, req.experiment)
+    existing, written = write_once(
+        client, experiment_id, family.fingerprint, req,
+        write=lambda: write_family(client, experiment_id, family, req, pool, tmp, warnings),
+        run_ids=lambda written: [o.run_id for o in ([written[0]] if written[0] else []) + written[1]],
+    )  # fmt: skip
+    phase(req, "experiment checked, run written or found")
+    if existing is None:
+        parent, children = written
+        warnings += [w for child in children for w in child.warnings]
+    else:
+        parent, children = logged_family(client, experiment_id, family, existing)
+        warn(
+            f"an identical {family.noun} is already logged as run {existing.info.run_id}; pass --force to log "
+            "again",
+            warnings,
+        )
+    return Result(family.output(parent, children, experiment_id, req), warnings)
+
+
+def write_family(
+    client, experiment_id: str, family: Family, req: Request, pool, tmp: Path, warnings: list[str]
+) -> tuple[Outcome | None, list[Outcome]]:
+    """The one writer. A lone run: write_run. A parent: created first, then every child (this process's
+    share here, each worker its own share), then the kind's record of the parent (metrics, params, tags,
+    files) and its artifacts; FINISHED last, FAILED if anything fails. The parent summarises its children:
+    none of their metrics under their own names (it is not one more strategy in MLflow's charts)."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    family.draw_tearsheets(req, warnings)
+    if not family.has_parent:
+        [[job]], [prep] = family.shares, family.preps
+        return None, [write_run(client, experiment_id, job, prep, req, tearsheet=family.tearsheet())]
+    parent_dir = tmp / "parent"
+    parent_dir.mkdir(exist_ok=True)  # the kind may have written files there already
+    copy_code(req, parent_dir)
+    parent_id = client.create_run(
+        experiment_id, run_name=family.run_name, tags=family.parent_tags(req)
+    ).info.run_id
+    try:
+        children = write_all_children(client, experiment_id, family, req, pool, parent_id)
+        record = family.parent_record(children, req, parent_dir)
+        now = int(time.time() * 1000)
+        client.log_batch(
+            parent_id,
+            metrics=[Metric(k, v, now, 0) for k, v in record.metrics.items()],
+            params=[Param(k, v) for k, v in record.params.items()],
+            tags=[
+                RunTag(k, v) for k, v in {UNDEFINED_TAG: ",".join(record.undefined), **record.tags}.items()
+            ],
+        )
+        client.log_artifacts(parent_id, str(parent_dir))
+        client.set_terminated(parent_id, "FINISHED")
+    except BaseException:
+        mark_failed(client, parent_id)
+        raise
+    return Outcome(parent_id, family.run_name, artifacts=artifact_names(parent_dir)), children
+
+
+def logged_family(
+    client, experiment_id: str, family: Family, existing
+) -> tuple[Outcome | None, list[Outcome]]:
+    """The outcomes of a family found already logged: its parent and its children, matched by fingerprint."""
+    if not family.has_parent:
+        return None, [Outcome(existing.info.run_id, existing.info.run_name, deduplicated=True)]
+    parent_id = existing.info.run_id
+    children = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'")
+    by_fp = {run.data.tags.get(FINGERPRINT_TAG): run.info.run_id for run in children}
+    return Outcome(parent_id, family.run_name, deduplicated=True), [
+        Outcome(by_fp.get(p.fingerprint), p.run_name, deduplicated=True) for p in family.preps
+    ]
+
+
+def write_all_children(
+    client, experiment_id: str, family: Family, req: Request, pool, parent_id: str
+) -> list[Outcome]:
+    """Each process writes its share of the children; when one fails the others still finish theirs, then
+    the first failure is raised. -> the children's outcomes in job order."""
+
+    def preps_of(share: list[Job]) -> list[Prepared]:
+        return [family.preps[job.position] for job in share]
+
+    theirs = [
+        pool.submit(write_children, share, preps_of(share), req, experiment_id, parent_id)
+        for share in family.shares[1:]
+    ]
+    results, failures = [], []
+    try:
+        results.append(
+            write_children(
+                family.shares[0], preps_of(family.shares[0]), req, experiment_id, parent_id, client
+            )
+        )
+    except Exception as exc:  # noqa: BLE001 - the workers finish their runs first, then this is raised
+        failures.append(exc)
+    for future in theirs:
+        try:
+            results.append(future.result())
+        except Exception as exc:  # noqa: BLE001 - as above
+            failures.append(exc)
+    if failures:
+        raise failures[0]
+    return in_job_order(family.shares, results)
+
+
+def in_job_order(shares: list[list[Job]], results: list[list]) -> list:
+    """Per-share results (shares[i] -> results[i]) back in job order."""
+    by_position = {
+        job.position: result for share, values in zip(shares, results, strict=True)
+        for job, result in zip(share, values, strict=True)
+    }  # fmt: skip
+    return [by_position[i] for i in range(len(by_position))]
+
+
+# ---- out of sample: --oos-start -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OosSplit:
+    """--oos-start: a date (the first out-of-sample bar is the first at or after it) or a fraction of the
+    bars (0 < f < 1: the first f of each series is in-sample)."""
+
+    text: str
+    fraction: float | None = None
+    date: str | None = None  # ISO 8601, checked before pandas is imported
+
+
+def parse_oos_start(text: str) -> OosSplit:
+    from datetime import datetime
+
+    try:
+        fraction = float(text)
+    except ValueError:
+        fraction = None
+    if fraction is not None:
+        if not 0 < fraction < 1:
+            raise CliError(EXIT_USAGE, f"--oos-start {text!r}: a fraction must be between 0 and 1, e.g. 0.7")
+        return OosSplit(text, fraction=fraction)
+    try:
+        datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise CliError(
+            EXIT_USAGE,
+            f"--oos-start {text!r} is neither a date (2021-01-01) nor a fraction of the bars (0.7)",
+        ) from None
+    return OosSplit(text, date=text.strip())
+
+
+def oos_position(returns, has_timestamps: bool, split: OosSplit, name: str) -> int:
+    """Index of the first out-of-sample bar; exit 2 unless both sides have at least 2 bars."""
+    import pandas as pd
+
+    n = len(returns)
+    if split.fraction is not None:
+        position = int(math.floor(split.fraction * n))
+    elif not has_timestamps:
+        raise CliError(
+            EXIT_USAGE, f"--oos-start {split.text}: column {name!r} has no timestamps; give a fraction"
+        )
+    else:
+        stamp = pd.Timestamp(split.date)
+        index = returns.index
+        if stamp.tzinfo is None and index.tz is not None:
+            stamp = stamp.tz_localize(index.tz)
+        elif stamp.tzinfo is not None and index.tz is None:
+            stamp = stamp.tz_convert("UTC").tz_localize(None)
+        position = int(index.searchsorted(stamp, side="left"))
+    if position < 2 or n - position < 2:
+        raise CliError(
+            EXIT_USAGE,
+            f"--oos-start {split.text} leaves {position} in-sample and {n - position} out-of-sample bars in "
+            f"column {name!r}; each side needs at least 2",
+        )
+    return position
+
+
 # ---- the metric table: the one place that says what each metric is --------------------------------------
 # `call` is evaluated as written (it IS the code that computes the metric) in the namespace metric_inputs()
 # builds once per series: QuantStats 0.0.86's definitions (its qs.stats functions, read line by line), written
@@ -1270,66 +1552,6 @@ def search_markdown(search: SearchSummary) -> list[str]:
     if search.undefined:
         lines += ["", "Undefined: " + "; ".join(f"{k} ({v})" for k, v in search.undefined.items())]
     return lines
-
-
-# ---- out of sample: --oos-start -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class OosSplit:
-    """--oos-start: a date (the first out-of-sample bar is the first at or after it) or a fraction of the
-    bars (0 < f < 1: the first f of each series is in-sample)."""
-
-    text: str
-    fraction: float | None = None
-    date: str | None = None  # ISO 8601, checked before pandas is imported
-
-
-def parse_oos_start(text: str) -> OosSplit:
-    from datetime import datetime
-
-    try:
-        fraction = float(text)
-    except ValueError:
-        fraction = None
-    if fraction is not None:
-        if not 0 < fraction < 1:
-            raise CliError(EXIT_USAGE, f"--oos-start {text!r}: a fraction must be between 0 and 1, e.g. 0.7")
-        return OosSplit(text, fraction=fraction)
-    try:
-        datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise CliError(
-            EXIT_USAGE,
-            f"--oos-start {text!r} is neither a date (2021-01-01) nor a fraction of the bars (0.7)",
-        ) from None
-    return OosSplit(text, date=text.strip())
-
-
-def oos_position(returns, has_timestamps: bool, split: OosSplit, name: str) -> int:
-    """Index of the first out-of-sample bar; exit 2 unless both sides have at least 2 bars."""
-    import pandas as pd
-
-    n = len(returns)
-    if split.fraction is not None:
-        position = int(math.floor(split.fraction * n))
-    elif not has_timestamps:
-        raise CliError(
-            EXIT_USAGE, f"--oos-start {split.text}: column {name!r} has no timestamps; give a fraction"
-        )
-    else:
-        stamp = pd.Timestamp(split.date)
-        index = returns.index
-        if stamp.tzinfo is None and index.tz is not None:
-            stamp = stamp.tz_localize(index.tz)
-        elif stamp.tzinfo is not None and index.tz is None:
-            stamp = stamp.tz_convert("UTC").tz_localize(None)
-        position = int(index.searchsorted(stamp, side="left"))
-    if position < 2 or n - position < 2:
-        raise CliError(
-            EXIT_USAGE,
-            f"--oos-start {split.text} leaves {position} in-sample and {n - position} out-of-sample bars in "
-            f"column {name!r}; each side needs at least 2",
-        )
-    return position
 
 
 # ---- request: arguments checked before any data is read or any heavy module imported ---------------------
@@ -3595,7 +3817,7 @@ def table_rows(data: dict) -> list[dict] | dict:
     return rows
 
 
-# ---- main -------------------------------------------------------------------------------------------------
+# ---- the command line -------------------------------------------------------------------------------------
 def build_parser() -> CliParser:
     parser = CliParser(
         prog="log_backtest.py",
@@ -3672,40 +3894,6 @@ def build_parser() -> CliParser:
         "--debug", action="store_true", help="tracebacks, phase timings and library logging on stderr"
     )
     return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The pipeline, each stage one function returning a typed value: build_request -> load_all -> plan (the
-    kind of family and a Job per child) -> log_family (prepare the children in worker processes where that
-    is safe, open the store meanwhile, find a duplicate, write the run or the parent and its children) ->
-    emit."""
-    argv = sys.argv[1:] if argv is None else argv
-
-    def action() -> int:
-        import contextlib
-        import io
-
-        req = build_request(build_parser().parse_args(argv))
-        phase(req, "arguments checked")
-        loaded = load_all(req)  # pandas from here on; every input error is still exit 2 with nothing written
-        if req.oos:
-            for column in loaded.columns:  # each side of the split needs bars: checked before any work
-                oos_position(column.returns, column.has_timestamps, req.oos, column.name)
-        phase(req, "data loaded and validated")
-        with (
-            work_folder() as tmp,
-            # MLflow prints run links ("View run ... at ...") to stdout for http servers: stdout is ours.
-            contextlib.redirect_stdout(sys.stderr if req.debug else io.StringIO()),
-        ):
-            family = plan(loaded, req, tmp)
-            with worker_pool(worker_processes(req, family)) as pool:
-                result = log_family(family, req, pool, tmp)
-        out = {**result.output, "warnings": loaded.warnings + result.warnings}
-        fmt = output_format(req.output_format)
-        emit(table_rows(out) if fmt == "table" else out, fmt)
-        return EXIT_OK
-
-    return run_cli(terminated_as_error(action), "--debug" in argv)
 
 
 # ---- signals and the temporary folder: every exit this process sees cleans up ---------------------------
@@ -3786,194 +3974,6 @@ def remove_stale_folders() -> None:
                 shutil.rmtree(folder, ignore_errors=True)
         except OSError:
             continue
-
-
-# ---- a family of runs: an optional parent and its children, one writer, a summariser per kind -------------
-@dataclass(frozen=True)
-class ParentRecord:
-    """What a kind writes on its parent once the children are logged (its files are in the parent's folder)."""
-
-    metrics: dict[str, float]
-    undefined: list[str]
-    params: dict[str, str]
-    tags: dict[str, str]
-
-
-@dataclass(frozen=True)
-class Family:
-    """A plan carried out up to the writes: the children prepared (each job an already-sliced series with its
-    role) and what identifies the family. One subclass per kind (SingleRun, Sweep) supplies the parent's
-    tags, metrics, description and artifacts and the output; log_family and write_family do the rest."""
-
-    shares: list[list[Job]]  # shares[0] this process's, then one per worker: each prepares and writes its own
-    preps: list[Prepared]  # in job order
-    fingerprint: str  # of the parent (a single run: of the run): what the duplicate check looks for
-    run_name: str
-    warnings: list[str]
-
-    noun: ClassVar[str] = "backtest"  # what the duplicate warning calls it
-    has_parent: ClassVar[bool] = True
-
-    @classmethod
-    def workers(cls, req: Request, jobs: list[Job], cores: int) -> int:
-        """Worker processes worth starting for these jobs (worker_processes has ruled out the unsafe cases)."""
-        return min(cores, len(jobs)) - 1
-
-    @classmethod
-    def start(cls, jobs: list[Job], req: Request, pool, tmp: Path) -> Callable[[], Family]:
-        """Start preparing the jobs (the workers' share in the pool); -> finish(), which is called once this
-        process has opened the store and returns the family prepared."""
-        raise NotImplementedError
-
-    def draw_tearsheets(self, req: Request, warnings: list[str]) -> None:
-        """Before the first write: the children's reports that must exist before anything is written."""
-
-    def tearsheet(self):
-        """A future of the lone run's tearsheet that write_run awaits after the metrics land (or None)."""
-        return None
-
-    def parent_tags(self, req: Request) -> dict[str, str]:
-        """The parent's tags when it is created (its description follows once the children are logged)."""
-        raise NotImplementedError
-
-    def parent_record(self, children: list[Outcome], req: Request, folder: Path) -> ParentRecord:
-        raise NotImplementedError
-
-    def output(self, parent: Outcome | None, children: list[Outcome], experiment_id, req: Request) -> dict:
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What main() logs: the child jobs and the kind of family they make."""
-
-    kind: type[Family]
-    jobs: list[Job]
-
-
-def log_family(plan: Plan, req: Request, pool, tmp: Path) -> Result:
-    """Prepare the children (in worker processes where that is safe) while this process imports mlflow;
-    skip a duplicate; write the family; the kind's output."""
-    finish = plan.kind.start(plan.jobs, req, pool, tmp)
-    client = open_store(req)
-    family = finish()
-    warnings = list(family.warnings)
-    if client is None:
-        parent = Outcome(None, family.run_name) if family.has_parent else None
-        children = [Outcome(None, p.run_name, artifacts=p.artifacts) for p in family.preps]
-        return Result(family.output(parent, children, None, req), warnings)
-    experiment_id = ensure_experiment(client, req.experiment)
-    existing, written = write_once(
-        client, experiment_id, family.fingerprint, req,
-        write=lambda: write_family(client, experiment_id, family, req, pool, tmp, warnings),
-        run_ids=lambda written: [o.run_id for o in ([written[0]] if written[0] else []) + written[1]],
-    )  # fmt: skip
-    phase(req, "experiment checked, run written or found")
-    if existing is None:
-        parent, children = written
-        warnings += [w for child in children for w in child.warnings]
-    else:
-        parent, children = logged_family(client, experiment_id, family, existing)
-        warn(
-            f"an identical {family.noun} is already logged as run {existing.info.run_id}; pass --force to log "
-            "again",
-            warnings,
-        )
-    return Result(family.output(parent, children, experiment_id, req), warnings)
-
-
-def write_family(
-    client, experiment_id: str, family: Family, req: Request, pool, tmp: Path, warnings: list[str]
-) -> tuple[Outcome | None, list[Outcome]]:
-    """The one writer. A lone run: write_run. A parent: created first, then every child (this process's
-    share here, each worker its own share), then the kind's record of the parent (metrics, params, tags,
-    files) and its artifacts; FINISHED last, FAILED if anything fails. The parent summarises its children:
-    none of their metrics under their own names (it is not one more strategy in MLflow's charts)."""
-    from mlflow.entities import Metric, Param, RunTag
-
-    family.draw_tearsheets(req, warnings)
-    if not family.has_parent:
-        [[job]], [prep] = family.shares, family.preps
-        return None, [write_run(client, experiment_id, job, prep, req, tearsheet=family.tearsheet())]
-    parent_dir = tmp / "parent"
-    parent_dir.mkdir(exist_ok=True)  # the kind may have written files there already
-    copy_code(req, parent_dir)
-    parent_id = client.create_run(
-        experiment_id, run_name=family.run_name, tags=family.parent_tags(req)
-    ).info.run_id
-    try:
-        children = write_all_children(client, experiment_id, family, req, pool, parent_id)
-        record = family.parent_record(children, req, parent_dir)
-        now = int(time.time() * 1000)
-        client.log_batch(
-            parent_id,
-            metrics=[Metric(k, v, now, 0) for k, v in record.metrics.items()],
-            params=[Param(k, v) for k, v in record.params.items()],
-            tags=[
-                RunTag(k, v) for k, v in {UNDEFINED_TAG: ",".join(record.undefined), **record.tags}.items()
-            ],
-        )
-        client.log_artifacts(parent_id, str(parent_dir))
-        client.set_terminated(parent_id, "FINISHED")
-    except BaseException:
-        mark_failed(client, parent_id)
-        raise
-    return Outcome(parent_id, family.run_name, artifacts=artifact_names(parent_dir)), children
-
-
-def logged_family(
-    client, experiment_id: str, family: Family, existing
-) -> tuple[Outcome | None, list[Outcome]]:
-    """The outcomes of a family found already logged: its parent and its children, matched by fingerprint."""
-    if not family.has_parent:
-        return None, [Outcome(existing.info.run_id, existing.info.run_name, deduplicated=True)]
-    parent_id = existing.info.run_id
-    children = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'")
-    by_fp = {run.data.tags.get(FINGERPRINT_TAG): run.info.run_id for run in children}
-    return Outcome(parent_id, family.run_name, deduplicated=True), [
-        Outcome(by_fp.get(p.fingerprint), p.run_name, deduplicated=True) for p in family.preps
-    ]
-
-
-def write_all_children(
-    client, experiment_id: str, family: Family, req: Request, pool, parent_id: str
-) -> list[Outcome]:
-    """Each process writes its share of the children; when one fails the others still finish theirs, then
-    the first failure is raised. -> the children's outcomes in job order."""
-
-    def preps_of(share: list[Job]) -> list[Prepared]:
-        return [family.preps[job.position] for job in share]
-
-    theirs = [
-        pool.submit(write_children, share, preps_of(share), req, experiment_id, parent_id)
-        for share in family.shares[1:]
-    ]
-    results, failures = [], []
-    try:
-        results.append(
-            write_children(
-                family.shares[0], preps_of(family.shares[0]), req, experiment_id, parent_id, client
-            )
-        )
-    except Exception as exc:  # noqa: BLE001 - the workers finish their runs first, then this is raised
-        failures.append(exc)
-    for future in theirs:
-        try:
-            results.append(future.result())
-        except Exception as exc:  # noqa: BLE001 - as above
-            failures.append(exc)
-    if failures:
-        raise failures[0]
-    return in_job_order(family.shares, results)
-
-
-def in_job_order(shares: list[list[Job]], results: list[list]) -> list:
-    """Per-share results (shares[i] -> results[i]) back in job order."""
-    by_position = {
-        job.position: result for share, values in zip(shares, results, strict=True)
-        for job, result in zip(share, values, strict=True)
-    }  # fmt: skip
-    return [by_position[i] for i in range(len(by_position))]
 
 
 # ---- a single run: one column, no parent ----------------------------------------------------------------------
