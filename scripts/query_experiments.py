@@ -636,6 +636,142 @@ def deflated_sharpe_ratio(
 # ---- end of deflated Sharpe ratio ----
 
 
+# ---- period breakdown: identical in query_experiments.py and log_backtest.py (test_conventions checks) ----
+# Calendar years, quarters and months, and named stress windows, of one return series (references/periods.md).
+@dataclass(frozen=True)
+class StressWindow:
+    """A named window of dates, both inclusive (a bar on `end` at any time of day is inside)."""
+
+    name: str  # lower-case key: the metric stress_<name>_return
+    label: str
+    start: str  # YYYY-MM-DD
+    end: str  # YYYY-MM-DD
+
+
+# Dates and their sources: references/periods.md ("Stress windows").
+STRESS_WINDOWS = (
+    StressWindow("dotcom", "Dot-com crash", "2000-03-10", "2000-09-10"),
+    StressWindow("sept11", "9/11", "2001-09-11", "2001-10-11"),
+    StressWindow("gfc", "2008 financial crisis", "2007-10-09", "2009-03-09"),
+    StressWindow("flash_crash", "2010 flash crash", "2010-05-05", "2010-05-10"),
+    StressWindow("us_downgrade", "2011 US downgrade", "2011-08-05", "2011-09-05"),
+    StressWindow("yuan_devaluation", "2015 yuan devaluation", "2015-08-10", "2015-10-10"),
+    StressWindow("volmageddon", "February 2018 volatility spike", "2018-01-26", "2018-02-08"),
+    StressWindow("q4_2018", "Q4 2018 sell-off", "2018-10-01", "2018-12-24"),
+    StressWindow("covid", "2020 COVID crash", "2020-02-19", "2020-03-23"),
+    StressWindow("rate_shock_2022", "2022 rate shock", "2022-01-03", "2022-10-12"),
+)
+PERIOD_KINDS = ("year", "quarter", "month", "stress")
+PERIOD_STATS = ("return", "volatility", "sharpe", "max_drawdown")
+
+
+@dataclass(frozen=True)
+class PeriodTables:
+    """One row per calendar period the bars touch (partial first and last ones included) and per stress
+    window the bars overlap (a user's window always, with 0 bars when outside the data): pandas DataFrames."""
+
+    year: object
+    quarter: object
+    month: object
+    stress: object
+
+    def by(self, kind: str):
+        return getattr(self, kind)
+
+
+def segment_stats(values, bench, periods: float, compounded: bool, rf: float) -> dict:
+    """return, volatility, sharpe and max_drawdown of one segment of bars (and the benchmark's return, its
+    drawdown and the excess), NaN where undefined: the run's own definitions, applied to the segment."""
+    import numpy as np
+
+    n = len(values)
+    nan = float("nan")
+    out = {"n_bars": n, "return": nan, "volatility": nan, "sharpe": nan, "max_drawdown": nan}
+    if bench is not None:
+        out.update(benchmark_return=nan, benchmark_max_drawdown=nan, excess_return=nan)
+    if not n:
+        return out
+
+    def total_and_drawdown(a) -> tuple[float, float]:
+        equity = np.cumprod(1.0 + a) if compounded else 1.0 + np.cumsum(a)
+        peak = np.maximum(np.maximum.accumulate(equity), 1.0)  # the running peak starts at 1 before bar 1
+        return float(equity[-1] - 1.0), float(np.min(equity / peak - 1.0))
+
+    out["return"], out["max_drawdown"] = total_and_drawdown(values)
+    if n > 1:
+        sd = float(np.std(values, ddof=1))
+        out["volatility"] = sd * math.sqrt(periods)
+        x = values - ((1.0 + rf) ** (1.0 / periods) - 1.0 if rf else 0.0)
+        sd_x = float(np.std(x, ddof=1))
+        out["sharpe"] = float(np.mean(x)) / sd_x * math.sqrt(periods) if sd_x > 0 else nan
+    if bench is not None:
+        out["benchmark_return"], out["benchmark_max_drawdown"] = total_and_drawdown(bench)
+        out["excess_return"] = out["return"] - out["benchmark_return"]
+    return out
+
+
+def bar_text(stamp, with_time: bool) -> str:
+    return stamp.strftime("%Y-%m-%dT%H:%M:%SZ" if with_time else "%Y-%m-%d")
+
+
+def period_tables(
+    returns, periods: float, compounded: bool, rf: float = 0.0, benchmark=None, windows=STRESS_WINDOWS
+) -> PeriodTables:
+    """The breakdown of one series (pandas Series on a UTC-naive, sorted DatetimeIndex; `benchmark` aligned on
+    the same index): its year, quarter and month tables and its stress windows (`windows`: the built-in ones
+    that the bars overlap, then the user's, listed even when empty)."""
+    import numpy as np
+    import pandas as pd
+
+    index = returns.index
+    a = returns.to_numpy(dtype=float)
+    b = benchmark.to_numpy(dtype=float) if benchmark is not None else None
+    with_time = bool((index[[0, -1]] != index[[0, -1]].normalize()).any())
+    years, months = index.year.to_numpy(), index.month.to_numpy()
+    keys = {"year": years, "quarter": years * 4 + (months - 1) // 3, "month": years * 12 + months - 1}
+
+    def label(kind: str, key: int) -> str:
+        if kind == "year":
+            return str(key)
+        if kind == "quarter":
+            return f"{key // 4}Q{key % 4 + 1}"
+        return f"{key // 12}-{key % 12 + 1:02d}"
+
+    def rows_of(segments, first: str, last: str) -> list[dict]:
+        rows = []
+        for head, lo, hi in segments:
+            row = dict(head)
+            row[first] = bar_text(index[lo], with_time) if hi > lo else None
+            row[last] = bar_text(index[hi - 1], with_time) if hi > lo else None
+            stats = segment_stats(a[lo:hi], None if b is None else b[lo:hi], periods, compounded, rf)
+            rows.append({**row, **stats})
+        return rows
+
+    tables = {}
+    for kind, key in keys.items():
+        edges = np.concatenate(([0], np.flatnonzero(np.diff(key)) + 1, [len(key)]))
+        segments = [
+            ({"period": label(kind, int(key[lo]))}, lo, hi)
+            for lo, hi in zip(edges[:-1], edges[1:], strict=True)
+        ]
+        tables[kind] = pd.DataFrame(rows_of(segments, "start", "end"))
+    user = {w.name for w in windows} - {w.name for w in STRESS_WINDOWS}
+    segments = []
+    for w in windows:
+        lo = int(np.searchsorted(index, pd.Timestamp(w.start), side="left"))
+        hi = int(np.searchsorted(index, pd.Timestamp(w.end) + pd.Timedelta(days=1), side="left"))
+        if hi > lo or w.name in user:
+            segments.append(({"name": w.name, "label": w.label, "start": w.start, "end": w.end}, lo, hi))
+    columns = ["name", "label", "start", "end", "first_bar", "last_bar", "n_bars", *PERIOD_STATS]
+    if b is not None:
+        columns += ["benchmark_return", "benchmark_max_drawdown", "excess_return"]
+    stress = pd.DataFrame(rows_of(segments, "first_bar", "last_bar"), columns=columns)
+    return PeriodTables(tables["year"], tables["quarter"], tables["month"], stress)
+
+
+# ---- end of period breakdown ----
+
+
 # ---- pure functions: validation and shaping (unit-tested by importing this file) ----
 
 

@@ -255,3 +255,26 @@ def test_deflated_sharpe_is_the_same_in_both_scripts(scripts):
         assert got == qe.deflated_sharpe_ratio(sharpe, trials, bars, skew, kurtosis) or all(
             math.isnan(v) for v in got + qe.deflated_sharpe_ratio(sharpe, trials, bars, skew, kurtosis)
         )
+
+
+PERIODS_START = "# ---- period breakdown: identical in query_experiments.py and log_backtest.py"
+PERIODS_END = "# ---- end of period breakdown ----"
+
+
+def test_period_breakdown_is_the_same_in_both_scripts(scripts):
+    """log_backtest logs the period tables; query_experiments periods recomputes them for runs logged before
+    they existed: one identical block (the stress windows included), and the same tables from it."""
+    import pandas as pd
+
+    blocks = []
+    for name in ("log_backtest", "query_experiments"):
+        text = script_path(name).read_text()
+        assert text.count(PERIODS_START) == 1 and text.count(PERIODS_END) == 1, f"{name}: block markers"
+        blocks.append(text.split(PERIODS_START, 1)[1].split(PERIODS_END, 1)[0])
+    assert blocks[0] == blocks[1]
+    index = pd.bdate_range("2007-11-05", periods=400)
+    r = pd.Series([0.001 * ((i * 7) % 11 - 5) for i in range(400)], index=index)
+    ours = scripts.log_backtest.period_tables(r, 252.0, True)
+    theirs = scripts.query_experiments.period_tables(r, 252.0, True)
+    for kind in scripts.log_backtest.PERIOD_KINDS:
+        pd.testing.assert_frame_equal(ours.by(kind), theirs.by(kind))
