@@ -89,6 +89,7 @@ def test_run_page_collapsed_description_shows_sharpe_and_max_drawdown(ui, page):
     show_more = page.get_by_text("Show more", exact=True).first
     show_more.wait_for()
     headline = page.get_by_text(re.compile(r"^Sharpe .* MaxDD .*")).first
+    settled(page, headline)  # the overview's sections load one by one and push the description down
     headline.scroll_into_view_if_needed()
     page.screenshot(path=ui["shots"] / "run-description.png")
     text = headline.inner_text()
@@ -102,9 +103,22 @@ def test_run_page_collapsed_description_shows_sharpe_and_max_drawdown(ui, page):
     assert breadcrumb.is_visible() and page.get_by_role("link", name="Evaluations", exact=True).count() == 0
 
 
-def painted(page, locator) -> bool:
-    """Whether the element is what the browser draws at its own centre (not clipped away or covered)."""
+def settled(page, locator) -> dict | None:
+    """The element's box once the page stops moving it (the same box twice, 250 ms apart)."""
     box = locator.bounding_box()
+    for _ in range(40):
+        page.wait_for_timeout(250)
+        now = locator.bounding_box()
+        if now == box:
+            break
+        box = now
+    return box
+
+
+def painted(page, locator) -> bool:
+    """Whether the element is what the browser draws at its own centre (not clipped away or covered), once
+    the page has stopped moving it: a box measured while sections still load can be off the screen."""
+    box = settled(page, locator)
     if box is None:
         return False
     x, y = box["x"] + min(box["width"] / 2, 20), box["y"] + box["height"] / 2
