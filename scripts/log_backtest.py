@@ -4007,7 +4007,9 @@ def build_parser() -> CliParser:
                         f"(default {DEFAULT_PBO_SPLITS}: 12,870 combinations)")  # fmt: skip
     execution = parser.add_argument_group("execution and output")
     execution.add_argument(
-        "--no-tearsheet", action="store_true", help="skip the figures: QuantStats' HTML tearsheet and periods/monthly_returns.png (faster)"
+        "--no-tearsheet",
+        action="store_true",
+        help="skip the figures: QuantStats' HTML tearsheet and periods/monthly_returns.png (faster)",
     )
     execution.add_argument("--dry-run", action="store_true", help="compute and print; touch no store")
     execution.add_argument("--force", action="store_true", help="log even if an identical backtest is logged")

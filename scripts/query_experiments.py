@@ -9,6 +9,9 @@
 #     # the PostgreSQL driver for a direct MLFLOW_TRACKING_URI=postgresql://… (imported only then; SQLAlchemy
 #     # >= 2.1 maps postgresql:// to psycopg 3)
 #     "psycopg[binary]>=3.2",
+#     # `periods` only (imported there): the period tables, and a run's stored returns (CSV or Parquet)
+#     "pandas>=2.2",
+#     "pyarrow>=15",
 # ]
 # ///
 """Find, inspect, compare and group backtests in MLflow; filters and sorting run in the store; output bounded.
@@ -2025,6 +2028,163 @@ def cmd_deflate(client, query: Query) -> dict:
     return {"experiment": [e.name for e in experiments], "filter": args.filter or None, **summary}
 
 
+# ---- periods: runs x calendar periods (or stress windows) of one statistic ----
+
+
+PERIODS_ARTIFACT_DIR = "periods"
+RETURNS_ARTIFACTS = ("returns.csv", "returns.parquet")  # log_backtest's stored series, by size
+
+
+@dataclass(frozen=True)
+class RunPeriods:
+    """One run's values of the asked statistic per period, where they came from, or why there are none."""
+
+    run_id: str
+    run_name: str
+    values: dict[str, float | None]
+    source: str | None  # "artifact" (periods/<by>.csv), "returns" (recomputed from the stored returns)
+    reason: str | None = None  # set when undefined
+
+
+def stored_returns(path: Path):
+    """A returns artifact read back: (returns Series on a UTC-naive DatetimeIndex, benchmark or None), or a
+    reason it has no calendar."""
+    import pandas as pd
+
+    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    first = frame.columns[0]
+    if first == "bar":
+        return None, None, "its returns have no timestamps (bars only): no calendar"
+    stamps = pd.to_datetime(frame[first], utc=True).dt.tz_localize(None)
+    index = pd.DatetimeIndex(stamps)
+    returns = pd.Series(frame["returns"].to_numpy(dtype=float), index=index)
+    bench = frame["benchmark"] if "benchmark" in frame.columns else None
+    bench = None if bench is None else pd.Series(bench.to_numpy(dtype=float), index=index)
+    return returns, bench, None
+
+
+def run_periods(client, run, by: str, metric: str, folder: Path) -> RunPeriods:
+    """The run's periods/<by>.csv, else its table recomputed from its stored returns with the run's own
+    settings (periods_per_year, compounded, rf params), else undefined with the reason."""
+    import pandas as pd
+
+    info, params = run.info, run.data.params
+    here = folder / info.run_id
+    names = {a.path for a in client.list_artifacts(info.run_id, PERIODS_ARTIFACT_DIR)}
+    wanted = f"{PERIODS_ARTIFACT_DIR}/{by}.csv"
+    if wanted in names:
+        table = pd.read_csv(client.download_artifacts(info.run_id, wanted, str(here)), dtype={"period": str})
+        source = "artifact"
+    else:
+        top = {a.path for a in client.list_artifacts(info.run_id)}
+        stored = next((name for name in RETURNS_ARTIFACTS if name in top), None)
+        if stored is None:
+            return RunPeriods(
+                info.run_id, info.run_name, {}, None, "no periods/ artifact and no stored returns"
+            )
+        try:
+            periods = float(params["periods_per_year"])
+        except (KeyError, ValueError):
+            return RunPeriods(
+                info.run_id, info.run_name, {}, None, "no periods_per_year param to recompute with"
+            )
+        returns, bench, why = stored_returns(Path(client.download_artifacts(info.run_id, stored, str(here))))
+        if why:
+            return RunPeriods(info.run_id, info.run_name, {}, None, why)
+        compounded = params.get("compounded", "true") != "false"
+        rf = float(params.get("rf", "0") or 0)
+        table = period_tables(returns, periods, compounded, rf, bench).by(by)
+        source = "returns"
+    key = "name" if by == "stress" else "period"
+    values = {
+        str(p): (float(v) if math.isfinite(float(v)) else None)
+        for p, v, n in zip(table[key], table[metric], table["n_bars"], strict=True)
+        if n
+    }
+    return RunPeriods(info.run_id, info.run_name, values, source)
+
+
+def period_order(by: str, labels) -> list[str]:
+    """Calendar labels in time order; stress windows in the built-in order, then the users' by name."""
+    if by != "stress":
+        return sorted(labels)
+    builtin = [w.name for w in STRESS_WINDOWS]
+    return [n for n in builtin if n in labels] + sorted(set(labels) - set(builtin))
+
+
+def periods_result(by: str, metric: str, rows: list[RunPeriods], counts: dict) -> dict:
+    defined = [r for r in rows if r.reason is None]
+    return {
+        "by": by,
+        "metric": metric,
+        **counts,
+        "periods": period_order(by, {p for r in defined for p in r.values}),
+        "runs": [
+            {"run_id": r.run_id, "run_name": r.run_name, "source": r.source, "values": r.values}
+            for r in defined
+        ],  # fmt: skip
+        "undefined": [
+            {"run_id": r.run_id, "run_name": r.run_name, "reason": r.reason}
+            for r in rows
+            if r.reason is not None
+        ],  # fmt: skip
+    }
+
+
+def periods_rows(result: dict) -> list[dict]:
+    """Table and csv: one row per run, one column per period (undefined runs last, with their reason)."""
+    rows = [
+        {
+            "run_name": r["run_name"],
+            "run_id": r["run_id"],
+            **{p: r["values"].get(p) for p in result["periods"]},
+        }
+        for r in result["runs"]
+    ]
+    return rows + [{"run_name": u["run_name"], "run_id": u["run_id"], "undefined": u["reason"]}
+                   for u in result["undefined"]]  # fmt: skip
+
+
+def cmd_periods(client, query: Query) -> object:
+    import tempfile
+
+    args = query.args
+    experiments = resolve_experiments(client, args.experiment)
+    ids = [e.experiment_id for e in experiments]
+    if args.run_id:
+        runs = [get_run(client, run_id) for run_id in args.run_id]
+        elsewhere = [r.info.run_id for r in runs if r.info.experiment_id not in ids]
+        if elsewhere:
+            raise CliError(
+                EXIT_NOT_FOUND, f"run {elsewhere[0]} is not in --experiment {', '.join(args.experiment)}"
+            )
+    else:
+        refresh_sqlite_statistics(client)
+        runs, _ = search_runs(client, ids, build_run_filter(args.filter, None, None, False), [], sys.maxsize)
+    parents = [r for r in runs if r.data.tags.get(SWEEP_TAG) == "true"]
+    runs = [r for r in runs if r.data.tags.get(SWEEP_TAG) != "true"]  # a sweep's children are its periods
+    if not runs:
+        raise CliError(
+            EXIT_NOT_FOUND,
+            "no run matches"
+            + (f" (only {len(parents)} sweep parents, which are left out)" if parents else ""),
+        )
+    shown = runs[: args.max_runs]
+    if len(shown) < len(runs):
+        print(
+            f"warning: periods of the first {len(shown)} of {len(runs)} matching runs; raise --max-runs or "
+            "narrow --filter",
+            file=sys.stderr,
+        )
+    with tempfile.TemporaryDirectory(prefix="query-periods-") as folder:
+        rows = [run_periods(client, run, args.by, args.metric, Path(folder)) for run in shown]
+    counts = {"n_runs": len(runs), "n_shown": len(shown), "sweep_parents_left_out": len(parents),
+              "n_recomputed": sum(r.source == "returns" for r in rows),
+              "n_undefined": sum(r.reason is not None for r in rows)}  # fmt: skip
+    result = periods_result(args.by, args.metric, rows, counts)
+    return periods_rows(result) if query.fmt in ("table", "csv") else result
+
+
 # ---- command line ----
 
 
@@ -2187,7 +2347,40 @@ def build_parser() -> CliParser:
         action="store_true",
         help="leave deleted runs out (only for runs deleted as mistakes: deleted losers are still trials)",
     )
+    p = add(
+        "periods",
+        "runs x calendar periods or stress windows: one statistic per run and period (references/periods.md)",
+        "examples:\n  periods --experiment momentum --by year\n"
+        "  periods --experiment momentum --by stress --metric max_drawdown --filter \"params.lookback = '100'\"\n"
+        "values come from each run's periods/<by>.csv; runs logged before it existed are recomputed from their\n"
+        "stored returns (n_recomputed), else listed under `undefined` with the reason. Sweep parents are left\n"
+        "out (their children are in).",
+    )
+    p.set_defaults(handler=cmd_periods, check=check_periods)
+    p.add_argument(
+        "--experiment", action="append", required=True, metavar="NAME", help="name or id (repeatable)"
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--filter", default="", metavar="S", help="MLflow search filter: which runs")
+    which.add_argument("--run-id", metavar="ID,...", help="these runs (comma-separated) instead of a filter")
+    p.add_argument("--by", default="year", choices=PERIOD_KINDS, help="default year")
+    p.add_argument("--metric", default="return", choices=PERIOD_STATS, help="default return")
+    p.add_argument(
+        "--max-runs",
+        type=positive_int,
+        default=DEFAULT_MAX_RUNS,
+        metavar="N",
+        help=f"default {DEFAULT_MAX_RUNS}",
+    )
     return parser
+
+
+def check_periods(args) -> None:
+    check_experiments_named(args)
+    if args.run_id is not None:
+        args.run_id = list(dict.fromkeys(split_list(args.run_id)))
+        if not args.run_id:
+            raise CliError(EXIT_USAGE, "--run-id is empty: give run ids, comma-separated")
 
 
 def check_experiments_named(args) -> None:

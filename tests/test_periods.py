@@ -5,6 +5,7 @@ runs; `query_experiments periods` across a sweep; bad input."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -291,3 +292,117 @@ def test_window_outside_the_data_is_a_warning(scripts, capsys, tmp_path):
     got = json.loads(out)
     assert got["periods"]["stress_returns"]["old"] is None
     assert "stress_old_return" not in got["metrics"] and "periods/stress.csv" in got["artifacts"]
+
+
+# ---------------------------------------------------------------- query_experiments periods
+
+
+def ok(result) -> object:
+    code, out, err = result
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_query_periods_over_a_sweep(logged, query):
+    env, r = logged["env"], logged["r"]
+    got = ok(query(env, "periods", "--experiment", "periods", "--by", "year", "--format", "json"))
+    assert got["by"] == "year" and got["metric"] == "return"
+    assert got["n_runs"] == 4 and got["sweep_parents_left_out"] == 1 and got["n_undefined"] == 0
+    by_id = {run["run_id"]: run for run in got["runs"]}
+    assert set(by_id) == {logged["single"]["run_id"], *(c["run_id"] for c in logged["sweep"]["runs"])}
+    single = by_id[logged["single"]["run_id"]]
+    assert single["source"] == "artifact"
+    assert single["values"] == pytest.approx(
+        {str(y): total(x, True) for y, x in r.groupby(r.index.year)}, rel=1e-9
+    )
+    for child in logged["sweep"]["runs"]:
+        x = logged["frame"][child["column"]]
+        want = {str(y): float(v.sum()) for y, v in x.groupby(x.index.year)}  # the sweep is not compounded
+        assert by_id[child["run_id"]]["values"] == pytest.approx(want, rel=1e-9)
+    assert got["periods"] == sorted(
+        {str(y) for y in r.index.year} | {str(y) for y in logged["frame"].index.year}
+    )
+
+
+def test_query_periods_stress_drawdown_of_chosen_runs(logged, query):
+    env, r, b = logged["env"], logged["r"], logged["b"]
+    run_id = logged["single"]["run_id"]
+    got = ok(query(env, "periods", "--experiment", "periods", "--run-id", run_id, "--by", "stress",
+                   "--metric", "max_drawdown", "--format", "json"))  # fmt: skip
+    windows = [("gfc", "2007-10-09", "2009-03-09"), ("flash_crash", "2010-05-05", "2010-05-10"),
+               ("us_downgrade", "2011-08-05", "2011-09-05"), ("taper", "2011-06-01", "2011-06-30")]  # fmt: skip
+    want = {name: s["max_drawdown"] for name, s in expected_stress(r, b, windows, 252.0, True).items()}
+    assert got["periods"] == list(want) and got["n_runs"] == 1
+    assert got["runs"][0]["values"] == pytest.approx(want, rel=1e-9)
+
+
+def test_query_periods_bounded_and_as_a_table(logged, query):
+    env = logged["env"]
+    code, out, err = query(env, "periods", "--experiment", "periods", "--max-runs", "2", "--format", "json")
+    got = json.loads(out)
+    assert code == 0 and got["n_runs"] == 4 and got["n_shown"] == 2 and len(got["runs"]) == 2
+    assert "first 2 of 4" in err
+    code, out, _ = query(env, "periods", "--experiment", "periods", "--by", "quarter", "--format", "csv")
+    rows = pd.read_csv(io.StringIO(out))
+    assert code == 0 and len(rows) == 4 and {"run_name", "run_id", "2008Q1"} <= set(rows.columns)
+    code, out, err = query(env, "periods", "--experiment", "periods", "--by", "month", "--format", "table",
+                           "--max-chars", "3000")  # fmt: skip
+    assert code == 0 and len(out) <= 3000 + 200 and "cut" in err
+
+
+def test_query_periods_of_old_runs(logged, query, client_for, tmp_path):
+    """A run logged before periods/ existed: recomputed from its returns.csv with its own params; a run
+    without stored returns (or without timestamps) is undefined with the reason."""
+    client = client_for(logged["env"])
+    experiment = client.create_experiment("old-runs")
+    r, _ = series("weekly", 8)
+    (tmp_path / "returns.csv").write_text(
+        r.rename("returns").rename_axis("date").to_csv(float_format="%.17g")
+    )
+    old = client.create_run(experiment, run_name="old")
+    for key, value in (("periods_per_year", "52"), ("compounded", "false"), ("rf", "0")):
+        client.log_param(old.info.run_id, key, value)
+    client.log_artifact(old.info.run_id, str(tmp_path / "returns.csv"))
+    bare_dir = tmp_path / "bare"
+    bare_dir.mkdir()
+    pd.DataFrame({"bar": range(5), "returns": [0.01] * 5}).to_csv(bare_dir / "returns.csv", index=False)
+    bare = client.create_run(experiment, run_name="bare")
+    client.log_param(bare.info.run_id, "periods_per_year", "252")
+    client.log_artifact(bare.info.run_id, str(bare_dir / "returns.csv"))
+    empty = client.create_run(experiment, run_name="empty")
+    got = ok(query(logged["env"], "periods", "--experiment", "old-runs", "--by", "month", "--metric",
+                   "volatility", "--format", "json", "--max-chars", "0"))  # fmt: skip
+    assert got["n_runs"] == 3 and got["n_recomputed"] == 1 and got["n_undefined"] == 2
+    [run] = got["runs"]
+    assert run["run_id"] == old.info.run_id and run["source"] == "returns"
+    want = expected_calendar(r, None, "month", 52.0, False)
+    assert run["values"] == pytest.approx(
+        {p: (None if math.isnan(v) else v) for p, v in zip(want["period"], want["volatility"], strict=True)},
+        rel=1e-9,
+    )
+    reasons = {u["run_id"]: u["reason"] for u in got["undefined"]}
+    assert "no timestamps" in reasons[bare.info.run_id]
+    assert "no stored returns" in reasons[empty.info.run_id]
+
+
+@pytest.mark.parametrize("argv, needle", [(["--by", "decade"], "--by"), (["--metric", "calmar"], "--metric")])
+def test_query_periods_bad_input_is_exit_2(logged, query, argv, needle):
+    code, out, err = query(logged["env"], "periods", "--experiment", "periods", *argv)
+    assert code == 2 and out == "" and needle in err and "Traceback" not in err
+
+
+def test_query_periods_through_the_server(mlflow_server, scripts, capsys, query, tmp_path, monkeypatch):
+    """Once through the basic-auth server with proxied artifacts: log, then read the periods back."""
+    env = mlflow_server.env()
+    r, _ = series("daily", 9)
+    r.rename_axis("date").to_csv(tmp_path / "r.csv", float_format="%.17g")
+    experiment = f"periods-server-{tmp_path.name}"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    code, out, err = run_main(scripts, capsys, "--returns", str(tmp_path / "r.csv"), "--experiment", experiment,
+                              "--no-tearsheet", "--format", "json")  # fmt: skip
+    assert code == 0, err
+    got = ok(query(env, "periods", "--experiment", experiment, "--format", "json"))
+    assert got["runs"][0]["values"] == pytest.approx(
+        {str(y): total(x, True) for y, x in r.groupby(r.index.year)}, rel=1e-9
+    )
