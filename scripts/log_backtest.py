@@ -2780,8 +2780,8 @@ def history_steps(n: int, max_points: int, deepest: int):
     return steps
 
 
-# ---- period breakdown: identical in query_experiments.py and log_backtest.py (test_conventions checks) ----
-# Calendar years, quarters and months, and named stress windows, of one return series (references/periods.md).
+# ---- stress windows: identical in query_experiments.py and log_backtest.py (test_conventions checks) ----
+# The named stress windows and the period statistics (references/periods.md).
 @dataclass(frozen=True)
 class StressWindow:
     """A named window of dates, both inclusive (a bar on `end` at any time of day is inside)."""
@@ -2807,8 +2807,10 @@ STRESS_WINDOWS = (
 )
 PERIOD_KINDS = ("year", "quarter", "month", "stress")
 PERIOD_STATS = ("return", "volatility", "sharpe", "max_drawdown")
+# ---- end of stress windows ----
 
 
+# ---- period tables: calendar years, quarters, months and stress windows of one series (pandas) ----
 @dataclass(frozen=True)
 class PeriodTables:
     """One row per calendar period the bars touch (partial first and last ones included) and per stress
@@ -2911,9 +2913,6 @@ def period_tables(
         columns += ["benchmark_return", "benchmark_max_drawdown", "excess_return"]
     stress = pd.DataFrame(rows_of(segments, "first_bar", "last_bar"), columns=columns)
     return PeriodTables(tables["year"], tables["quarter"], tables["month"], stress)
-
-
-# ---- end of period breakdown ----
 
 
 # ---- a run's period breakdown: its artifacts, stress metrics, year_return history and summary -------------

@@ -9,9 +9,6 @@
 #     # the PostgreSQL driver for a direct MLFLOW_TRACKING_URI=postgresql://… (imported only then; SQLAlchemy
 #     # >= 2.1 maps postgresql:// to psycopg 3)
 #     "psycopg[binary]>=3.2",
-#     # `periods` only (imported there): the period tables, and a run's stored returns (CSV or Parquet)
-#     "pandas>=2.2",
-#     "pyarrow>=15",
 # ]
 # ///
 """Find, inspect, compare and group backtests in MLflow; filters and sorting run in the store; output bounded.
@@ -639,8 +636,8 @@ def deflated_sharpe_ratio(
 # ---- end of deflated Sharpe ratio ----
 
 
-# ---- period breakdown: identical in query_experiments.py and log_backtest.py (test_conventions checks) ----
-# Calendar years, quarters and months, and named stress windows, of one return series (references/periods.md).
+# ---- stress windows: identical in query_experiments.py and log_backtest.py (test_conventions checks) ----
+# The named stress windows and the period statistics (references/periods.md).
 @dataclass(frozen=True)
 class StressWindow:
     """A named window of dates, both inclusive (a bar on `end` at any time of day is inside)."""
@@ -666,113 +663,7 @@ STRESS_WINDOWS = (
 )
 PERIOD_KINDS = ("year", "quarter", "month", "stress")
 PERIOD_STATS = ("return", "volatility", "sharpe", "max_drawdown")
-
-
-@dataclass(frozen=True)
-class PeriodTables:
-    """One row per calendar period the bars touch (partial first and last ones included) and per stress
-    window the bars overlap (a user's window always, with 0 bars when outside the data): pandas DataFrames."""
-
-    year: object
-    quarter: object
-    month: object
-    stress: object
-
-    def by(self, kind: str):
-        return getattr(self, kind)
-
-
-def segment_stats(values, bench, periods: float, compounded: bool, rf: float) -> dict:
-    """return, volatility, sharpe and max_drawdown of one segment of bars (and the benchmark's return, its
-    drawdown and the excess), NaN where undefined: the run's own definitions, applied to the segment."""
-    import numpy as np
-
-    n = len(values)
-    nan = float("nan")
-    out = {"n_bars": n, "return": nan, "volatility": nan, "sharpe": nan, "max_drawdown": nan}
-    if bench is not None:
-        out.update(benchmark_return=nan, benchmark_max_drawdown=nan, excess_return=nan)
-    if not n:
-        return out
-
-    def total_and_drawdown(a) -> tuple[float, float]:
-        equity = np.cumprod(1.0 + a) if compounded else 1.0 + np.cumsum(a)
-        peak = np.maximum(np.maximum.accumulate(equity), 1.0)  # the running peak starts at 1 before bar 1
-        return float(equity[-1] - 1.0), float(np.min(equity / peak - 1.0))
-
-    out["return"], out["max_drawdown"] = total_and_drawdown(values)
-    if n > 1:
-        sd = float(np.std(values, ddof=1))
-        out["volatility"] = sd * math.sqrt(periods)
-        x = values - ((1.0 + rf) ** (1.0 / periods) - 1.0 if rf else 0.0)
-        sd_x = float(np.std(x, ddof=1))
-        out["sharpe"] = float(np.mean(x)) / sd_x * math.sqrt(periods) if sd_x > 0 else nan
-    if bench is not None:
-        out["benchmark_return"], out["benchmark_max_drawdown"] = total_and_drawdown(bench)
-        out["excess_return"] = out["return"] - out["benchmark_return"]
-    return out
-
-
-def bar_text(stamp, with_time: bool) -> str:
-    return stamp.strftime("%Y-%m-%dT%H:%M:%SZ" if with_time else "%Y-%m-%d")
-
-
-def period_tables(
-    returns, periods: float, compounded: bool, rf: float = 0.0, benchmark=None, windows=STRESS_WINDOWS
-) -> PeriodTables:
-    """The breakdown of one series (pandas Series on a UTC-naive, sorted DatetimeIndex; `benchmark` aligned on
-    the same index): its year, quarter and month tables and its stress windows (`windows`: the built-in ones
-    that the bars overlap, then the user's, listed even when empty)."""
-    import numpy as np
-    import pandas as pd
-
-    index = returns.index
-    a = returns.to_numpy(dtype=float)
-    b = benchmark.to_numpy(dtype=float) if benchmark is not None else None
-    with_time = bool((index[[0, -1]] != index[[0, -1]].normalize()).any())
-    years, months = index.year.to_numpy(), index.month.to_numpy()
-    keys = {"year": years, "quarter": years * 4 + (months - 1) // 3, "month": years * 12 + months - 1}
-
-    def label(kind: str, key: int) -> str:
-        if kind == "year":
-            return str(key)
-        if kind == "quarter":
-            return f"{key // 4}Q{key % 4 + 1}"
-        return f"{key // 12}-{key % 12 + 1:02d}"
-
-    def rows_of(segments, first: str, last: str) -> list[dict]:
-        rows = []
-        for head, lo, hi in segments:
-            row = dict(head)
-            row[first] = bar_text(index[lo], with_time) if hi > lo else None
-            row[last] = bar_text(index[hi - 1], with_time) if hi > lo else None
-            stats = segment_stats(a[lo:hi], None if b is None else b[lo:hi], periods, compounded, rf)
-            rows.append({**row, **stats})
-        return rows
-
-    tables = {}
-    for kind, key in keys.items():
-        edges = np.concatenate(([0], np.flatnonzero(np.diff(key)) + 1, [len(key)]))
-        segments = [
-            ({"period": label(kind, int(key[lo]))}, lo, hi)
-            for lo, hi in zip(edges[:-1], edges[1:], strict=True)
-        ]
-        tables[kind] = pd.DataFrame(rows_of(segments, "start", "end"))
-    user = {w.name for w in windows} - {w.name for w in STRESS_WINDOWS}
-    segments = []
-    for w in windows:
-        lo = int(np.searchsorted(index, pd.Timestamp(w.start), side="left"))
-        hi = int(np.searchsorted(index, pd.Timestamp(w.end) + pd.Timedelta(days=1), side="left"))
-        if hi > lo or w.name in user:
-            segments.append(({"name": w.name, "label": w.label, "start": w.start, "end": w.end}, lo, hi))
-    columns = ["name", "label", "start", "end", "first_bar", "last_bar", "n_bars", *PERIOD_STATS]
-    if b is not None:
-        columns += ["benchmark_return", "benchmark_max_drawdown", "excess_return"]
-    stress = pd.DataFrame(rows_of(segments, "first_bar", "last_bar"), columns=columns)
-    return PeriodTables(tables["year"], tables["quarter"], tables["month"], stress)
-
-
-# ---- end of period breakdown ----
+# ---- end of stress windows ----
 
 
 # ---- pure functions: validation and shaping (unit-tested by importing this file) ----
@@ -2046,62 +1937,94 @@ class RunPeriods:
     reason: str | None = None  # set when undefined
 
 
-def stored_returns(path: Path):
-    """A returns artifact read back: (returns Series on a UTC-naive DatetimeIndex, benchmark or None), or a
-    reason it has no calendar."""
-    import pandas as pd
+def segment_value(values: list[float], metric: str, periods: float, compounded: bool, rf: float):
+    """log_backtest's statistic of one period (segment_stats there), in plain Python: this script has no
+    pandas or numpy (mlflow-skinny imports pandas at `import mlflow` when it is installed: +0.4 s a query)."""
+    n = len(values)
+    if metric == "return":
+        return math.prod(1.0 + v for v in values) - 1.0 if compounded else math.fsum(values)
+    if metric == "max_drawdown":
+        equity, peak, deepest = 1.0, 1.0, 0.0
+        for v in values:
+            equity = equity * (1.0 + v) if compounded else equity + v
+            peak = max(peak, equity)
+            deepest = min(deepest, equity / peak - 1.0)
+        return deepest
+    if n < 2:
+        return None
+    if metric == "volatility":
+        return statistics.stdev(values) * math.sqrt(periods)
+    rf_bar = (1.0 + rf) ** (1.0 / periods) - 1.0 if rf else 0.0
+    excess = [v - rf_bar for v in values]
+    sd = statistics.stdev(excess)
+    return statistics.fmean(excess) / sd * math.sqrt(periods) if sd > 0 else None
 
-    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    first = frame.columns[0]
-    if first == "bar":
-        return None, None, "its returns have no timestamps (bars only): no calendar"
-    stamps = pd.to_datetime(frame[first], utc=True).dt.tz_localize(None)
-    index = pd.DatetimeIndex(stamps)
-    returns = pd.Series(frame["returns"].to_numpy(dtype=float), index=index)
-    bench = frame["benchmark"] if "benchmark" in frame.columns else None
-    bench = None if bench is None else pd.Series(bench.to_numpy(dtype=float), index=index)
-    return returns, bench, None
+
+def period_key(stamp: str, by: str) -> str:
+    """The calendar label of an ISO timestamp as log_backtest writes it ("2008", "2008Q4", "2008-10")."""
+    year, month = stamp[:4], int(stamp[5:7])
+    return {"year": year, "quarter": f"{year}Q{(month - 1) // 3 + 1}", "month": f"{year}-{month:02d}"}[by]
+
+
+def recomputed_values(path: Path, by: str, metric: str, params: dict) -> tuple[dict, str | None]:
+    """A run's values per period from its stored returns.csv (timestamp, returns[, benchmark]) and its
+    settings (periods_per_year, compounded, rf params): (values, None) or ({}, the reason there are none)."""
+    import csv
+
+    if path.suffix != ".csv":
+        return {}, "logged before periods/ existed, its returns stored as Parquet: re-log it to get periods/"
+    try:
+        periods = float(params["periods_per_year"])
+    except (KeyError, ValueError):
+        return {}, "no periods_per_year param to recompute its periods with"
+    compounded = params.get("compounded", "true") != "false"
+    rf = float(params.get("rf", "0") or 0)
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or rows[0][0] == "bar" or "returns" not in rows[0]:
+        return {}, "its returns have no timestamps (bars only): no calendar"
+    at = rows[0].index("returns")
+    bars = [(row[0], float(row[at])) for row in rows[1:]]
+    groups: dict[str, list[float]] = {}
+    if by == "stress":
+        for w in STRESS_WINDOWS:
+            inside = [v for stamp, v in bars if w.start <= stamp[:10] <= w.end]
+            if inside:
+                groups[w.name] = inside
+    else:
+        for stamp, v in bars:
+            groups.setdefault(period_key(stamp, by), []).append(v)
+    return {p: segment_value(vs, metric, periods, compounded, rf) for p, vs in groups.items()}, None
 
 
 def run_periods(client, run, by: str, metric: str, folder: Path) -> RunPeriods:
-    """The run's periods/<by>.csv, else its table recomputed from its stored returns with the run's own
-    settings (periods_per_year, compounded, rf params), else undefined with the reason."""
-    import pandas as pd
+    """The run's periods/<by>.csv, else its values recomputed from its stored returns with the run's own
+    settings, else undefined with the reason."""
+    import csv
 
-    info, params = run.info, run.data.params
+    info = run.info
     here = folder / info.run_id
     names = {a.path for a in client.list_artifacts(info.run_id, PERIODS_ARTIFACT_DIR)}
     wanted = f"{PERIODS_ARTIFACT_DIR}/{by}.csv"
     if wanted in names:
-        table = pd.read_csv(client.download_artifacts(info.run_id, wanted, str(here)), dtype={"period": str})
-        source = "artifact"
-    else:
-        top = {a.path for a in client.list_artifacts(info.run_id)}
-        stored = next((name for name in RETURNS_ARTIFACTS if name in top), None)
-        if stored is None:
-            return RunPeriods(
-                info.run_id, info.run_name, {}, None, "no periods/ artifact and no stored returns"
-            )
-        try:
-            periods = float(params["periods_per_year"])
-        except (KeyError, ValueError):
-            return RunPeriods(
-                info.run_id, info.run_name, {}, None, "no periods_per_year param to recompute with"
-            )
-        returns, bench, why = stored_returns(Path(client.download_artifacts(info.run_id, stored, str(here))))
-        if why:
-            return RunPeriods(info.run_id, info.run_name, {}, None, why)
-        compounded = params.get("compounded", "true") != "false"
-        rf = float(params.get("rf", "0") or 0)
-        table = period_tables(returns, periods, compounded, rf, bench).by(by)
-        source = "returns"
-    key = "name" if by == "stress" else "period"
-    values = {
-        str(p): (float(v) if math.isfinite(float(v)) else None)
-        for p, v, n in zip(table[key], table[metric], table["n_bars"], strict=True)
-        if n
-    }
-    return RunPeriods(info.run_id, info.run_name, values, source)
+        with open(client.download_artifacts(info.run_id, wanted, str(here)), newline="") as handle:
+            table = list(csv.DictReader(handle))
+        key = "name" if by == "stress" else "period"
+        values = {
+            row[key]: float(row[metric]) if row[metric] and math.isfinite(float(row[metric])) else None
+            for row in table
+            if int(row["n_bars"])
+        }
+        return RunPeriods(info.run_id, info.run_name, values, "artifact")
+    top = {a.path for a in client.list_artifacts(info.run_id)}
+    stored = next((name for name in RETURNS_ARTIFACTS if name in top), None)
+    if stored is None:
+        return RunPeriods(info.run_id, info.run_name, {}, None, "no periods/ artifact and no stored returns")
+    path = Path(client.download_artifacts(info.run_id, stored, str(here)))
+    values, why = recomputed_values(path, by, metric, run.data.params)
+    if why:
+        return RunPeriods(info.run_id, info.run_name, {}, None, why)
+    return RunPeriods(info.run_id, info.run_name, values, "returns")
 
 
 def period_order(by: str, labels) -> list[str]:
