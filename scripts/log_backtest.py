@@ -47,7 +47,8 @@ import time
 import traceback
 import warnings as warnings_module  # `warnings` is the name of our list of user-facing warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import ClassVar
 
@@ -1586,6 +1587,9 @@ class Request:
     decimal: bool = False  # --decimal: the values are decimal returns, whatever they look like
     sep: str | None = None  # --sep: the CSV separator (default: comma; ; or tab when the header has none)
     code_files: dict[str, Path] = field(default_factory=dict)  # --code: artifact path -> file
+    windows: tuple = field(
+        default_factory=lambda: STRESS_WINDOWS
+    )  # the built-in stress windows, then --period NAME=START:END
 
 
 def warn(message: str, sink: list[str] | None = None) -> None:
@@ -1779,6 +1783,7 @@ def build_request(args) -> Request:
         decimal=args.decimal,
         sep=args.sep.replace("\\t", "\t") if args.sep else None,
         code_files=code_artifacts(args.code, args.code_dir, args.code_max_mb),
+        windows=parse_period_windows(args.period),
     )
 
 
@@ -2999,6 +3004,336 @@ def history_steps(n: int, max_points: int, deepest: int):
     return steps
 
 
+# ---- stress windows: identical in query_experiments.py and log_backtest.py (test_conventions checks) ----
+# The named stress windows and the period statistics (references/periods.md).
+@dataclass(frozen=True)
+class StressWindow:
+    """A named window of dates, both inclusive (a bar on `end` at any time of day is inside)."""
+
+    name: str  # lower-case key: the metric stress_<name>_return
+    label: str
+    start: str  # YYYY-MM-DD
+    end: str  # YYYY-MM-DD
+
+
+# Dates and their sources: references/periods.md ("Stress windows").
+STRESS_WINDOWS = (
+    StressWindow("dotcom", "Dot-com crash", "2000-03-10", "2000-09-10"),
+    StressWindow("sept11", "9/11", "2001-09-11", "2001-10-11"),
+    StressWindow("gfc", "2008 financial crisis", "2007-10-09", "2009-03-09"),
+    StressWindow("flash_crash", "2010 flash crash", "2010-05-05", "2010-05-10"),
+    StressWindow("us_downgrade", "2011 US downgrade", "2011-08-05", "2011-09-05"),
+    StressWindow("yuan_devaluation", "2015 yuan devaluation", "2015-08-10", "2015-10-10"),
+    StressWindow("volmageddon", "February 2018 volatility spike", "2018-01-26", "2018-02-08"),
+    StressWindow("q4_2018", "Q4 2018 sell-off", "2018-10-01", "2018-12-24"),
+    StressWindow("covid", "2020 COVID crash", "2020-02-19", "2020-03-23"),
+    StressWindow("rate_shock_2022", "2022 rate shock", "2022-01-03", "2022-10-12"),
+)
+PERIOD_KINDS = ("year", "quarter", "month", "stress")
+PERIOD_STATS = ("return", "volatility", "sharpe", "max_drawdown")
+# ---- end of stress windows ----
+
+
+# ---- period tables: calendar years, quarters, months and stress windows of one series (pandas) ----
+@dataclass(frozen=True)
+class PeriodTables:
+    """One row per calendar period the bars touch (partial first and last ones included) and per stress
+    window the bars overlap (a user's window always, with 0 bars when outside the data): pandas DataFrames."""
+
+    year: object
+    quarter: object
+    month: object
+    stress: object
+
+    def by(self, kind: str):
+        return getattr(self, kind)
+
+
+def segment_stats(values, bench, periods: float, compounded: bool, rf: float) -> dict:
+    """return, volatility, sharpe and max_drawdown of one segment of bars (and the benchmark's return, its
+    drawdown and the excess), NaN where undefined: the run's own definitions, applied to the segment."""
+    import numpy as np
+
+    n = len(values)
+    nan = float("nan")
+    out = {"n_bars": n, "return": nan, "volatility": nan, "sharpe": nan, "max_drawdown": nan}
+    if bench is not None:
+        out.update(benchmark_return=nan, benchmark_max_drawdown=nan, excess_return=nan)
+    if not n:
+        return out
+
+    def total_and_drawdown(a) -> tuple[float, float]:
+        equity = np.cumprod(1.0 + a) if compounded else 1.0 + np.cumsum(a)
+        peak = np.maximum(np.maximum.accumulate(equity), 1.0)  # the running peak starts at 1 before bar 1
+        return float(equity[-1] - 1.0), float(np.min(equity / peak - 1.0))
+
+    out["return"], out["max_drawdown"] = total_and_drawdown(values)
+    if n > 1:
+        sd = float(np.std(values, ddof=1))
+        out["volatility"] = sd * math.sqrt(periods)
+        x = values - ((1.0 + rf) ** (1.0 / periods) - 1.0 if rf else 0.0)
+        sd_x = float(np.std(x, ddof=1))
+        out["sharpe"] = float(np.mean(x)) / sd_x * math.sqrt(periods) if sd_x > 0 else nan
+    if bench is not None:
+        out["benchmark_return"], out["benchmark_max_drawdown"] = total_and_drawdown(bench)
+        out["excess_return"] = out["return"] - out["benchmark_return"]
+    return out
+
+
+def bar_text(stamp, with_time: bool) -> str:
+    return stamp.strftime("%Y-%m-%dT%H:%M:%SZ" if with_time else "%Y-%m-%d")
+
+
+def period_tables(
+    returns, periods: float, compounded: bool, rf: float = 0.0, benchmark=None, windows=STRESS_WINDOWS
+) -> PeriodTables:
+    """The breakdown of one series (pandas Series on a UTC-naive, sorted DatetimeIndex; `benchmark` aligned on
+    the same index): its year, quarter and month tables and its stress windows (`windows`: the built-in ones
+    that the bars overlap, then the user's, listed even when empty)."""
+    import numpy as np
+    import pandas as pd
+
+    index = returns.index
+    a = returns.to_numpy(dtype=float)
+    b = benchmark.to_numpy(dtype=float) if benchmark is not None else None
+    with_time = bool((index[[0, -1]] != index[[0, -1]].normalize()).any())
+    years, months = index.year.to_numpy(), index.month.to_numpy()
+    keys = {"year": years, "quarter": years * 4 + (months - 1) // 3, "month": years * 12 + months - 1}
+
+    def label(kind: str, key: int) -> str:
+        if kind == "year":
+            return str(key)
+        if kind == "quarter":
+            return f"{key // 4}Q{key % 4 + 1}"
+        return f"{key // 12}-{key % 12 + 1:02d}"
+
+    def rows_of(segments, first: str, last: str) -> list[dict]:
+        rows = []
+        for head, lo, hi in segments:
+            row = dict(head)
+            row[first] = bar_text(index[lo], with_time) if hi > lo else None
+            row[last] = bar_text(index[hi - 1], with_time) if hi > lo else None
+            stats = segment_stats(a[lo:hi], None if b is None else b[lo:hi], periods, compounded, rf)
+            rows.append({**row, **stats})
+        return rows
+
+    tables = {}
+    for kind, key in keys.items():
+        edges = np.concatenate(([0], np.flatnonzero(np.diff(key)) + 1, [len(key)]))
+        segments = [
+            ({"period": label(kind, int(key[lo]))}, lo, hi)
+            for lo, hi in zip(edges[:-1], edges[1:], strict=True)
+        ]
+        tables[kind] = pd.DataFrame(rows_of(segments, "start", "end"))
+    user = {w.name for w in windows} - {w.name for w in STRESS_WINDOWS}
+    segments = []
+    for w in windows:
+        lo = int(np.searchsorted(index, pd.Timestamp(w.start), side="left"))
+        hi = int(np.searchsorted(index, pd.Timestamp(w.end) + pd.Timedelta(days=1), side="left"))
+        if hi > lo or w.name in user:
+            segments.append(({"name": w.name, "label": w.label, "start": w.start, "end": w.end}, lo, hi))
+    columns = ["name", "label", "start", "end", "first_bar", "last_bar", "n_bars", *PERIOD_STATS]
+    if b is not None:
+        columns += ["benchmark_return", "benchmark_max_drawdown", "excess_return"]
+    stress = pd.DataFrame(rows_of(segments, "first_bar", "last_bar"), columns=columns)
+    return PeriodTables(tables["year"], tables["quarter"], tables["month"], stress)
+
+
+# ---- a run's period breakdown: its artifacts, stress metrics, year_return history and summary -------------
+PERIOD_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+DESCRIPTION_MAX_YEARS = 12  # more years: the description names the best and worst only
+
+
+def parse_period_windows(texts: list[str]) -> tuple[StressWindow, ...]:
+    """--period NAME=START:END (repeatable, dates inclusive) -> the built-in windows and then the user's;
+    a bad date, an end before its start or a repeated name is exit 2 before anything is read."""
+    windows, names = list(STRESS_WINDOWS), {w.name for w in STRESS_WINDOWS}
+    for text in texts:
+        name, eq, span = text.partition("=")
+        start, colon, end = span.partition(":")
+        name, start, end = name.strip(), start.strip(), end.strip()
+        if not eq or not colon or not PERIOD_NAME.match(name):
+            raise CliError(
+                EXIT_USAGE,
+                f"--period {text!r}: give NAME=START:END with NAME of letters, digits and _ (at most 64), "
+                "e.g. --period brexit=2016-06-23:2016-07-08",
+            )
+        dates = []
+        for date in (start, end):
+            try:
+                dates.append(datetime.strptime(date, "%Y-%m-%d").date().isoformat())
+            except ValueError:
+                raise CliError(EXIT_USAGE, f"--period {text!r}: {date!r} is not a date YYYY-MM-DD") from None
+        start, end = dates
+        if end < start:
+            raise CliError(EXIT_USAGE, f"--period {text!r}: the end {end} is before the start {start}")
+        if name in names:
+            raise CliError(
+                EXIT_USAGE,
+                f"--period {text!r}: the name {name!r} is already taken"
+                + (
+                    " by a built-in stress window (references/periods.md)"
+                    if name in {w.name for w in STRESS_WINDOWS}
+                    else ""
+                ),
+            )
+        names.add(name)
+        windows.append(StressWindow(name, name, start, end))
+    return tuple(windows)
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """One series' period breakdown, ready to log: the tables (artifacts), the stress_<name>_return metrics,
+    the year_return history points (calendar year, epoch ms of the year's last bar, return) and the summary
+    for the description and the JSON output."""
+
+    tables: PeriodTables
+    metrics: dict[str, float]
+    year_points: tuple[tuple[int, int, float], ...]
+    summary: dict
+
+
+def defined(value) -> float | None:
+    return float(value) if value is not None and math.isfinite(float(value)) else None
+
+
+def period_breakdown(
+    column: Column, periods: float, frequency: str, compounded: bool, rf: float, windows, warnings: list[str]
+) -> Breakdown | None:
+    """The breakdown of one series (a single run, a sweep child, a walk-forward's stitched series); None for
+    bars without timestamps (no calendar). A user's window outside the data is a warning, listed with 0 bars."""
+    import numpy as np
+
+    if not column.has_timestamps:
+        if len(windows) > len(STRESS_WINDOWS):
+            warn(
+                f"column {column.name!r}: bars without timestamps have no calendar: --period ignored",
+                warnings,
+            )
+        return None
+    tables = period_tables(column.returns, periods, compounded, rf, column.benchmark, windows)
+    stress = tables.stress
+    for name in stress.loc[stress["n_bars"] == 0, "name"]:
+        warn(f"column {column.name!r}: --period {name!r} lies outside the data: listed with 0 bars", warnings)
+    metrics = {
+        f"stress_{name}_return": float(value)
+        for name, value, n in zip(stress["name"], stress["return"], stress["n_bars"], strict=True)
+        if n and math.isfinite(value)
+    }
+    index = column.returns.index
+    years = index.year.to_numpy()
+    last = np.concatenate((np.flatnonzero(np.diff(years)), [len(years) - 1]))
+    stamps = history_stamps(index, last, frequency)
+    stamps = stamps - min(0, int(history_stamps(index, [0], frequency)[0]))  # shifted like the equity curve
+    year = tables.year
+    points = tuple(
+        (int(y), int(ts), float(v))
+        for y, ts, v in zip(years[last].tolist(), stamps.tolist(), year["return"].tolist(), strict=True)
+        if math.isfinite(v)
+    )
+    returns = {p: defined(v) for p, v in zip(year["period"], year["return"], strict=True)}
+    ranked = [p for p in sorted(returns, key=lambda p: returns[p]) if returns[p] is not None]
+    summary = {
+        "best_year": {"period": ranked[-1], "return": returns[ranked[-1]]} if ranked else None,
+        "worst_year": {"period": ranked[0], "return": returns[ranked[0]]} if ranked else None,
+        "year_returns": returns,
+        "stress_returns": {
+            name: defined(value) for name, value in zip(stress["name"], stress["return"], strict=True)
+        },
+    }
+    return Breakdown(tables, metrics, points, summary)
+
+
+def write_period_artifacts(breakdown: Breakdown | None, folder: Path) -> list[str]:
+    """periods/year.csv, quarter.csv, month.csv and stress.csv (the heatmap is drawn with the tearsheet)."""
+    if breakdown is None:
+        return []
+    out = folder / "periods"
+    out.mkdir(parents=True, exist_ok=True)
+    for kind in PERIOD_KINDS:
+        breakdown.tables.by(kind).to_csv(out / f"{kind}.csv", index=False, float_format="%.10g")
+    return [f"periods/{kind}.csv" for kind in PERIOD_KINDS]
+
+
+def draw_monthly_heatmap(column: Column, req: Request, folder: Path) -> None:
+    """periods/monthly_returns.png: the month x year grid of monthly returns (the rows of periods/month.csv),
+    red below 0 and green above on a symmetric scale, each cell labelled in percent. Drawn in the tearsheet's
+    process, which has matplotlib imported already (its import alone is ~0.6 CPU-s: bench/RESULTS.md);
+    matplotlib's Figure on the Agg canvas directly: no pyplot state, no GUI backend."""
+    import logging
+
+    import numpy as np
+
+    if not column.has_timestamps:
+        return
+    periods = periods_of(column, req)[0]
+    month = period_tables(column.returns, periods, req.compounded, req.rf, None, ()).month
+    logging.getLogger("matplotlib").setLevel(logging.ERROR)
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import PercentFormatter
+
+    years = sorted({int(p[:4]) for p in month["period"]})
+    grid = np.full((len(years), 12), np.nan)
+    for period, value in zip(month["period"], month["return"], strict=True):
+        grid[years.index(int(period[:4])), int(period[5:]) - 1] = value
+    finite = grid[np.isfinite(grid)]
+    scale = float(np.max(np.abs(finite))) if finite.size and np.max(np.abs(finite)) > 0 else 0.01
+    figure = Figure(figsize=(9, 1.2 + 0.32 * len(years)), dpi=90)
+    ax = figure.add_subplot()
+    image = ax.imshow(grid, cmap="RdYlGn", vmin=-scale, vmax=scale, aspect="auto")
+    ax.set_xticks(
+        range(12), ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+    )
+    ax.set_yticks(range(len(years)), [str(y) for y in years])
+    ax.tick_params(length=0, labelsize=8)
+    if len(years) <= 60:
+        for (row, col), value in np.ndenumerate(grid):
+            if math.isfinite(value):
+                ax.text(col, row, f"{value * 100:.1f}", ha="center", va="center", fontsize=7)
+    ax.set_title("Monthly returns (%)", fontsize=10)
+    figure.colorbar(image, ax=ax, fraction=0.03, pad=0.02, format=PercentFormatter(1.0)).ax.tick_params(
+        labelsize=7
+    )
+    figure.tight_layout()
+    (folder / "periods").mkdir(parents=True, exist_ok=True)
+    figure.savefig(folder / "periods" / "monthly_returns.png")
+
+
+def pct(value) -> str:
+    return "undefined" if value is None else f"{value * 100:+.2f} %".replace("-", "\N{MINUS SIGN}")
+
+
+def periods_markdown(summary: dict | None) -> list[str]:
+    """The description's year table (or, over DESCRIPTION_MAX_YEARS years, the best and worst by name) and the
+    stress windows the data covers."""
+    if not summary or not summary["year_returns"]:
+        return []
+    years = summary["year_returns"]
+    lines = ["", "**Years** (all periods in `periods/`)", ""]
+    if len(years) <= DESCRIPTION_MAX_YEARS:
+        lines += ["| Year | Return |", "|---|---|"] + [f"| {y} | {pct(v)} |" for y, v in years.items()]
+    else:
+        best, worst = summary["best_year"], summary["worst_year"]
+        lines.append(
+            f"{len(years)} years · best {best['period']} {pct(best['return'])} · "
+            f"worst {worst['period']} {pct(worst['return'])}"
+        )
+    stress = {name: v for name, v in summary["stress_returns"].items() if v is not None}
+    if stress:
+        lines += ["", "**Stress windows** " + " · ".join(f"{name} {pct(v)}" for name, v in stress.items())]
+    return lines
+
+
+def periods_output(summary: dict | None, key_only: bool) -> dict | None:
+    """The JSON output's `periods`: best and worst year, and (not for a sweep's children) every year's return."""
+    if summary is None:
+        return None
+    if key_only:
+        return {"best_year": summary["best_year"], "worst_year": summary["worst_year"]}
+    return summary
+
+
 # ---- fingerprint, description, artifacts ---------------------------------------------------------------
 def fingerprint(item: Column, settings: dict, params: dict) -> str:
     digest = hashlib.sha256(b"log_backtest/1\0")
@@ -3070,6 +3405,7 @@ def description_markdown(summary: dict, user_description: str | None) -> str:
     for name in KEY_METRICS + (("alpha", "beta") if "beta" in metrics else ()):
         lines.append(f"- {name}: **{fmt_value(name, metrics.get(name))}**")
     lines += segments_markdown(summary)
+    lines += periods_markdown(summary.get("periods"))
     if summary["undefined_metrics"]:
         lines += ["", "Undefined (not logged): " + ", ".join(summary["undefined_metrics"])]
     lines += ["", f"Logged by {SKILL_NAME} log_backtest.py {SKILL_VERSION}; all metrics in `metrics.json`."]
@@ -3213,6 +3549,7 @@ class Histories:
     timestamps: object  # numpy int64: epoch milliseconds of those bars (now, for bars without timestamps)
     equity: object  # numpy float64
     drawdown: object  # numpy float64
+    year_return: tuple = ()  # (calendar year, epoch ms of its last bar, return): Breakdown.year_points
 
 
 @dataclass(frozen=True)
@@ -3299,6 +3636,9 @@ def prepare_column(job: Job, req: Request) -> Prepared:
     segments = split_metrics(column, req, periods) if req.oos else None
     if segments:
         values.update(segments.metrics)
+    breakdown = period_breakdown(column, periods, frequency, req.compounded, req.rf, req.windows, warnings)
+    if breakdown:
+        values.update(breakdown.metrics)
     metrics, undefined = split_defined(values)
     settings = {
         "rf": req.rf,
@@ -3344,8 +3684,11 @@ def prepare_column(job: Job, req: Request) -> Prepared:
         "metrics": metrics,
         "undefined_metrics": undefined,
         "segments": segments.params if segments else None,
+        "periods": breakdown.summary if breakdown else None,
     }
     histories = histories_of(column, req)
+    if breakdown:
+        histories = replace(histories, year_return=breakdown.year_points)
     job.folder.mkdir(parents=True, exist_ok=True)
     metrics_doc = {
         "run_name": job.run_name,
@@ -3359,6 +3702,7 @@ def prepare_column(job: Job, req: Request) -> Prepared:
     }
     (job.folder / "metrics.json").write_text(json.dumps(json_safe(metrics_doc), indent=2) + "\n")
     artifacts = ["metrics.json", write_returns_artifact(column, job.folder), *copy_code(req, job.folder)]
+    artifacts += write_period_artifacts(breakdown, job.folder)
     phase(req, f"{column.name}: histories and artifacts prepared")
     return Prepared(
         column=column.name, run_name=job.run_name, n_bars=n, periods=periods, frequency=frequency,
@@ -3369,7 +3713,7 @@ def prepare_column(job: Job, req: Request) -> Prepared:
 
 
 def draw_tearsheet(job: Job, req: Request) -> str | None:
-    """QuantStats' report into the job's folder as tearsheet.html; a warning when it was drawn from daily
+    """QuantStats' report into the job's folder as tearsheet.html, and the monthly returns heatmap; a warning when it was drawn from daily
     returns (or on a synthetic calendar)."""
     job.folder.mkdir(parents=True, exist_ok=True)
     import_quantstats(req)
@@ -3378,6 +3722,8 @@ def draw_tearsheet(job: Job, req: Request) -> str | None:
         job.column, job.folder / "tearsheet.html", req.rf, periods, req.compounded, job.run_name
     )
     phase(req, f"{job.run_name}: tearsheet")
+    draw_monthly_heatmap(job.column, req, job.folder)
+    phase(req, f"{job.run_name}: monthly returns heatmap")
     return f"{job.run_name}: {note}" if note else None
 
 
@@ -3708,7 +4054,7 @@ def write_run(
             Metric(key, value, ts, step)
             for key, series in (("equity", h.equity), ("drawdown", h.drawdown))
             for step, ts, value in zip(h.steps.tolist(), h.timestamps.tolist(), series.tolist(), strict=True)
-        ]
+        ] + [Metric("year_return", value, ts, year) for year, ts, value in h.year_return]
         # One call: MlflowClient splits it into the largest batches a store accepts (1,000 entries, params
         # first); every batch is a transaction in a SQL store and a request to a server.
         client.log_batch(
@@ -3797,6 +4143,7 @@ def column_output(prep: Prepared, outcome: Outcome, req: Request, experiment_id,
         "artifacts": outcome.artifacts,
         "fingerprint": prep.fingerprint,
         "benchmark": prep.benchmark,
+        "periods": periods_output(prep.summary.get("periods"), key_only),
     }
     if not key_only:  # a sweep says it once, for all its runs
         out["git"] = git_summary(req.tags)
@@ -3868,6 +4215,9 @@ def build_parser() -> CliParser:
                       help="annual risk-free rate, decimal (0.04 = 4 %%); default 0")  # fmt: skip
     calc.add_argument("--periods-per-year", type=float, metavar="N", help="default: detected from timestamps")
     calc.add_argument("--simple", action="store_true", help="returns are not compounded")
+    calc.add_argument("--period", action="append", default=[], metavar="NAME=START:END",
+                      help="a stress window of your own, dates inclusive (repeatable): periods/stress.csv and "
+                      "metric stress_NAME_return, next to the built-in ones (references/periods.md)")  # fmt: skip
     search = parser.add_argument_group("selection bias and out-of-sample (references/overfitting.md)")
     search.add_argument("--oos-start", metavar="DATE|FRACTION",
                         help="split each series: bars from DATE on (e.g. 2021-01-01), or after the first FRACTION "
@@ -3880,7 +4230,9 @@ def build_parser() -> CliParser:
                         f"(default {DEFAULT_PBO_SPLITS}: 12,870 combinations)")  # fmt: skip
     execution = parser.add_argument_group("execution and output")
     execution.add_argument(
-        "--no-tearsheet", action="store_true", help="skip QuantStats' HTML tearsheet (faster)"
+        "--no-tearsheet",
+        action="store_true",
+        help="skip the figures: QuantStats' HTML tearsheet and periods/monthly_returns.png (faster)",
     )
     execution.add_argument("--dry-run", action="store_true", help="compute and print; touch no store")
     execution.add_argument("--force", action="store_true", help="log even if an identical backtest is logged")

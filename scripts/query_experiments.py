@@ -636,6 +636,36 @@ def deflated_sharpe_ratio(
 # ---- end of deflated Sharpe ratio ----
 
 
+# ---- stress windows: identical in query_experiments.py and log_backtest.py (test_conventions checks) ----
+# The named stress windows and the period statistics (references/periods.md).
+@dataclass(frozen=True)
+class StressWindow:
+    """A named window of dates, both inclusive (a bar on `end` at any time of day is inside)."""
+
+    name: str  # lower-case key: the metric stress_<name>_return
+    label: str
+    start: str  # YYYY-MM-DD
+    end: str  # YYYY-MM-DD
+
+
+# Dates and their sources: references/periods.md ("Stress windows").
+STRESS_WINDOWS = (
+    StressWindow("dotcom", "Dot-com crash", "2000-03-10", "2000-09-10"),
+    StressWindow("sept11", "9/11", "2001-09-11", "2001-10-11"),
+    StressWindow("gfc", "2008 financial crisis", "2007-10-09", "2009-03-09"),
+    StressWindow("flash_crash", "2010 flash crash", "2010-05-05", "2010-05-10"),
+    StressWindow("us_downgrade", "2011 US downgrade", "2011-08-05", "2011-09-05"),
+    StressWindow("yuan_devaluation", "2015 yuan devaluation", "2015-08-10", "2015-10-10"),
+    StressWindow("volmageddon", "February 2018 volatility spike", "2018-01-26", "2018-02-08"),
+    StressWindow("q4_2018", "Q4 2018 sell-off", "2018-10-01", "2018-12-24"),
+    StressWindow("covid", "2020 COVID crash", "2020-02-19", "2020-03-23"),
+    StressWindow("rate_shock_2022", "2022 rate shock", "2022-01-03", "2022-10-12"),
+)
+PERIOD_KINDS = ("year", "quarter", "month", "stress")
+PERIOD_STATS = ("return", "volatility", "sharpe", "max_drawdown")
+# ---- end of stress windows ----
+
+
 # ---- pure functions: validation and shaping (unit-tested by importing this file) ----
 
 
@@ -1889,6 +1919,195 @@ def cmd_deflate(client, query: Query) -> dict:
     return {"experiment": [e.name for e in experiments], "filter": args.filter or None, **summary}
 
 
+# ---- periods: runs x calendar periods (or stress windows) of one statistic ----
+
+
+PERIODS_ARTIFACT_DIR = "periods"
+RETURNS_ARTIFACTS = ("returns.csv", "returns.parquet")  # log_backtest's stored series, by size
+
+
+@dataclass(frozen=True)
+class RunPeriods:
+    """One run's values of the asked statistic per period, where they came from, or why there are none."""
+
+    run_id: str
+    run_name: str
+    values: dict[str, float | None]
+    source: str | None  # "artifact" (periods/<by>.csv), "returns" (recomputed from the stored returns)
+    reason: str | None = None  # set when undefined
+
+
+def segment_value(values: list[float], metric: str, periods: float, compounded: bool, rf: float):
+    """log_backtest's statistic of one period (segment_stats there), in plain Python: this script has no
+    pandas or numpy (mlflow-skinny imports pandas at `import mlflow` when it is installed: +0.4 s a query)."""
+    n = len(values)
+    if metric == "return":
+        return math.prod(1.0 + v for v in values) - 1.0 if compounded else math.fsum(values)
+    if metric == "max_drawdown":
+        equity, peak, deepest = 1.0, 1.0, 0.0
+        for v in values:
+            equity = equity * (1.0 + v) if compounded else equity + v
+            peak = max(peak, equity)
+            deepest = min(deepest, equity / peak - 1.0)
+        return deepest
+    if n < 2:
+        return None
+    if metric == "volatility":
+        return statistics.stdev(values) * math.sqrt(periods)
+    rf_bar = (1.0 + rf) ** (1.0 / periods) - 1.0 if rf else 0.0
+    excess = [v - rf_bar for v in values]
+    sd = statistics.stdev(excess)
+    return statistics.fmean(excess) / sd * math.sqrt(periods) if sd > 0 else None
+
+
+def period_key(stamp: str, by: str) -> str:
+    """The calendar label of an ISO timestamp as log_backtest writes it ("2008", "2008Q4", "2008-10")."""
+    year, month = stamp[:4], int(stamp[5:7])
+    return {"year": year, "quarter": f"{year}Q{(month - 1) // 3 + 1}", "month": f"{year}-{month:02d}"}[by]
+
+
+def recomputed_values(path: Path, by: str, metric: str, params: dict) -> tuple[dict, str | None]:
+    """A run's values per period from its stored returns.csv (timestamp, returns[, benchmark]) and its
+    settings (periods_per_year, compounded, rf params): (values, None) or ({}, the reason there are none)."""
+    import csv
+
+    if path.suffix != ".csv":
+        return {}, "logged before periods/ existed, its returns stored as Parquet: re-log it to get periods/"
+    try:
+        periods = float(params["periods_per_year"])
+    except (KeyError, ValueError):
+        return {}, "no periods_per_year param to recompute its periods with"
+    compounded = params.get("compounded", "true") != "false"
+    rf = float(params.get("rf", "0") or 0)
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or rows[0][0] == "bar" or "returns" not in rows[0]:
+        return {}, "its returns have no timestamps (bars only): no calendar"
+    at = rows[0].index("returns")
+    bars = [(row[0], float(row[at])) for row in rows[1:]]
+    groups: dict[str, list[float]] = {}
+    if by == "stress":
+        for w in STRESS_WINDOWS:
+            inside = [v for stamp, v in bars if w.start <= stamp[:10] <= w.end]
+            if inside:
+                groups[w.name] = inside
+    else:
+        for stamp, v in bars:
+            groups.setdefault(period_key(stamp, by), []).append(v)
+    return {p: segment_value(vs, metric, periods, compounded, rf) for p, vs in groups.items()}, None
+
+
+def run_periods(client, run, by: str, metric: str, folder: Path) -> RunPeriods:
+    """The run's periods/<by>.csv, else its values recomputed from its stored returns with the run's own
+    settings, else undefined with the reason."""
+    import csv
+
+    info = run.info
+    here = folder / info.run_id
+    names = {a.path for a in client.list_artifacts(info.run_id, PERIODS_ARTIFACT_DIR)}
+    wanted = f"{PERIODS_ARTIFACT_DIR}/{by}.csv"
+    if wanted in names:
+        with open(client.download_artifacts(info.run_id, wanted, str(here)), newline="") as handle:
+            table = list(csv.DictReader(handle))
+        key = "name" if by == "stress" else "period"
+        values = {
+            row[key]: float(row[metric]) if row[metric] and math.isfinite(float(row[metric])) else None
+            for row in table
+            if int(row["n_bars"])
+        }
+        return RunPeriods(info.run_id, info.run_name, values, "artifact")
+    top = {a.path for a in client.list_artifacts(info.run_id)}
+    stored = next((name for name in RETURNS_ARTIFACTS if name in top), None)
+    if stored is None:
+        return RunPeriods(info.run_id, info.run_name, {}, None, "no periods/ artifact and no stored returns")
+    path = Path(client.download_artifacts(info.run_id, stored, str(here)))
+    values, why = recomputed_values(path, by, metric, run.data.params)
+    if why:
+        return RunPeriods(info.run_id, info.run_name, {}, None, why)
+    return RunPeriods(info.run_id, info.run_name, values, "returns")
+
+
+def period_order(by: str, labels) -> list[str]:
+    """Calendar labels in time order; stress windows in the built-in order, then the users' by name."""
+    if by != "stress":
+        return sorted(labels)
+    builtin = [w.name for w in STRESS_WINDOWS]
+    return [n for n in builtin if n in labels] + sorted(set(labels) - set(builtin))
+
+
+def periods_result(by: str, metric: str, rows: list[RunPeriods], counts: dict) -> dict:
+    defined = [r for r in rows if r.reason is None]
+    return {
+        "by": by,
+        "metric": metric,
+        **counts,
+        "periods": period_order(by, {p for r in defined for p in r.values}),
+        "runs": [
+            {"run_id": r.run_id, "run_name": r.run_name, "source": r.source, "values": r.values}
+            for r in defined
+        ],  # fmt: skip
+        "undefined": [
+            {"run_id": r.run_id, "run_name": r.run_name, "reason": r.reason}
+            for r in rows
+            if r.reason is not None
+        ],  # fmt: skip
+    }
+
+
+def periods_rows(result: dict) -> list[dict]:
+    """Table and csv: one row per run, one column per period (undefined runs last, with their reason)."""
+    rows = [
+        {
+            "run_name": r["run_name"],
+            "run_id": r["run_id"],
+            **{p: r["values"].get(p) for p in result["periods"]},
+        }
+        for r in result["runs"]
+    ]
+    return rows + [{"run_name": u["run_name"], "run_id": u["run_id"], "undefined": u["reason"]}
+                   for u in result["undefined"]]  # fmt: skip
+
+
+def cmd_periods(client, query: Query) -> object:
+    import tempfile
+
+    args = query.args
+    experiments = resolve_experiments(client, args.experiment)
+    ids = [e.experiment_id for e in experiments]
+    if args.run_id:
+        runs = [get_run(client, run_id) for run_id in args.run_id]
+        elsewhere = [r.info.run_id for r in runs if r.info.experiment_id not in ids]
+        if elsewhere:
+            raise CliError(
+                EXIT_NOT_FOUND, f"run {elsewhere[0]} is not in --experiment {', '.join(args.experiment)}"
+            )
+    else:
+        refresh_sqlite_statistics(client)
+        runs, _ = search_runs(client, ids, build_run_filter(args.filter, None, None, False), [], sys.maxsize)
+    parents = [r for r in runs if r.data.tags.get(SWEEP_TAG) == "true"]
+    runs = [r for r in runs if r.data.tags.get(SWEEP_TAG) != "true"]  # a sweep's children are its periods
+    if not runs:
+        raise CliError(
+            EXIT_NOT_FOUND,
+            "no run matches"
+            + (f" (only {len(parents)} sweep parents, which are left out)" if parents else ""),
+        )
+    shown = runs[: args.max_runs]
+    if len(shown) < len(runs):
+        print(
+            f"warning: periods of the first {len(shown)} of {len(runs)} matching runs; raise --max-runs or "
+            "narrow --filter",
+            file=sys.stderr,
+        )
+    with tempfile.TemporaryDirectory(prefix="query-periods-") as folder:
+        rows = [run_periods(client, run, args.by, args.metric, Path(folder)) for run in shown]
+    counts = {"n_runs": len(runs), "n_shown": len(shown), "sweep_parents_left_out": len(parents),
+              "n_recomputed": sum(r.source == "returns" for r in rows),
+              "n_undefined": sum(r.reason is not None for r in rows)}  # fmt: skip
+    result = periods_result(args.by, args.metric, rows, counts)
+    return periods_rows(result) if query.fmt in ("table", "csv") else result
+
+
 # ---- command line ----
 
 
@@ -2051,7 +2270,40 @@ def build_parser() -> CliParser:
         action="store_true",
         help="leave deleted runs out (only for runs deleted as mistakes: deleted losers are still trials)",
     )
+    p = add(
+        "periods",
+        "runs x calendar periods or stress windows: one statistic per run and period (references/periods.md)",
+        "examples:\n  periods --experiment momentum --by year\n"
+        "  periods --experiment momentum --by stress --metric max_drawdown --filter \"params.lookback = '100'\"\n"
+        "values come from each run's periods/<by>.csv; runs logged before it existed are recomputed from their\n"
+        "stored returns (n_recomputed), else listed under `undefined` with the reason. Sweep parents are left\n"
+        "out (their children are in).",
+    )
+    p.set_defaults(handler=cmd_periods, check=check_periods)
+    p.add_argument(
+        "--experiment", action="append", required=True, metavar="NAME", help="name or id (repeatable)"
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--filter", default="", metavar="S", help="MLflow search filter: which runs")
+    which.add_argument("--run-id", metavar="ID,...", help="these runs (comma-separated) instead of a filter")
+    p.add_argument("--by", default="year", choices=PERIOD_KINDS, help="default year")
+    p.add_argument("--metric", default="return", choices=PERIOD_STATS, help="default return")
+    p.add_argument(
+        "--max-runs",
+        type=positive_int,
+        default=DEFAULT_MAX_RUNS,
+        metavar="N",
+        help=f"default {DEFAULT_MAX_RUNS}",
+    )
     return parser
+
+
+def check_periods(args) -> None:
+    check_experiments_named(args)
+    if args.run_id is not None:
+        args.run_id = list(dict.fromkeys(split_list(args.run_id)))
+        if not args.run_id:
+            raise CliError(EXIT_USAGE, "--run-id is empty: give run ids, comma-separated")
 
 
 def check_experiments_named(args) -> None:

@@ -255,3 +255,36 @@ def test_deflated_sharpe_is_the_same_in_both_scripts(scripts):
         assert got == qe.deflated_sharpe_ratio(sharpe, trials, bars, skew, kurtosis) or all(
             math.isnan(v) for v in got + qe.deflated_sharpe_ratio(sharpe, trials, bars, skew, kurtosis)
         )
+
+
+PERIODS_START = "# ---- stress windows: identical in query_experiments.py and log_backtest.py"
+PERIODS_END = "# ---- end of stress windows ----"
+
+
+@pytest.mark.parametrize("compounded", [True, False], ids=["compounded", "simple"])
+def test_stress_windows_and_period_values_agree_in_both_scripts(scripts, tmp_path, compounded):
+    """log_backtest logs the period tables (pandas); query_experiments periods recomputes a run logged before
+    they existed from its returns.csv (plain Python: that script has no pandas): one identical block of
+    stress windows, and the same values from both."""
+    import pandas as pd
+
+    blocks = []
+    for name in ("log_backtest", "query_experiments"):
+        text = script_path(name).read_text()
+        assert text.count(PERIODS_START) == 1 and text.count(PERIODS_END) == 1, f"{name}: block markers"
+        blocks.append(text.split(PERIODS_START, 1)[1].split(PERIODS_END, 1)[0])
+    assert blocks[0] == blocks[1]
+    index = pd.bdate_range("2007-11-05", periods=700)
+    r = pd.Series([0.003 * ((i * 7) % 11 - 5) for i in range(700)], index=index, name="returns")
+    r.rename_axis("date").to_csv(tmp_path / "returns.csv", float_format="%.17g")
+    params = {"periods_per_year": "252", "compounded": str(compounded).lower(), "rf": "0.03"}
+    tables = scripts.log_backtest.period_tables(r, 252.0, compounded, 0.03)
+    for kind in scripts.log_backtest.PERIOD_KINDS:
+        table = tables.by(kind)
+        for metric in scripts.log_backtest.PERIOD_STATS:
+            got, why = scripts.query_experiments.recomputed_values(
+                tmp_path / "returns.csv", kind, metric, params
+            )
+            assert why is None
+            want = dict(zip(table["name" if kind == "stress" else "period"], table[metric], strict=True))
+            assert got == pytest.approx(want, rel=1e-9, nan_ok=True), (kind, metric)

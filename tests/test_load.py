@@ -62,7 +62,9 @@ def check_complete(client, folder, experiment: str, results: list[harness.Result
         seed = int(run.data.params["seed"])
         assert run.info.status == "FINISHED" and run.info.run_name == f"load-{seed:02d}"
         assert out["experiment_id"] == exp.experiment_id and out["n_bars"] == N_BARS
-        scalars = {k: v for k, v in run.data.metrics.items() if k not in ("equity", "drawdown")}
+        scalars = {
+            k: v for k, v in run.data.metrics.items() if k not in ("equity", "drawdown", "year_return")
+        }
         assert scalars == pytest.approx(out["metrics"], rel=1e-15) and len(scalars) >= 60
         # both histories, every bar, against the seeded data computed here
         r = pd.read_csv(folder / f"load{seed:02d}.csv")["returns"].to_numpy()
@@ -72,7 +74,11 @@ def check_complete(client, folder, experiment: str, results: list[harness.Result
             history = sorted(client.get_metric_history(out["run_id"], key), key=lambda m: m.step)
             assert [m.step for m in history] == list(range(N_BARS)), key
             np.testing.assert_allclose([m.value for m in history], expected, rtol=1e-12, atol=1e-15)
-        assert sorted(a.path for a in client.list_artifacts(out["run_id"])) == ["metrics.json", "returns.csv"]
+        assert sorted(a.path for a in client.list_artifacts(out["run_id"])) == [
+            "metrics.json",
+            "periods",
+            "returns.csv",
+        ]
         local = client.download_artifacts(out["run_id"], "metrics.json", str(tmp_path / out["run_id"]))
         with open(local) as handle:
             doc = json.load(handle)

@@ -14,6 +14,11 @@ import pandas as pd
 import pytest
 from harness import MlflowServer, assert_clean_error, run_script
 
+PERIOD_ARTIFACTS = (
+    "periods/year.csv", "periods/quarter.csv", "periods/month.csv", "periods/stress.csv",
+    "periods/monthly_returns.png",
+)  # fmt: skip
+
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
@@ -493,7 +498,7 @@ def test_single_output_and_clean_stderr(single):
     assert (
         out["benchmark"]["benchmark_bars_dropped"] == 100 and out["benchmark"]["strategy_bars_dropped"] == 0
     )
-    assert set(out["artifacts"]) == {"metrics.json", "returns.csv", "tearsheet.html"}
+    assert set(out["artifacts"]) == {"metrics.json", "returns.csv", "tearsheet.html", *PERIOD_ARTIFACTS}
     assert len(out["metrics"]) >= 66
     assert out["url"] is None
     assert single["result"].stderr == "", single["result"].stderr  # no library noise
@@ -503,7 +508,7 @@ def test_single_run_holds_everything(client_for, single):
     client = client_for(single["env"])
     run = client.get_run(single["out"]["run_id"])
     assert run.info.status == "FINISHED"
-    scalars = {k: v for k, v in run.data.metrics.items() if k not in ("equity", "drawdown")}
+    scalars = {k: v for k, v in run.data.metrics.items() if k not in ("equity", "drawdown", "year_return")}
     assert scalars == pytest.approx(single["out"]["metrics"], rel=1e-15)
     # the logged numbers are QuantStats' own, on the series as the user's file holds it
     qs = qs_module()
@@ -542,7 +547,7 @@ def test_single_run_holds_everything(client_for, single):
     assert {(t.key, t.value) for t in dataset_input.tags} == {("mlflow.data.context", "backtest")}
     assert json.loads(dataset_input.dataset.profile)["num_rows"] == 2000
     assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == [
-        "metrics.json", "returns.csv", "tearsheet.html"
+        "metrics.json", "periods", "returns.csv", "tearsheet.html"
     ]  # fmt: skip
 
 
@@ -657,7 +662,7 @@ def test_sweep_parent_and_children(client_for, sweep, tmp_path):
     }  # fmt: skip
     for child in children:  # every child is a complete run, tearsheet included
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
-        assert artifacts == {"metrics.json", "returns.csv", "tearsheet.html"}, child.info.run_name
+        assert artifacts == {"metrics.json", "periods", "returns.csv", "tearsheet.html"}, child.info.run_name
 
 
 def test_sweep_child_with_undefined_metrics(client_for, sweep):

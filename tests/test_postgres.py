@@ -105,11 +105,15 @@ def test_log_single_and_sweep_complete(logged, tmp_path, client_for):
     returns = pd.read_csv(logged["folder"] / "single.csv")["returns"].to_numpy()
     run = client.get_run(single["run_id"])
     assert run.info.status == "FINISHED" and run.data.params["kind"] == "single"
-    scalars = {k: v for k, v in run.data.metrics.items() if k not in ("equity", "drawdown")}
+    scalars = {k: v for k, v in run.data.metrics.items() if k not in ("equity", "drawdown", "year_return")}
     assert scalars == pytest.approx(single["metrics"], rel=1e-15) and len(scalars) >= 60
     history = sorted(client.get_metric_history(single["run_id"], "equity"), key=lambda m: m.step)
     np.testing.assert_allclose([m.value for m in history], np.cumprod(1 + returns), rtol=1e-12)
-    assert {a.path for a in client.list_artifacts(single["run_id"])} == {"metrics.json", "returns.csv"}
+    assert {a.path for a in client.list_artifacts(single["run_id"])} == {
+        "metrics.json",
+        "periods",
+        "returns.csv",
+    }
     with open(client.download_artifacts(single["run_id"], "metrics.json", str(tmp_path))) as handle:
         assert json.load(handle)["metrics"] == single["metrics"]
 
@@ -160,7 +164,9 @@ def test_every_query_subcommand(logged, client_for):
 
     shown = ok(run_script("query_experiments", "run", "--run-id", sweep["runs"][0]["run_id"], env=env))
     assert shown["parent"]["run_id"] == sweep["parent_run_id"] and shown["experiment_name"] == experiment
-    assert {a["path"] for a in shown["artifacts"]} == {"metrics.json", "returns.csv"}
+    assert {a["path"] for a in shown["artifacts"]} == {"metrics.json", "periods/", "returns.csv"} | {
+        f"periods/{kind}.csv" for kind in ("year", "quarter", "month", "stress")
+    }
 
     ids = [a for r in sweep["runs"] for a in ("--run-id", r["run_id"])]
     compared = ok(run_script("query_experiments", "compare", *ids, "--metrics", "sharpe", env=env))
@@ -283,7 +289,9 @@ def test_team_load_16_processes_and_4_sweeps(pg_server, tmp_path):
     for out in outs:
         for child in out["runs"]:
             run = client.get_run(child["run_id"])
-            scalars = {k: v for k, v in run.data.metrics.items() if k not in ("equity", "drawdown")}
+            scalars = {
+                k: v for k, v in run.data.metrics.items() if k not in ("equity", "drawdown", "year_return")
+            }
             assert run.info.status == "FINISHED" and len(scalars) >= 60  # a sweep prints key metrics only
             assert {k: scalars[k] for k in child["metrics"]} == pytest.approx(child["metrics"], rel=1e-15)
             for key in ("equity", "drawdown"):
