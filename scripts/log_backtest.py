@@ -46,8 +46,10 @@ import sys
 import time
 import traceback
 import warnings as warnings_module  # `warnings` is the name of our list of user-facing warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 # ---- shared preamble: identical in all four scripts (tests/test_conventions.py checks) ----
 EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_AUTH, EXIT_UNREACHABLE = 0, 1, 2, 3, 4, 5
@@ -519,6 +521,288 @@ KEY_METRICS = (
     "sharpe", "sortino", "cagr", "total_return", "max_drawdown", "volatility", "calmar", "win_rate",
     "profit_factor",
 )  # fmt: skip
+
+
+# ---- main and the family pipeline: where a reader starts ------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """The pipeline, each stage one function returning a typed value: build_request -> load_all -> plan (the
+    kind of family and a Job per child) -> log_family (prepare the children in worker processes where that
+    is safe, open the store meanwhile, find a duplicate, write the run or the parent and its children) ->
+    emit."""
+    argv = sys.argv[1:] if argv is None else argv
+
+    def action() -> int:
+        import contextlib
+        import io
+
+        req = build_request(build_parser().parse_args(argv))
+        phase(req, "arguments checked")
+        loaded = load_all(req)  # pandas from here on; every input error is still exit 2 with nothing written
+        if req.oos:
+            for column in loaded.columns:  # each side of the split needs bars: checked before any work
+                oos_position(column.returns, column.has_timestamps, req.oos, column.name)
+        phase(req, "data loaded and validated")
+        with (
+            work_folder() as tmp,
+            # MLflow prints run links ("View run ... at ...") to stdout for http servers: stdout is ours.
+            contextlib.redirect_stdout(sys.stderr if req.debug else io.StringIO()),
+        ):
+            family = plan(loaded, req, tmp)
+            with worker_pool(worker_processes(req, family)) as pool:
+                result = log_family(family, req, pool, tmp)
+        out = {**result.output, "warnings": loaded.warnings + result.warnings}
+        fmt = output_format(req.output_format)
+        emit(table_rows(out) if fmt == "table" else out, fmt)
+        return EXIT_OK
+
+    return run_cli(terminated_as_error(action), "--debug" in argv)
+
+
+@dataclass(frozen=True)
+class ParentRecord:
+    """What a kind writes on its parent once the children are logged (its files are in the parent's folder)."""
+
+    metrics: dict[str, float]
+    undefined: list[str]
+    params: dict[str, str]
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Family:
+    """A plan carried out up to the writes: the children prepared (each job an already-sliced series with its
+    role) and what identifies the family. One subclass per kind (SingleRun, Sweep) supplies the parent's
+    tags, metrics, description and artifacts and the output; log_family and write_family do the rest."""
+
+    shares: list[list[Job]]  # shares[0] this process's, then one per worker: each prepares and writes its own
+    preps: list[Prepared]  # in job order
+    fingerprint: str  # of the parent (a single run: of the run): what the duplicate check looks for
+    run_name: str
+    warnings: list[str]
+
+    noun: ClassVar[str] = "backtest"  # what the duplicate warning calls it
+    has_parent: ClassVar[bool] = True
+
+    @classmethod
+    def workers(cls, req: Request, jobs: list[Job], cores: int) -> int:
+        """Worker processes worth starting for these jobs (worker_processes has ruled out the unsafe cases)."""
+        return min(cores, len(jobs)) - 1
+
+    @classmethod
+    def start(cls, jobs: list[Job], req: Request, pool, tmp: Path) -> Callable[[], Family]:
+        """Start preparing the jobs (the workers' share in the pool); -> finish(), which is called once this
+        process has opened the store and returns the family prepared."""
+        raise NotImplementedError
+
+    def draw_tearsheets(self, req: Request, warnings: list[str]) -> None:
+        """Before the first write: the children's reports that must exist before anything is written."""
+
+    def tearsheet(self):
+        """A future of the lone run's tearsheet that write_run awaits after the metrics land (or None)."""
+        return None
+
+    def parent_tags(self, req: Request) -> dict[str, str]:
+        """The parent's tags when it is created (its description follows once the children are logged)."""
+        raise NotImplementedError
+
+    def parent_record(self, children: list[Outcome], req: Request, folder: Path) -> ParentRecord:
+        raise NotImplementedError
+
+    def output(self, parent: Outcome | None, children: list[Outcome], experiment_id, req: Request) -> dict:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What main() logs: the child jobs and the kind of family they make."""
+
+    kind: type[Family]
+    jobs: list[Job]
+
+
+def log_family(plan: Plan, req: Request, pool, tmp: Path) -> Result:
+    """Prepare the children (in worker processes where that is safe) while this process imports mlflow;
+    skip a duplicate; write the family; the kind's output."""
+    finish = plan.kind.start(plan.jobs, req, pool, tmp)
+    client = open_store(req)
+    family = finish()
+    warnings = list(family.warnings)
+    if client is None:
+        parent = Outcome(None, family.run_name) if family.has_parent else None
+        children = [Outcome(None, p.run_name, artifacts=p.artifacts) for p in family.preps]
+        return Result(family.output(parent, children, None, req), warnings)
+    experiment_id = ensure_experiment(client, req.experiment)
+    existing, written = write_once(
+        client, experiment_id, family.fingerprint, req,
+        write=lambda: write_family(client, experiment_id, family, req, pool, tmp, warnings),
+        run_ids=lambda written: [o.run_id for o in ([written[0]] if written[0] else []) + written[1]],
+    )  # fmt: skip
+    phase(req, "experiment checked, run written or found")
+    if existing is None:
+        parent, children = written
+        warnings += [w for child in children for w in child.warnings]
+    else:
+        parent, children = logged_family(client, experiment_id, family, existing)
+        warn(
+            f"an identical {family.noun} is already logged as run {existing.info.run_id}; pass --force to log "
+            "again",
+            warnings,
+        )
+    return Result(family.output(parent, children, experiment_id, req), warnings)
+
+
+def write_family(
+    client, experiment_id: str, family: Family, req: Request, pool, tmp: Path, warnings: list[str]
+) -> tuple[Outcome | None, list[Outcome]]:
+    """The one writer. A lone run: write_run. A parent: created first, then every child (this process's
+    share here, each worker its own share), then the kind's record of the parent (metrics, params, tags,
+    files) and its artifacts; FINISHED last, FAILED if anything fails. The parent summarises its children:
+    none of their metrics under their own names (it is not one more strategy in MLflow's charts)."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    family.draw_tearsheets(req, warnings)
+    if not family.has_parent:
+        [[job]], [prep] = family.shares, family.preps
+        return None, [write_run(client, experiment_id, job, prep, req, tearsheet=family.tearsheet())]
+    parent_dir = tmp / "parent"
+    parent_dir.mkdir(exist_ok=True)  # the kind may have written files there already
+    copy_code(req, parent_dir)
+    parent_id = client.create_run(
+        experiment_id, run_name=family.run_name, tags=family.parent_tags(req)
+    ).info.run_id
+    try:
+        children = write_all_children(client, experiment_id, family, req, pool, parent_id)
+        record = family.parent_record(children, req, parent_dir)
+        now = int(time.time() * 1000)
+        client.log_batch(
+            parent_id,
+            metrics=[Metric(k, v, now, 0) for k, v in record.metrics.items()],
+            params=[Param(k, v) for k, v in record.params.items()],
+            tags=[
+                RunTag(k, v) for k, v in {UNDEFINED_TAG: ",".join(record.undefined), **record.tags}.items()
+            ],
+        )
+        client.log_artifacts(parent_id, str(parent_dir))
+        client.set_terminated(parent_id, "FINISHED")
+    except BaseException:
+        mark_failed(client, parent_id)
+        raise
+    return Outcome(parent_id, family.run_name, artifacts=artifact_names(parent_dir)), children
+
+
+def logged_family(
+    client, experiment_id: str, family: Family, existing
+) -> tuple[Outcome | None, list[Outcome]]:
+    """The outcomes of a family found already logged: its parent and its children, matched by fingerprint."""
+    if not family.has_parent:
+        return None, [Outcome(existing.info.run_id, existing.info.run_name, deduplicated=True)]
+    parent_id = existing.info.run_id
+    children = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'")
+    by_fp = {run.data.tags.get(FINGERPRINT_TAG): run.info.run_id for run in children}
+    return Outcome(parent_id, family.run_name, deduplicated=True), [
+        Outcome(by_fp.get(p.fingerprint), p.run_name, deduplicated=True) for p in family.preps
+    ]
+
+
+def write_all_children(
+    client, experiment_id: str, family: Family, req: Request, pool, parent_id: str
+) -> list[Outcome]:
+    """Each process writes its share of the children; when one fails the others still finish theirs, then
+    the first failure is raised. -> the children's outcomes in job order."""
+
+    def preps_of(share: list[Job]) -> list[Prepared]:
+        return [family.preps[job.position] for job in share]
+
+    theirs = [
+        pool.submit(write_children, share, preps_of(share), req, experiment_id, parent_id)
+        for share in family.shares[1:]
+    ]
+    results, failures = [], []
+    try:
+        results.append(
+            write_children(
+                family.shares[0], preps_of(family.shares[0]), req, experiment_id, parent_id, client
+            )
+        )
+    except Exception as exc:  # noqa: BLE001 - the workers finish their runs first, then this is raised
+        failures.append(exc)
+    for future in theirs:
+        try:
+            results.append(future.result())
+        except Exception as exc:  # noqa: BLE001 - as above
+            failures.append(exc)
+    if failures:
+        raise failures[0]
+    return in_job_order(family.shares, results)
+
+
+def in_job_order(shares: list[list[Job]], results: list[list]) -> list:
+    """Per-share results (shares[i] -> results[i]) back in job order."""
+    by_position = {
+        job.position: result for share, values in zip(shares, results, strict=True)
+        for job, result in zip(share, values, strict=True)
+    }  # fmt: skip
+    return [by_position[i] for i in range(len(by_position))]
+
+
+# ---- out of sample: --oos-start -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OosSplit:
+    """--oos-start: a date (the first out-of-sample bar is the first at or after it) or a fraction of the
+    bars (0 < f < 1: the first f of each series is in-sample)."""
+
+    text: str
+    fraction: float | None = None
+    date: str | None = None  # ISO 8601, checked before pandas is imported
+
+
+def parse_oos_start(text: str) -> OosSplit:
+    from datetime import datetime
+
+    try:
+        fraction = float(text)
+    except ValueError:
+        fraction = None
+    if fraction is not None:
+        if not 0 < fraction < 1:
+            raise CliError(EXIT_USAGE, f"--oos-start {text!r}: a fraction must be between 0 and 1, e.g. 0.7")
+        return OosSplit(text, fraction=fraction)
+    try:
+        datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise CliError(
+            EXIT_USAGE,
+            f"--oos-start {text!r} is neither a date (2021-01-01) nor a fraction of the bars (0.7)",
+        ) from None
+    return OosSplit(text, date=text.strip())
+
+
+def oos_position(returns, has_timestamps: bool, split: OosSplit, name: str) -> int:
+    """Index of the first out-of-sample bar; exit 2 unless both sides have at least 2 bars."""
+    import pandas as pd
+
+    n = len(returns)
+    if split.fraction is not None:
+        position = int(math.floor(split.fraction * n))
+    elif not has_timestamps:
+        raise CliError(
+            EXIT_USAGE, f"--oos-start {split.text}: column {name!r} has no timestamps; give a fraction"
+        )
+    else:
+        stamp = pd.Timestamp(split.date)
+        index = returns.index
+        if stamp.tzinfo is None and index.tz is not None:
+            stamp = stamp.tz_localize(index.tz)
+        elif stamp.tzinfo is not None and index.tz is None:
+            stamp = stamp.tz_convert("UTC").tz_localize(None)
+        position = int(index.searchsorted(stamp, side="left"))
+    if position < 2 or n - position < 2:
+        raise CliError(
+            EXIT_USAGE,
+            f"--oos-start {split.text} leaves {position} in-sample and {n - position} out-of-sample bars in "
+            f"column {name!r}; each side needs at least 2",
+        )
+    return position
 
 
 # ---- the metric table: the one place that says what each metric is --------------------------------------
@@ -1268,66 +1552,6 @@ def search_markdown(search: SearchSummary) -> list[str]:
     if search.undefined:
         lines += ["", "Undefined: " + "; ".join(f"{k} ({v})" for k, v in search.undefined.items())]
     return lines
-
-
-# ---- out of sample: --oos-start -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class OosSplit:
-    """--oos-start: a date (the first out-of-sample bar is the first at or after it) or a fraction of the
-    bars (0 < f < 1: the first f of each series is in-sample)."""
-
-    text: str
-    fraction: float | None = None
-    date: str | None = None  # ISO 8601, checked before pandas is imported
-
-
-def parse_oos_start(text: str) -> OosSplit:
-    from datetime import datetime
-
-    try:
-        fraction = float(text)
-    except ValueError:
-        fraction = None
-    if fraction is not None:
-        if not 0 < fraction < 1:
-            raise CliError(EXIT_USAGE, f"--oos-start {text!r}: a fraction must be between 0 and 1, e.g. 0.7")
-        return OosSplit(text, fraction=fraction)
-    try:
-        datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise CliError(
-            EXIT_USAGE,
-            f"--oos-start {text!r} is neither a date (2021-01-01) nor a fraction of the bars (0.7)",
-        ) from None
-    return OosSplit(text, date=text.strip())
-
-
-def oos_position(returns, has_timestamps: bool, split: OosSplit, name: str) -> int:
-    """Index of the first out-of-sample bar; exit 2 unless both sides have at least 2 bars."""
-    import pandas as pd
-
-    n = len(returns)
-    if split.fraction is not None:
-        position = int(math.floor(split.fraction * n))
-    elif not has_timestamps:
-        raise CliError(
-            EXIT_USAGE, f"--oos-start {split.text}: column {name!r} has no timestamps; give a fraction"
-        )
-    else:
-        stamp = pd.Timestamp(split.date)
-        index = returns.index
-        if stamp.tzinfo is None and index.tz is not None:
-            stamp = stamp.tz_localize(index.tz)
-        elif stamp.tzinfo is not None and index.tz is None:
-            stamp = stamp.tz_convert("UTC").tz_localize(None)
-        position = int(index.searchsorted(stamp, side="left"))
-    if position < 2 or n - position < 2:
-        raise CliError(
-            EXIT_USAGE,
-            f"--oos-start {split.text} leaves {position} in-sample and {n - position} out-of-sample bars in "
-            f"column {name!r}; each side needs at least 2",
-        )
-    return position
 
 
 # ---- request: arguments checked before any data is read or any heavy module imported ---------------------
@@ -2969,14 +3193,16 @@ class Job:
     folder: Path
 
 
-def plan(loaded: Loaded, req: Request, tmp: Path) -> list[Job]:
-    """One job per column: a single run is named --run-name (else the file's stem), sweep children by column."""
+def plan(loaded: Loaded, req: Request, tmp: Path) -> Plan:
+    """One job per column: one column is a single run named --run-name (else the file's stem), several a
+    sweep whose children are named by column."""
     n = len(loaded.columns)
     name = req.run_name or req.returns_path.stem
-    return [
+    jobs = [
         Job(i, n, column, column.name if n > 1 else name, tmp / f"run{i}")
         for i, column in enumerate(loaded.columns)
     ]
+    return Plan(SingleRun if n == 1 else Sweep, jobs)
 
 
 @dataclass(frozen=True)
@@ -3173,7 +3399,7 @@ def each_column(work, jobs: list[Job], req: Request, done: str) -> list:
 
 
 # ---- worker processes: the same functions, in a pool where that is safe and pays off ------------------------
-def worker_processes(req: Request, jobs: list[Job]) -> int:
+def worker_processes(req: Request, plan: Plan) -> int:
     """How many worker processes to start (0: every call runs in this process).
 
     A single run: its metrics in one worker and its tearsheet in another while this process imports mlflow
@@ -3186,9 +3412,7 @@ def worker_processes(req: Request, jobs: list[Job]) -> int:
     cores = os.cpu_count() or 1
     if req.dry_run or cores < 2 or sys.platform != "linux" or "mlflow" in sys.modules:
         return 0
-    if len(jobs) == 1:
-        return min(cores, 1 + req.tearsheet)
-    return min(cores, len(jobs)) - 1
+    return plan.kind.workers(req, plan.jobs, cores)
 
 
 class Deferred:
@@ -3593,7 +3817,7 @@ def table_rows(data: dict) -> list[dict] | dict:
     return rows
 
 
-# ---- main -------------------------------------------------------------------------------------------------
+# ---- the command line -------------------------------------------------------------------------------------
 def build_parser() -> CliParser:
     parser = CliParser(
         prog="log_backtest.py",
@@ -3670,39 +3894,6 @@ def build_parser() -> CliParser:
         "--debug", action="store_true", help="tracebacks, phase timings and library logging on stderr"
     )
     return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The pipeline, each stage one function returning a typed value: build_request -> load_all -> plan (a Job
-    per column) -> log_single or log_sweep (prepare each column in worker processes where that is safe, open
-    the store meanwhile, find a duplicate, write the run or the parent and its children) -> emit."""
-    argv = sys.argv[1:] if argv is None else argv
-
-    def action() -> int:
-        import contextlib
-        import io
-
-        req = build_request(build_parser().parse_args(argv))
-        phase(req, "arguments checked")
-        loaded = load_all(req)  # pandas from here on; every input error is still exit 2 with nothing written
-        if req.oos:
-            for column in loaded.columns:  # each side of the split needs bars: checked before any work
-                oos_position(column.returns, column.has_timestamps, req.oos, column.name)
-        phase(req, "data loaded and validated")
-        with (
-            work_folder() as tmp,
-            # MLflow prints run links ("View run ... at ...") to stdout for http servers: stdout is ours.
-            contextlib.redirect_stdout(sys.stderr if req.debug else io.StringIO()),
-        ):
-            jobs = plan(loaded, req, tmp)
-            with worker_pool(worker_processes(req, jobs)) as pool:
-                result = log_single(jobs[0], req, pool) if len(jobs) == 1 else log_sweep(jobs, req, pool, tmp)
-        out = {**result.output, "warnings": loaded.warnings + result.warnings}
-        fmt = output_format(req.output_format)
-        emit(table_rows(out) if fmt == "table" else out, fmt)
-        return EXIT_OK
-
-    return run_cli(terminated_as_error(action), "--debug" in argv)
 
 
 # ---- signals and the temporary folder: every exit this process sees cleans up ---------------------------
@@ -3785,46 +3976,173 @@ def remove_stale_folders() -> None:
             continue
 
 
-def log_single(job: Job, req: Request, pool) -> Result:
-    """One column, one run: prepare (and draw the tearsheet) in workers while this process imports mlflow;
-    skip a duplicate; write the run, the tearsheet joining last."""
-    prepared = pool.submit(prepare_column, job, req)
-    tearsheet = pool.submit(draw_tearsheet, job, req) if req.tearsheet and not req.dry_run else None
-    client = open_store(req)
-    prep = prepared.result()
-    if client is None:
-        outcome = Outcome(None, prep.run_name, artifacts=prep.artifacts)
-        return Result(column_output(prep, outcome, req, None, key_only=False), prep.warnings)
-    experiment_id = ensure_experiment(client, req.experiment)
-    existing, outcome = write_once(
-        client, experiment_id, prep.fingerprint, req,
-        write=lambda: write_run(client, experiment_id, job, prep, req, tearsheet=tearsheet),
-        run_ids=lambda written: [written.run_id],
-    )  # fmt: skip
-    phase(req, "experiment checked, run written or found")
-    if existing is not None:
-        warnings: list[str] = []
-        warn(
-            f"an identical backtest is already logged as run {existing.info.run_id}; pass --force to log again",
-            warnings,
-        )
-        outcome = Outcome(existing.info.run_id, existing.info.run_name, deduplicated=True, warnings=warnings)
-    return Result(
-        column_output(prep, outcome, req, experiment_id, key_only=False), prep.warnings + outcome.warnings
-    )
+# ---- a single run: one column, no parent ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class SingleRun(Family):
+    """One column, one run: its metrics prepared in one worker and its tearsheet drawn in another while this
+    process imports mlflow; write_run awaits the tearsheet after the metrics land."""
+
+    drawing: object  # a future of draw_tearsheet, None without a tearsheet
+
+    has_parent: ClassVar[bool] = False
+
+    @classmethod
+    def workers(cls, req: Request, jobs: list[Job], cores: int) -> int:
+        return min(cores, 1 + req.tearsheet)
+
+    @classmethod
+    def start(cls, jobs: list[Job], req: Request, pool, tmp: Path) -> Callable[[], Family]:
+        [job] = jobs
+        prepared = pool.submit(prepare_column, job, req)
+        drawing = pool.submit(draw_tearsheet, job, req) if req.tearsheet and not req.dry_run else None
+
+        def finish() -> SingleRun:
+            prep = prepared.result()
+            return cls([jobs], [prep], prep.fingerprint, prep.run_name, prep.warnings, drawing)
+
+        return finish
+
+    def tearsheet(self):
+        return self.drawing
+
+    def output(self, parent: Outcome | None, children: list[Outcome], experiment_id, req: Request) -> dict:
+        return column_output(self.preps[0], children[0], req, experiment_id, key_only=False)
 
 
 # ---- a sweep: a parent run with one complete child run per column ---------------------------------------------
 @dataclass(frozen=True)
-class Sweep:
-    """A sweep's columns prepared, how they are shared among processes, and what identifies its parent."""
+class Sweep(Family):
+    """A sweep's columns prepared: each worker prepares its share of the columns and draws their tearsheets
+    while this process prepares its own share and imports mlflow; once all are prepared and no duplicate
+    exists, each process writes its own children (MLflow's store spends CPU turning history points into
+    rows: split writes are faster, bench/RESULTS.md). The parent summarises the search."""
 
-    shares: list[list[Job]]  # shares[0] this process's, then one per worker: each prepares and writes its own
-    preps: list[Prepared]  # in column order
     best: Prepared
-    fingerprint: str
-    run_name: str
     search: SearchSummary  # n_trials, best_by, expected maximum Sharpe, DSR, PBO, out-of-sample rank
+    search_files: object  # a future of write_overfitting_artifacts (cscv.csv, overfitting.json and .png)
+    drawn: list  # futures of the workers' tearsheet notes, one per worker share
+
+    noun: ClassVar[str] = "sweep"
+
+    @classmethod
+    def start(cls, jobs: list[Job], req: Request, pool, tmp: Path) -> Callable[[], Family]:
+        shares = share_out(jobs, pool.processes)
+        prepared = [pool.submit(each_column, prepare_column, share, req, "prepared") for share in shares[1:]]
+        drawn = (
+            [pool.submit(each_column, draw_tearsheet, share, req, "tearsheet drawn") for share in shares[1:]]
+            if req.tearsheet
+            else []
+        )
+        if not req.dry_run:
+            for _ in shares[1:]:
+                pool.submit(import_mlflow)  # before the writes reach the worker
+        overfitting, search_files = search_statistics(jobs, req, pool, tmp / "parent")
+        own = each_column(prepare_column, shares[0], req, "prepared")
+
+        def finish() -> Sweep:
+            preps = in_job_order(shares, [own] + [future.result() for future in prepared])
+            fp = hashlib.sha256("\n".join(p.fingerprint for p in preps).encode()).hexdigest()
+            # With --oos-start the best is chosen in-sample (is_<metric>) and judged out-of-sample.
+            search = summarise_search(
+                [p.metrics for p in preps], [p.periods for p in preps], [p.n_bars for p in preps],
+                ("is_" if req.oos else "") + req.best_by, overfitting,
+            )  # fmt: skip
+            return cls(
+                shares, preps, fp, req.run_name or req.returns_path.stem,
+                [w for prep in preps for w in prep.warnings], preps[search.best], search, search_files, drawn,
+            )  # fmt: skip
+
+        return finish
+
+    def draw_tearsheets(self, req: Request, warnings: list[str]) -> None:
+        if req.tearsheet:
+            # Every child is a complete run, tearsheet included, drawn before the parent run exists: a failing
+            # report leaves nothing half-written.
+            notes = each_column(draw_tearsheet, self.shares[0], req, "tearsheet drawn") + [
+                n for future in self.drawn for n in future.result()
+            ]
+            for note in filter(None, notes):
+                warn(note, warnings)
+
+    def parent_tags(self, req: Request) -> dict[str, str]:
+        return {
+            FINGERPRINT_TAG: self.fingerprint,
+            VERSION_TAG: SKILL_VERSION,
+            SWEEP_TAG: "true",
+            "backtest.best_column": self.best.column,
+            "backtest.best_by": self.search.best_by,
+            "mlflow.source.name": "log_backtest.py",
+            "mlflow.source.type": "LOCAL",
+            DESCRIPTION_TAG: "sweep in progress",
+            **req.tags,
+        }
+
+    def parent_record(self, children: list[Outcome], req: Request, folder: Path) -> ParentRecord:
+        """The comparison, the search statistics and the best child's tearsheet; the params all children
+        share."""
+        if req.tearsheet:  # the parent carries a copy of the best child's
+            (folder / "tearsheet.html").write_bytes((self.best.folder / "tearsheet.html").read_bytes())
+        comparison_csv(self.preps, children, folder)
+        per_column = ("column", "start", "end", "n_bars", "oos_first_bar", "is_n_bars", "oos_n_bars")
+        shared = {k: v for k, v in self.best.params.items() if k not in per_column}
+        shared["columns"] = ",".join(p.column for p in self.preps)[:MAX_PARAM_VALUE_LENGTH]
+        shared.update(best_by=self.search.best_by, pbo_splits=str(req.pbo_splits))
+        metrics, undefined = search_metrics(self.preps, self.search, req.oos is not None)
+        self.search_files.result()  # cscv.csv, overfitting.json and .png are in the folder
+        tags = {
+            "backtest.best_run_id": children[self.preps.index(self.best)].run_id,
+            DESCRIPTION_TAG: self.description(req),
+        }
+        return ParentRecord(metrics, undefined, shared, tags)
+
+    def description(self, req: Request) -> str:
+        """Headline of the best child first (the UI shows two lines), then one list item per column."""
+        search = self.search
+        verdict = " · ".join(
+            f"{label} {value:.2f}" if math.isfinite(value) else f"{label} undefined"
+            for label, value in (("DSR", search.deflated_sharpe_ratio), ("PBO", search.pbo))
+        )
+        lines = [f"Best `{self.best.column}`: {headline(self.best.metrics)} · {verdict}", ""]
+        if req.description:
+            lines += [req.description.strip(), ""]
+        lines += [
+            f"**Sweep** of {len(self.preps)} columns of `{req.returns_path.name}`; best by "
+            f"{search.best_by}: `{self.best.column}`",
+            "",
+            *search_markdown(search),
+            "",
+        ]
+        for p in self.preps:
+            lines.append(f"- **{p.column}**: {headline(p.metrics)}")
+        lines += [
+            "",
+            f"Logged by {SKILL_NAME} log_backtest.py {SKILL_VERSION}; key metrics per child in `comparison.csv`.",
+        ]
+        return "\n".join(lines)[:MAX_TAG_VALUE_LENGTH]
+
+    def output(self, parent: Outcome | None, children: list[Outcome], experiment_id, req: Request) -> dict:
+        uri = None if req.dry_run else req.tracking_uri
+        best = children[self.preps.index(self.best)]
+        return {
+            "parent_run_id": parent.run_id,
+            "parent_run_name": parent.run_name,
+            "experiment_id": experiment_id,
+            "experiment": req.experiment,
+            "tracking_uri": mask_uri(uri) if uri else None,
+            "url": ui_url(uri, experiment_id, parent.run_id) if uri and parent.run_id else None,
+            "deduplicated": parent.deduplicated,
+            "dry_run": req.dry_run,
+            "best_run_id": best.run_id,
+            "best_column": self.best.column,
+            **search_output(self.search),  # best_by: the metric that chose best_run_id
+            "git": git_summary(req.tags),
+            "fingerprint": self.fingerprint,
+            "artifacts": parent.artifacts,
+            "runs": [
+                column_output(p, child, req, experiment_id, key_only=True)
+                for p, child in zip(self.preps, children, strict=True)
+            ],
+        }
 
 
 def share_out(jobs: list[Job], processes: int) -> list[list[Job]]:
@@ -3834,23 +4152,6 @@ def share_out(jobs: list[Job], processes: int) -> list[list[Job]]:
               f"{len(jobs) - len(jobs[::processes + 1])} in {processes} helper process"
               f"{'es' if processes > 1 else ''}", file=sys.stderr)  # fmt: skip
     return [jobs[w :: processes + 1] for w in range(processes + 1)]
-
-
-def sweep_of(
-    shares: list[list[Job]], prepared: list[list[Prepared]], req: Request, overfitting: Overfitting
-) -> Sweep:
-    by_position = {
-        job.position: prep for share, preps in zip(shares, prepared, strict=True)
-        for job, prep in zip(share, preps, strict=True)
-    }  # fmt: skip
-    preps = [by_position[i] for i in range(len(by_position))]
-    fp = hashlib.sha256("\n".join(p.fingerprint for p in preps).encode()).hexdigest()
-    # With --oos-start the best is chosen in-sample (is_<metric>) and judged out-of-sample.
-    search = summarise_search(
-        [p.metrics for p in preps], [p.periods for p in preps], [p.n_bars for p in preps],
-        ("is_" if req.oos else "") + req.best_by, overfitting,
-    )  # fmt: skip
-    return Sweep(shares, preps, preps[search.best], fp, req.run_name or req.returns_path.stem, search)
 
 
 def search_statistics(jobs: list[Job], req: Request, pool, folder: Path):
@@ -3866,173 +4167,14 @@ def search_statistics(jobs: list[Job], req: Request, pool, folder: Path):
     return overfitting, pool.submit(write_overfitting_artifacts, overfitting, names, periods, folder)
 
 
-def log_sweep(jobs: list[Job], req: Request, pool, tmp: Path) -> Result:
-    """A parent run with one complete child run per column. Each worker prepares its share of the columns
-    and draws their tearsheets while this process prepares its own share and imports mlflow; once all are
-    prepared and no duplicate exists, each process writes its own children (MLflow's store spends CPU
-    turning history points into rows: split writes are faster, bench/RESULTS.md)."""
-    shares = share_out(jobs, pool.processes)
-    prepared = [pool.submit(each_column, prepare_column, share, req, "prepared") for share in shares[1:]]
-    drawn = (
-        [pool.submit(each_column, draw_tearsheet, share, req, "tearsheet drawn") for share in shares[1:]]
-        if req.tearsheet
-        else []
-    )
-    if not req.dry_run:
-        for _ in shares[1:]:
-            pool.submit(import_mlflow)  # before the writes reach the worker
-    overfitting, search_files = search_statistics(jobs, req, pool, tmp / "parent")
-    own = each_column(prepare_column, shares[0], req, "prepared")
-    client = open_store(req)
-    sweep = sweep_of(shares, [own] + [future.result() for future in prepared], req, overfitting)
-    warnings = [w for prep in sweep.preps for w in prep.warnings]
-    if client is None:
-        parent = Outcome(None, sweep.run_name)
-        children = [Outcome(None, p.run_name, artifacts=p.artifacts) for p in sweep.preps]
-        return Result(sweep_output(sweep, parent, children, None, req), warnings)
-    experiment_id = ensure_experiment(client, req.experiment)
-
-    def write() -> tuple[Outcome, list[Outcome]]:
-        if req.tearsheet:
-            # Every child is a complete run, tearsheet included, drawn before the parent run exists: a failing
-            # report leaves nothing half-written.
-            notes = each_column(draw_tearsheet, shares[0], req, "tearsheet drawn") + [
-                n for future in drawn for n in future.result()
-            ]
-            for note in filter(None, notes):
-                warn(note, warnings)
-        return write_sweep(client, experiment_id, sweep, req, pool, tmp, search_files)
-
-    existing, written = write_once(
-        client, experiment_id, sweep.fingerprint, req, write,
-        run_ids=lambda written: [written[0].run_id] + [child.run_id for child in written[1]],
-    )  # fmt: skip
-    if existing is not None:
-        parent, children = logged_sweep(client, experiment_id, sweep, existing.info.run_id)
-        warn(
-            f"an identical sweep is already logged as run {parent.run_id}; pass --force to log again",
-            warnings,
-        )
-    else:
-        parent, children = written
-    return Result(sweep_output(sweep, parent, children, experiment_id, req), warnings)
-
-
-def logged_sweep(client, experiment_id: str, sweep: Sweep, parent_id: str) -> tuple[Outcome, list[Outcome]]:
-    """The outcomes of a sweep found already logged: its parent and its children, matched by fingerprint."""
-    children = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'")
-    by_fp = {run.data.tags.get(FINGERPRINT_TAG): run.info.run_id for run in children}
-    return Outcome(parent_id, sweep.run_name, deduplicated=True), [
-        Outcome(by_fp.get(p.fingerprint), p.run_name, deduplicated=True) for p in sweep.preps
-    ]
-
-
-def parent_tags(sweep: Sweep, req: Request) -> dict[str, str]:
-    """The parent run's tags when it is created (its description follows once the children are logged)."""
-    return {
-        FINGERPRINT_TAG: sweep.fingerprint,
-        VERSION_TAG: SKILL_VERSION,
-        SWEEP_TAG: "true",
-        "backtest.best_column": sweep.best.column,
-        "backtest.best_by": sweep.search.best_by,
-        "mlflow.source.name": "log_backtest.py",
-        "mlflow.source.type": "LOCAL",
-        DESCRIPTION_TAG: "sweep in progress",
-        **req.tags,
-    }
-
-
-def write_sweep(
-    client, experiment_id: str, sweep: Sweep, req: Request, pool, tmp: Path, search_files
-) -> tuple[Outcome, list[Outcome]]:
-    """The parent run, then every child (this process's share here, each worker its own share), then the
-    parent's comparison, search statistics and artifacts; FINISHED last. The parent summarises the search:
-    none of the children's metrics under their own names (it is not one more strategy in MLflow's charts)."""
-    from mlflow.entities import Metric, Param, RunTag
-
-    parent_dir = tmp / "parent"
-    parent_dir.mkdir(exist_ok=True)  # search_statistics may have written its files there already
-    copy_code(req, parent_dir)
-    if req.tearsheet:  # the parent carries a copy of the best child's
-        (parent_dir / "tearsheet.html").write_bytes((sweep.best.folder / "tearsheet.html").read_bytes())
-    parent_id = client.create_run(
-        experiment_id, run_name=sweep.run_name, tags=parent_tags(sweep, req)
-    ).info.run_id
-    try:
-        children = write_all_children(client, experiment_id, sweep, req, pool, parent_id)
-        comparison_csv(sweep, children, parent_dir)
-        best = sweep.best
-        now = int(time.time() * 1000)
-        per_column = ("column", "start", "end", "n_bars", "oos_first_bar", "is_n_bars", "oos_n_bars")
-        shared = {k: v for k, v in best.params.items() if k not in per_column}
-        shared["columns"] = ",".join(p.column for p in sweep.preps)[:MAX_PARAM_VALUE_LENGTH]
-        shared.update(best_by=sweep.search.best_by, pbo_splits=str(req.pbo_splits))
-        metrics, undefined = search_metrics(sweep.preps, sweep.search, req.oos is not None)
-        search_files.result()  # cscv.csv, overfitting.json and .png are in parent_dir
-        client.log_batch(
-            parent_id,
-            metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
-            params=[Param(k, v) for k, v in shared.items()],
-            tags=[
-                RunTag("backtest.best_run_id", children[sweep.preps.index(best)].run_id),
-                RunTag(UNDEFINED_TAG, ",".join(undefined)),
-                RunTag(DESCRIPTION_TAG, sweep_description(sweep, req)),
-            ],
-        )
-        client.log_artifacts(parent_id, str(parent_dir))
-        client.set_terminated(parent_id, "FINISHED")
-    except BaseException:
-        mark_failed(client, parent_id)
-        raise
-    return Outcome(
-        parent_id,
-        sweep.run_name,
-        artifacts=artifact_names(parent_dir),
-    ), children
-
-
-def write_all_children(
-    client, experiment_id: str, sweep: Sweep, req: Request, pool, parent_id: str
-) -> list[Outcome]:
-    """Each process writes its share of the children; when one fails the others still finish theirs, then
-    the first failure is raised. -> the children's outcomes in column order."""
-
-    def preps_of(share: list[Job]) -> list[Prepared]:
-        return [sweep.preps[job.position] for job in share]
-
-    theirs = [
-        pool.submit(write_children, share, preps_of(share), req, experiment_id, parent_id)
-        for share in sweep.shares[1:]
-    ]
-    results, failures = [], []
-    try:
-        results.append(
-            write_children(sweep.shares[0], preps_of(sweep.shares[0]), req, experiment_id, parent_id, client)
-        )
-    except Exception as exc:  # noqa: BLE001 - the workers finish their runs first, then this is raised
-        failures.append(exc)
-    for future in theirs:
-        try:
-            results.append(future.result())
-        except Exception as exc:  # noqa: BLE001 - as above
-            failures.append(exc)
-    if failures:
-        raise failures[0]
-    by_position = {
-        job.position: outcome for share, outcomes in zip(sweep.shares, results, strict=True)
-        for job, outcome in zip(share, outcomes, strict=True)
-    }  # fmt: skip
-    return [by_position[i] for i in range(len(sweep.preps))]
-
-
-def comparison_csv(sweep: Sweep, children: list[Outcome], folder: Path) -> str:
+def comparison_csv(preps: list[Prepared], children: list[Outcome], folder: Path) -> str:
     import csv
 
     path = folder / "comparison.csv"
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["column", "run_id", *KEY_METRICS])
-        for p, child in zip(sweep.preps, children, strict=True):
+        for p, child in zip(preps, children, strict=True):
             writer.writerow(
                 [
                     p.column,
@@ -4041,57 +4183,6 @@ def comparison_csv(sweep: Sweep, children: list[Outcome], folder: Path) -> str:
                 ]
             )
     return path.name
-
-
-def sweep_description(sweep: Sweep, req: Request) -> str:
-    """Headline of the best child first (the UI shows two lines), then one list item per column."""
-    search = sweep.search
-    verdict = " · ".join(
-        f"{label} {value:.2f}" if math.isfinite(value) else f"{label} undefined"
-        for label, value in (("DSR", search.deflated_sharpe_ratio), ("PBO", search.pbo))
-    )
-    lines = [f"Best `{sweep.best.column}`: {headline(sweep.best.metrics)} · {verdict}", ""]
-    if req.description:
-        lines += [req.description.strip(), ""]
-    lines += [
-        f"**Sweep** of {len(sweep.preps)} columns of `{req.returns_path.name}`; best by "
-        f"{sweep.search.best_by}: `{sweep.best.column}`",
-        "",
-        *search_markdown(sweep.search),
-        "",
-    ]
-    for p in sweep.preps:
-        lines.append(f"- **{p.column}**: {headline(p.metrics)}")
-    lines += [
-        "",
-        f"Logged by {SKILL_NAME} log_backtest.py {SKILL_VERSION}; key metrics per child in `comparison.csv`.",
-    ]
-    return "\n".join(lines)[:MAX_TAG_VALUE_LENGTH]
-
-
-def sweep_output(sweep: Sweep, parent: Outcome, children: list[Outcome], experiment_id, req: Request) -> dict:
-    uri = None if req.dry_run else req.tracking_uri
-    best = children[sweep.preps.index(sweep.best)]
-    return {
-        "parent_run_id": parent.run_id,
-        "parent_run_name": parent.run_name,
-        "experiment_id": experiment_id,
-        "experiment": req.experiment,
-        "tracking_uri": mask_uri(uri) if uri else None,
-        "url": ui_url(uri, experiment_id, parent.run_id) if uri and parent.run_id else None,
-        "deduplicated": parent.deduplicated,
-        "dry_run": req.dry_run,
-        "best_run_id": best.run_id,
-        "best_column": sweep.best.column,
-        **search_output(sweep.search),  # best_by: the metric that chose best_run_id
-        "git": git_summary(req.tags),
-        "fingerprint": sweep.fingerprint,
-        "artifacts": parent.artifacts,
-        "runs": [
-            column_output(p, child, req, experiment_id, key_only=True)
-            for p, child in zip(sweep.preps, children, strict=True)
-        ],
-    }
 
 
 if __name__ == "__main__":

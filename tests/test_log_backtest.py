@@ -691,7 +691,8 @@ def test_sweep_in_helper_processes_logs_what_one_process_logs(client_for, sweep,
     server = client_for(sweep["env"])
     lb = scripts.log_backtest
     req = lb.build_request(lb.build_parser().parse_args(["--returns", str(sweep["folder"] / "grid.csv")]))
-    assert lb.worker_processes(req, [None, None]) == 0  # this pytest process imported mlflow: inline
+    # this pytest process imported mlflow: inline
+    assert lb.worker_processes(req, lb.Plan(lb.Sweep, [None, None])) == 0
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code, out, err = run_main(
         scripts, capsys, "--returns", str(sweep["folder"] / "grid.csv"), "--experiment", "one-process",
@@ -770,7 +771,7 @@ def test_workers_fork_only_on_linux_with_cores_to_spare(scripts, monkeypatch, tm
     lb = scripts.log_backtest
     parser = lb.build_parser()
     req = lb.build_request(parser.parse_args(["--returns", good_csv(tmp_path)]))
-    one, ten = [None], [None] * 10
+    one, ten = lb.Plan(lb.SingleRun, [None]), lb.Plan(lb.Sweep, [None] * 10)
     mlflow = sys.modules.get("mlflow") or types.ModuleType("mlflow")
     monkeypatch.delitem(sys.modules, "mlflow", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
@@ -818,7 +819,7 @@ def test_a_failing_tearsheet_leaves_no_visible_run(scripts, tmp_path):
     frame = daily_frame(18, n=300)
     frame.to_csv(tmp_path / "s.csv", index=False)
     req = lb.build_request(lb.build_parser().parse_args(["--returns", str(tmp_path / "s.csv")]))
-    [job] = lb.plan(lb.load_all(req), req, tmp_path)
+    [job] = lb.plan(lb.load_all(req), req, tmp_path).jobs
     prep = lb.prepare_column(job, req)
     client = lb.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment_id = lb.ensure_experiment(client, "no-report")
@@ -862,7 +863,7 @@ def test_server_dying_mid_run_leaves_no_finished_run(scripts, tmp_path, monkeypa
         frame.to_csv(tmp_path / "s.csv", index=False)
         parser = lb.build_parser()
         req = lb.build_request(parser.parse_args(["--returns", str(tmp_path / "s.csv"), "--no-tearsheet"]))
-        [job] = lb.plan(lb.load_all(req), req, tmp_path)
+        [job] = lb.plan(lb.load_all(req), req, tmp_path).jobs
         prep = lb.prepare_column(job, req)
         for key, value in server.env().items():
             monkeypatch.setenv(key, value)
