@@ -9,6 +9,8 @@
 #     # the PostgreSQL driver for a direct MLFLOW_TRACKING_URI=postgresql://… (imported only then; SQLAlchemy
 #     # >= 2.1 maps postgresql:// to psycopg 3)
 #     "psycopg[binary]>=3.2",
+#     # `artifacts` and --purge of runs whose artifacts live in S3 (s3:// locations; imported only then)
+#     "boto3>=1.28",
 # ]
 # ///
 """Find, inspect, compare and group backtests in MLflow; filters and sorting run in the store; output bounded.
@@ -519,6 +521,7 @@ COUNT_CAP_HTTP = 10000  # --with-counts over HTTP pages through runs; stop count
 ARTIFACT_LIST_LIMIT = 200
 CHILDREN_LIMIT = 100
 QUERY_DOC = "references/query-patterns.md"
+HOUSEKEEPING_DOC = "references/experiment-management.md"
 PARENT_TAG = "mlflow.parentRunId"
 DESCRIPTION_TAG = "mlflow.note.content"
 RUN_STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
@@ -1444,9 +1447,11 @@ def count_runs(client, experiment_ids: list[str]) -> dict[str, int | None]:
     return counts
 
 
-def list_artifacts(client, run_id: str, limit: int = ARTIFACT_LIST_LIMIT) -> tuple[list[dict], bool]:
-    """Artifact files (path, size) breadth-first up to `limit` entries; returns (entries, cut)."""
-    entries, pending = [], [None]
+def list_artifacts(
+    client, run_id: str, start: str | None = None, limit: int = ARTIFACT_LIST_LIMIT
+) -> tuple[list[dict], bool]:
+    """Artifact files (path, size) breadth-first from folder `start` up to `limit` entries; (entries, cut)."""
+    entries, pending = [], [start]
     while pending:
         for item in client.list_artifacts(run_id, pending.pop(0)):
             if len(entries) >= limit:
@@ -2108,6 +2113,440 @@ def cmd_periods(client, query: Query) -> object:
     return periods_rows(result) if query.fmt in ("table", "csv") else result
 
 
+# ---- housekeeping: delete, restore, purge, artifacts, ui ----
+FINGERPRINT_TAG = "backtest.fingerprint"  # log_backtest's fingerprint of a backtest (series and settings)
+SELECTORS = ("--filter", "--status", "--older-than", "--duplicates", "--all")
+AGE = re.compile(r"^(?:(?P<weeks>\d+(?:\.\d+)?)w)?(?:(?P<days>\d+(?:\.\d+)?)d)?(?:(?P<hours>\d+(?:\.\d+)?)h)?"
+                 r"(?:(?P<minutes>\d+(?:\.\d+)?)m)?(?:(?P<seconds>\d+(?:\.\d+)?)s)?$")  # fmt: skip
+UI_PORT = 5000
+MLFLOW_UI = "uvx --from 'mlflow==3.17.2' mlflow ui"  # README's line; tests/test_docs.py starts it
+STATS_NOTE = (
+    "deleted runs still count as trials in `deflate` (deleted_trials): deleting the losers does not raise the "
+    "deflated Sharpe ratio; only runs deleted as mistakes may be left out with --exclude-deleted"
+)
+PURGE_NOTE = (
+    "purged runs are gone for good: deflate no longer sees them, so they no longer count as trials; purge only "
+    "mistakes (a wrong file, a broken run), never the losers of a search"
+)
+
+
+def age_ms(text: str) -> int:
+    """'30d', '12h', '2w', '1d12h' -> milliseconds; exit 2 for anything else or zero."""
+    from datetime import timedelta
+
+    match = AGE.match(text.strip()) if text.strip() else None
+    parts = {k: float(v) for k, v in match.groupdict().items() if v} if match else {}
+    delta = timedelta(**parts).total_seconds() * 1000 if parts else 0
+    if delta <= 0:
+        raise CliError(EXIT_USAGE, f"--older-than {text!r} is not an age: use e.g. 30d, 12h, 2w or 1d12h")
+    return int(delta)
+
+
+def is_server(tracking_uri: str) -> bool:
+    return tracking_uri.lower().startswith(("http://", "https://"))
+
+
+@dataclass
+class Chosen:
+    """One run a delete or restore acts on: picked by the user (`selected`) or taken along as a child."""
+
+    run: object  # mlflow.entities.Run
+    why: str  # "selected" or "child of <parent run id>"
+    stage: str = ""  # its lifecycle stage once acted on ("deleted", "purged", "active"); "" = unchanged
+
+    @property
+    def active(self) -> bool:
+        return self.run.info.lifecycle_stage == "active"
+
+    def record(self) -> dict:
+        info, tags = self.run.info, self.run.data.tags
+        return {
+            "run_id": info.run_id,
+            "run_name": info.run_name,
+            "status": info.status,
+            "lifecycle_stage": self.stage or info.lifecycle_stage,
+            "start_time": iso_utc(info.start_time),
+            "parent_run_id": tags.get(PARENT_TAG),
+            "why": self.why,
+        }
+
+
+def runs_by_ids(client, run_ids: list[str]) -> list:
+    """Every named run, or exit 3 naming all unknown ids (checked before anything is written)."""
+    from mlflow.exceptions import MlflowException
+
+    runs, unknown = [], []
+    for run_id in run_ids:
+        try:
+            runs.append(client.get_run(run_id))
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise
+            unknown.append(run_id)
+    if unknown:
+        raise CliError(
+            EXIT_NOT_FOUND,
+            f"run {', '.join(map(repr, unknown))} not found (nothing was changed); find ids with: "
+            "query_experiments.py runs --experiment NAME",
+        )
+    return runs
+
+
+def duplicate_runs(runs: list) -> list:
+    """Runs with the same backtest fingerprint as a newer one (the newest of each fingerprint is kept)."""
+    groups: dict[str, list] = {}
+    for run in runs:
+        fingerprint = run.data.tags.get(FINGERPRINT_TAG)
+        if fingerprint:
+            groups.setdefault(fingerprint, []).append(run)
+    older = []
+    for group in groups.values():
+        group.sort(key=lambda r: (r.info.start_time or 0, r.info.run_id), reverse=True)
+        older += group[1:]
+    return older
+
+
+def runs_by_selector(client, experiment_id: str, args, view) -> list:
+    """The runs of one experiment that --filter, --status, --older-than and --duplicates select (AND)."""
+    clauses = [args.filter.strip()] if args.filter.strip() else []
+    if args.older_than:
+        clauses.append(
+            f"attributes.start_time < {int(datetime.now(UTC).timestamp() * 1000) - args.older_than}"
+        )
+    if args.duplicates:
+        clauses.append(f"tags.`{FINGERPRINT_TAG}` IS NOT NULL")
+    base = " and ".join(clauses)
+    statuses = args.status or [None]
+    runs = []
+    for status in statuses:  # MLflow's grammar has no OR: one search per status
+        where = " and ".join(c for c in (base, f"attributes.status = {quote(status)}" if status else "") if c)
+        found, _ = search_runs(client, [experiment_id], where, [], math.inf, view)
+        runs += found
+    return duplicate_runs(runs) if args.duplicates else runs
+
+
+def with_children(client, chosen: list[Chosen], view) -> list[Chosen]:
+    """The chosen runs and, after each, every descendant (a sweep's or walk-forward's children go with
+    their parent): one search per experiment for runs that have a parent."""
+    ids = {c.run.info.run_id for c in chosen}
+    experiments = sorted({c.run.info.experiment_id for c in chosen})
+    children: dict[str, list] = {}
+    if experiments:
+        found, _ = search_runs(client, experiments, f"tags.`{PARENT_TAG}` IS NOT NULL", [], math.inf, view)
+        for run in found:
+            children.setdefault(run.data.tags[PARENT_TAG], []).append(run)
+    out: list[Chosen] = []
+
+    def add(item: Chosen) -> None:
+        out.append(item)
+        for child in sorted(children.get(item.run.info.run_id, []), key=lambda r: r.info.start_time or 0):
+            if child.info.run_id not in ids:
+                ids.add(child.info.run_id)
+                add(Chosen(child, f"child of {item.run.info.run_id}"))
+
+    for item in chosen:
+        add(item)
+    return out
+
+
+def child_warnings(client, chosen: list[Chosen]) -> list[str]:
+    """A chosen child whose parent stays: the parent's sweep statistics were computed with it."""
+    ids = {c.run.info.run_id for c in chosen}
+    notes = []
+    for item in chosen:
+        parent = item.run.data.tags.get(PARENT_TAG)
+        if parent and parent not in ids:
+            notes.append(
+                f"run {item.run.info.run_id} ({item.run.info.run_name}) is a child of run {parent}: the "
+                "parent's statistics (n_trials, deflated_sharpe_ratio, pbo, best_*) still count it"
+            )
+    return notes
+
+
+def find_any_experiment(client, name_or_id: str):
+    """An experiment by name or id, deleted ones too (restore --whole-experiment); else exit 3."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name_or_id)
+    if experiment is None and name_or_id.isdigit():
+        with contextlib.suppress(MlflowException):
+            experiment = client.get_experiment(name_or_id)
+    if experiment is None:
+        return find_experiment(client, name_or_id)  # exit 3 with the closest names
+    return experiment
+
+
+def gc_command(run_ids: list[str]) -> str:
+    """What a tracking server's administrator runs to purge exactly these runs."""
+    return (
+        f"MLFLOW_TRACKING_URI=<this server's URL> mlflow gc --backend-store-uri <the server's "
+        f"--backend-store-uri> --run-ids {','.join(run_ids)}"
+    )
+
+
+def purge_runs(client, runs: list) -> list[str]:
+    """Remove these (deleted) runs for good: their artifacts, then their rows. MLflow's `mlflow gc --run-ids`
+    is not limited to those runs: without --experiment-ids it also purges every deleted experiment and every
+    deleted logged model in the store (mlflow.cli._gc_tracking_resources, 3.17), so this is gc's per-run
+    step, for these runs only: get_artifact_repository(artifact_uri).delete_artifacts(), then the store's
+    _hard_delete_run (bulk deletes of metrics, latest metrics, params and tags before the run row, which
+    3.17 does in that order: the foreign-key failures of mlflow #13254 on PostgreSQL came from the ORM
+    cascade it replaced). _hard_delete_run leaves the run's dataset links (inputs, input_tags: no foreign
+    key) behind; they are removed here too, with the datasets no other run uses."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    store = client._tracking_client.store
+    purged = []
+    for run in runs:
+        uri = run.info.artifact_uri
+        get_artifact_repository(uri).delete_artifacts()
+        if uri.startswith("/") or uri.startswith("file:"):  # the empty run folder a local store keeps
+            folder = Path(uri.removeprefix("file://").removeprefix("file:")).parent
+            if folder.name == run.info.run_id and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        store._hard_delete_run(run.info.run_id)
+        purged.append(run.info.run_id)
+    remove_dataset_links(store, purged)
+    return purged
+
+
+def remove_dataset_links(store, run_ids: list[str]) -> None:
+    """Delete purged runs' rows in inputs and input_tags, and datasets that no remaining input names."""
+    from mlflow.store.tracking.dbmodels.models import SqlDataset, SqlInput, SqlInputTag
+    from sqlalchemy import delete, select
+
+    with store.ManagedSessionMaker() as session:
+        links = select(SqlInput.input_uuid, SqlInput.source_id).where(
+            SqlInput.destination_type == "RUN", SqlInput.destination_id.in_(run_ids)
+        )
+        rows = session.execute(links).all()
+        inputs = [row[0] for row in rows]
+        datasets = {row[1] for row in rows}
+        if not inputs:
+            return
+        session.execute(delete(SqlInputTag).where(SqlInputTag.input_uuid.in_(inputs)))
+        session.execute(delete(SqlInput).where(SqlInput.input_uuid.in_(inputs)))
+        used = set(session.scalars(select(SqlInput.source_id).where(SqlInput.source_id.in_(datasets))))
+        if datasets - used:
+            session.execute(delete(SqlDataset).where(SqlDataset.dataset_uuid.in_(datasets - used)))
+
+
+def choose_runs(client, args, deleting: bool) -> tuple[object | None, list[Chosen], list[str]]:
+    """(the experiment or None, the runs to act on with their children, warnings): reads only."""
+    from mlflow.entities import ViewType
+
+    view = ViewType.DELETED_ONLY if not deleting else ViewType.ALL if args.purge else ViewType.ACTIVE_ONLY
+    warnings_: list[str] = []
+    experiment = None
+    if args.run_id:
+        runs = runs_by_ids(client, args.run_id)
+        wanted = "deleted" if not deleting else None if args.purge else "active"
+        skipped = [r for r in runs if wanted and r.info.lifecycle_stage != wanted]
+        for run in skipped:
+            state = "already deleted" if deleting else "not deleted"
+            warnings_.append(f"run {run.info.run_id} ({run.info.run_name}) is {state}: left as it is")
+        runs = [r for r in runs if r not in skipped]
+    else:
+        experiment = find_experiment(client, args.experiment)
+        if args.all or not deleting and not args.filter.strip():
+            runs, _ = search_runs(client, [experiment.experiment_id], "", [], math.inf, view)
+        else:
+            runs = runs_by_selector(client, experiment.experiment_id, args, view)
+    chosen = with_children(client, [Chosen(r, "selected") for r in runs], view)
+    if deleting:
+        warnings_ += child_warnings(client, chosen)
+    return experiment, chosen, warnings_
+
+
+def cmd_delete(client, query: Query) -> dict:
+    args = query.args
+    if args.whole_experiment:
+        return whole_experiment(client, query, deleting=True)
+    experiment, chosen, notes = choose_runs(client, args, deleting=True)
+    ids = [c.run.info.run_id for c in chosen]
+    if args.purge and is_server(query.tracking_uri):
+        raise CliError(
+            EXIT_USAGE,
+            "--purge works on a local or database store only; on a tracking server soft-delete the runs "
+            "(without --purge) and ask the server's administrator to run: "
+            + (gc_command(ids) if ids else "nothing (no run selected)")
+            + " (MLflow 3.17's gc also purges every deleted experiment and logged model it finds)",
+        )
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
+    action = "purge" if args.purge else "delete"
+    out = {
+        "dry_run": not args.yes,
+        "action": action,
+        "experiment": experiment.name if experiment else None,
+        "selected": len(chosen),  # exact, whatever the output bound cuts from `runs`
+        "children_included": sum(c.why != "selected" for c in chosen),
+    }
+    if args.yes and chosen:
+        delete_all_or_none(client, [c.run.info.run_id for c in chosen if c.active])
+        out["deleted"] = sum(c.active for c in chosen)
+        if args.purge:
+            out["purged"] = len(purge_runs(client, [client.get_run(run_id) for run_id in ids]))
+        for item in chosen:
+            item.stage = "purged" if args.purge else "deleted"
+    elif chosen:
+        flags = "--purge --yes" if args.purge else "--yes"
+        out["next"] = f"rerun with {flags} to {action} these {len(chosen)} runs"
+    out["warnings"] = notes
+    out["note"] = PURGE_NOTE if args.purge else STATS_NOTE
+    out["runs"] = [c.record() for c in chosen]
+    return out
+
+
+def delete_all_or_none(client, run_ids: list[str]) -> None:
+    """Soft-delete every run or none: when one is refused (permission, server failure), the ones already
+    deleted are restored before the error is reported."""
+    done = []
+    try:
+        for run_id in run_ids:
+            client.delete_run(run_id)
+            done.append(run_id)
+    except BaseException:
+        for run_id in done:
+            with contextlib.suppress(Exception):
+                client.restore_run(run_id)
+        raise
+
+
+def cmd_restore(client, query: Query) -> dict:
+    args = query.args
+    if args.whole_experiment:
+        return whole_experiment(client, query, deleting=False)
+    experiment, chosen, notes = choose_runs(client, args, deleting=False)
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
+    for item in chosen:
+        client.restore_run(item.run.info.run_id)
+        item.stage = "active"
+    return {
+        "dry_run": False,
+        "action": "restore",
+        "experiment": experiment.name if experiment else None,
+        "selected": len(chosen),
+        "children_included": sum(c.why != "selected" for c in chosen),
+        "restored": len(chosen),
+        "warnings": notes,
+        "runs": [c.record() for c in chosen],
+    }
+
+
+def whole_experiment(client, query: Query, deleting: bool) -> dict:
+    """Delete (soft) or restore a whole experiment: MLflow marks its runs deleted or active with it."""
+    from mlflow.entities import ViewType
+
+    args = query.args
+    experiment = (
+        find_experiment(client, args.experiment) if deleting else find_any_experiment(client, args.experiment)
+    )
+    if not deleting and experiment.lifecycle_stage != "deleted":
+        raise CliError(EXIT_USAGE, f"experiment {experiment.name!r} is not deleted: nothing to restore")
+    active, _ = search_runs(client, [experiment.experiment_id], "", [], math.inf, ViewType.ACTIVE_ONLY)
+    deleted, _ = search_runs(client, [experiment.experiment_id], "", [], math.inf, ViewType.DELETED_ONLY)
+    out = {
+        "dry_run": deleting and not args.yes,
+        "action": "delete_experiment" if deleting else "restore_experiment",
+        "experiment": experiment.name,
+        "experiment_id": experiment.experiment_id,
+        "active_runs": len(active),
+        "deleted_runs": len(deleted),
+    }
+    if deleting and not args.yes:
+        out["next"] = f"rerun with --yes to delete experiment {experiment.name!r} and its {len(active)} runs"
+    elif deleting:
+        client.delete_experiment(experiment.experiment_id)
+    else:
+        client.restore_experiment(experiment.experiment_id)
+    if deleting:
+        out["note"] = (
+            "restorable: restore --experiment NAME --whole-experiment (a new experiment of the same name cannot "
+            f"be created meanwhile); {STATS_NOTE}"
+        )
+    return out
+
+
+def cmd_artifacts(client, query: Query) -> dict:
+    """List a run's artifacts under --path, or download them to --download DIR."""
+    args = query.args
+    run = get_run(client, args.run_id)
+    run_id, path = run.info.run_id, args.path.strip("/") or None
+    entries, cut = list_artifacts(client, run_id, start=path, limit=args.max_entries)
+    if path and not entries:
+        parent = path.rsplit("/", 1)[0] if "/" in path else None
+        siblings = client.list_artifacts(run_id, parent)
+        match = [item for item in siblings if item.path == path and not item.is_dir]
+        if not match:
+            near = closest(path, [item.path for item in siblings])
+            raise CliError(
+                EXIT_NOT_FOUND,
+                f"run {run_id} has no artifact {path!r}"
+                + (f" (closest: {', '.join(near)})" if near else " (list them: artifacts --run-id ID)"),
+            )
+        entries = [{"path": match[0].path, "size": match[0].file_size}]
+    out = {
+        "run_id": run_id,
+        "run_name": run.info.run_name,
+        "artifact_uri": run.info.artifact_uri,
+        "path": path,
+    }
+    if args.download:
+        target = Path(args.download)
+        target.mkdir(parents=True, exist_ok=True)
+        local = Path(client.download_artifacts(run_id, path or "", str(target)))
+        files = sorted(str(p) for p in ([local] if local.is_file() else local.rglob("*")) if p.is_file())
+        out.update(downloaded=len(files), local_path=str(local), files=files)
+        return out
+    if cut:
+        print(f"warning: listing stopped at {args.max_entries} entries; raise --max-entries", file=sys.stderr)
+    files = [e for e in entries if not e["path"].endswith("/")]
+    out.update(
+        count=len(files), total_bytes=sum(e["size"] or 0 for e in files), truncated=cut, artifacts=entries
+    )
+    return out
+
+
+def ui_command(tracking_uri: str, port: int) -> str | None:
+    """The command that opens the MLflow UI on this store (None for a server: it has its own UI). A database
+    URI is given as "$MLFLOW_TRACKING_URI": the command is printed, and its password must not be."""
+    if is_server(tracking_uri) or tracking_uri.startswith("databricks"):
+        return None
+    store = (
+        f"sqlite:///{tracking_uri[len('sqlite:///') :]}" if tracking_uri.startswith("sqlite:///") else None
+    )
+    store = store or '"$MLFLOW_TRACKING_URI"'
+    return f"{MLFLOW_UI} --backend-store-uri {store} --port {port}"
+
+
+def cmd_ui(client, query: Query) -> dict:
+    """How to open the MLflow UI on the current store, and the link to an experiment's runs (starts nothing)."""
+    args, uri = query.args, query.tracking_uri
+    experiment = find_experiment(client, args.experiment) if args.experiment else None
+    command = ui_command(uri, args.port)
+    base = URI_CREDENTIALS.sub("", uri).rstrip("/") if command is None else f"http://127.0.0.1:{args.port}"
+    path = f"/#/experiments/{experiment.experiment_id}" if experiment else "/#/experiments"
+    out = {
+        "command": command,
+        "url": f"{base}{path}?workflowType=machine_learning",
+        "experiment": experiment.name if experiment else None,
+    }
+    if command:
+        out["notes"] = [
+            "run the command in a terminal of its own (it serves until stopped); the first start downloads MLflow "
+            "and takes about a minute, later starts a few seconds",
+            "stop it with Ctrl-C in that terminal (it stops its worker processes too); started in the background, "
+            "stop its whole process group: kill -- -PGID (setsid … & starts one), never a single worker pid",
+            "the link opens the runs view (?workflowType=machine_learning); without it MLflow 3.17 opens in "
+            "GenAI mode: click Model training at the top left",
+        ]
+    else:
+        out["notes"] = ["the tracking server serves the UI: open the link (log in with your MLflow user)"]
+    return out
+
+
 # ---- command line ----
 
 
@@ -2156,6 +2595,7 @@ def build_parser() -> CliParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=CliParser, metavar="SUBCOMMAND")
+    parser.set_defaults(writes=False)  # delete and restore write: a read-only local store exits 4 first
 
     def add(name: str, help_text: str, epilog: str = ""):
         return sub.add_parser(
@@ -2295,6 +2735,56 @@ def build_parser() -> CliParser:
         metavar="N",
         help=f"default {DEFAULT_MAX_RUNS}",
     )
+
+    p = add(
+        "delete",
+        "soft-delete runs (restorable) or a whole experiment; a dry run unless --yes; --purge removes for good",
+        "examples:\n  delete --run-id 0a1b2c,3d4e5f            # dry run: what would be deleted\n"
+        "  delete --experiment momentum --status FAILED,KILLED --yes\n"
+        "  delete --experiment momentum --older-than 30d --filter \"params.lookback = '50'\" --yes\n"
+        "  delete --experiment momentum --duplicates --yes   # same backtest fingerprint: the newest is kept\n"
+        "  delete --experiment momentum --whole-experiment --yes\n"
+        "  delete --run-id 0a1b2c --purge --yes               # local or database store only\n\n"
+        "--experiment needs a selector (--filter, --status, --older-than, --duplicates or --all: several\n"
+        "are ANDed); nothing is deleted by omission. A sweep's or walk-forward's parent takes its children.\n"
+        f"Deleted runs still count as trials in deflate. More: {HOUSEKEEPING_DOC}",
+    )
+    p.set_defaults(handler=cmd_delete, check=check_housekeeping, writes=True)
+    add_targets(p, deleting=True)
+
+    p = add(
+        "restore",
+        "restore deleted runs (with their children) or a deleted experiment",
+        "examples:\n  restore --run-id 0a1b2c\n  restore --experiment momentum --filter \"params.lookback = '50'\"\n"
+        "  restore --experiment momentum --whole-experiment\n\n"
+        f"--experiment alone restores every deleted run of the experiment. More: {HOUSEKEEPING_DOC}",
+    )
+    p.set_defaults(handler=cmd_restore, check=check_housekeeping, writes=True)
+    add_targets(p, deleting=False)
+
+    p = add(
+        "artifacts",
+        "list a run's artifacts (path, size) or download a file or folder of them",
+        "examples:\n  artifacts --run-id 0a1b2c\n  artifacts --run-id 0a1b2c --path tearsheet.html --download out\n"
+        "  artifacts --run-id 0a1b2c --path code --download out   # a folder",
+    )
+    p.set_defaults(handler=cmd_artifacts, check=check_artifacts)
+    p.add_argument("--run-id", required=True, metavar="ID")
+    p.add_argument("--path", default="", metavar="P", help="a file or folder inside the run's artifacts")
+    p.add_argument("--download", metavar="DIR", help="download --path (default: everything) into DIR")
+    p.add_argument(
+        "--max-entries", type=positive_int, default=ARTIFACT_LIST_LIMIT, metavar="N",
+        help=f"list at most N entries (default {ARTIFACT_LIST_LIMIT})",
+    )  # fmt: skip
+
+    p = add(
+        "ui",
+        "print the command that opens the MLflow UI on the current store and the link to an experiment's runs",
+        "example: ui --experiment momentum   (starts nothing)",
+    )
+    p.set_defaults(handler=cmd_ui, check=None)
+    p.add_argument("--experiment", metavar="NAME", help="link to this experiment's runs")
+    p.add_argument("--port", type=positive_int, default=UI_PORT, help=f"default {UI_PORT}")
     return parser
 
 
@@ -2304,6 +2794,37 @@ def check_periods(args) -> None:
         args.run_id = list(dict.fromkeys(split_list(args.run_id)))
         if not args.run_id:
             raise CliError(EXIT_USAGE, "--run-id is empty: give run ids, comma-separated")
+
+
+def add_targets(p: CliParser, deleting: bool) -> None:
+    """delete's and restore's flags: the runs or the experiment, the selectors, --yes and --purge."""
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument(
+        "--run-id", action="append", metavar="ID[,ID...]", help="run ids (comma-separated, repeatable)"
+    )
+    target.add_argument("--experiment", metavar="NAME", help="an experiment's name or id, with a selector")
+    p.add_argument(
+        "--filter", default="", metavar="S", help="MLflow search filter (references/query-patterns.md)"
+    )
+    p.add_argument(
+        "--whole-experiment", action="store_true", help="the experiment itself (MLflow marks its runs too)"
+    )
+    if not deleting:  # restore acts at once (it loses nothing) and selects by --filter only
+        p.set_defaults(status=None, older_than=None, duplicates=False, all=False, yes=True, purge=False)
+        return
+    p.add_argument("--status", metavar="LIST", help="runs with one of these statuses, e.g. FAILED,KILLED")
+    p.add_argument(
+        "--older-than", metavar="AGE", help="runs started longer ago than AGE: 30d, 12h, 2w, 1d12h"
+    )
+    p.add_argument(
+        "--duplicates", action="store_true", help="all but the newest run of each backtest fingerprint"
+    )
+    p.add_argument("--all", action="store_true", help="every run of the experiment")
+    p.add_argument("--yes", action="store_true", help="act (without it: a dry run that lists what would go)")
+    p.add_argument(
+        "--purge", action="store_true",
+        help="remove the runs for good (rows and artifacts; local or database store, not a server)",
+    )  # fmt: skip
 
 
 def check_experiments_named(args) -> None:
@@ -2350,6 +2871,56 @@ def check_deflate(args) -> None:
         raise CliError(EXIT_USAGE, f"--metric {args.metric!r} is not a metric name, e.g. --metric sharpe")
 
 
+def check_housekeeping(args) -> None:
+    """delete/restore: run ids, or an experiment with a selector; every value checked before any request."""
+    deleting = args.handler is cmd_delete
+    if args.run_id is not None:
+        args.run_id = list(dict.fromkeys(i for item in args.run_id for i in split_list(item)))
+        if not args.run_id:
+            raise CliError(EXIT_USAGE, "--run-id is empty: give run ids (find them with `runs`)")
+        used = selectors_used(args) + (["--whole-experiment"] if args.whole_experiment else [])
+        if used:
+            raise CliError(EXIT_USAGE, f"{', '.join(used)} select runs of an --experiment, not of --run-id")
+    elif not args.experiment.strip():
+        raise CliError(EXIT_USAGE, "--experiment is empty: give a name (list them with `experiments`)")
+    if args.status is not None:
+        statuses = [s.upper() for s in split_list(args.status)]
+        unknown = [s for s in statuses if s not in RUN_STATUSES]
+        if unknown or not statuses:
+            raise CliError(EXIT_USAGE, f"--status {args.status!r}: choose from {','.join(RUN_STATUSES)}")
+        args.status = statuses
+    if args.older_than is not None:
+        args.older_than = age_ms(args.older_than)
+    chosen = selectors_used(args)
+    if args.experiment is not None and args.whole_experiment:
+        if chosen or args.purge:
+            extra = chosen + (["--purge"] if args.purge else [])
+            raise CliError(EXIT_USAGE, f"--whole-experiment takes no {', '.join(extra)}")
+    elif args.experiment is not None and deleting and not chosen:
+        raise CliError(
+            EXIT_USAGE,
+            f"--experiment needs a selector: {', '.join(SELECTORS)} (nothing is deleted by omission); "
+            "--whole-experiment deletes the experiment itself",
+        )
+    if args.all and len(chosen) > 1:
+        raise CliError(
+            EXIT_USAGE, f"--all selects every run: drop {', '.join(c for c in chosen if c != '--all')}"
+        )
+
+
+def selectors_used(args) -> list[str]:
+    """The selector flags given, in SELECTORS' order."""
+    values = (args.filter.strip(), args.status, args.older_than, args.duplicates, args.all)
+    return [flag for flag, value in zip(SELECTORS, values, strict=True) if value]
+
+
+def check_artifacts(args) -> None:
+    if not args.run_id.strip():
+        raise CliError(EXIT_USAGE, "--run-id is empty")
+    if args.download is not None and Path(args.download).exists() and not Path(args.download).is_dir():
+        raise CliError(EXIT_USAGE, f"--download {args.download!r} is a file: give a folder")
+
+
 def build_query(args) -> Query:
     """Input checks that need no MLflow (exit 2 before any import or request): the subcommand's own check."""
     if args.check is not None:
@@ -2365,7 +2936,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def action() -> int:
         query = build_query(build_parser().parse_args(argv))
-        client = connect(query.tracking_uri, query.debug, writes=False)
+        client = connect(query.tracking_uri, query.debug, writes=query.args.writes)
         print_bounded(query.handler(client, query), query.fmt, query.args.max_chars)
         return EXIT_OK
 
