@@ -530,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     kind of family and a Job per child) -> log_family (prepare the children in worker processes where that
     is safe, open the store meanwhile, find a duplicate, write the run or the parent and its children) ->
     emit."""
-    argv = sys.argv[1:] if argv is None else argv
+    argv_given, argv = argv, sys.argv[1:] if argv is None else argv
 
     def action() -> int:
         import contextlib
@@ -556,7 +556,8 @@ def main(argv: list[str] | None = None) -> int:
         emit(table_rows(out) if fmt == "table" else out, fmt)
         return EXIT_OK
 
-    return run_cli(terminated_as_error(action), "--debug" in argv)
+    # The command line (argv None) is this process's own: a signal after the work is ignored until it exits.
+    return run_cli(stopping_at_signals(action, ours=argv_given is None), "--debug" in argv)
 
 
 @dataclass(frozen=True)
@@ -639,6 +640,7 @@ def log_family(plan: Plan, req: Request, pool, tmp: Path) -> Result:
         run_ids=lambda written: [o.run_id for o in ([written[0]] if written[0] else []) + written[1]],
     )  # fmt: skip
     phase(req, "experiment checked, run written or found")
+    final_state_written()  # written, or an identical run found: the store holds the result
     if existing is None:
         parent, children = written
         warnings += [w for child in children for w in child.warnings]
@@ -664,7 +666,9 @@ def write_family(
     family.draw_tearsheets(req, warnings)
     if not family.has_parent:
         [[job]], [prep] = family.shares, family.preps
-        return None, [write_run(client, experiment_id, job, prep, req, tearsheet=family.tearsheet())]
+        run = write_run(client, experiment_id, job, prep, req, tearsheet=family.tearsheet())
+        final_state_written()
+        return None, [run]
     parent_dir = tmp / "parent"
     parent_dir.mkdir(exist_ok=True)  # the kind may have written files there already
     copy_code(req, parent_dir)
@@ -673,6 +677,7 @@ def write_family(
     ).info.run_id
     try:
         children = write_all_children(client, experiment_id, family, req, pool, parent_id)
+        stop_point()
         record = family.parent_record(children, req, parent_dir)
         now = int(time.time() * 1000)
         client.log_batch(
@@ -684,8 +689,14 @@ def write_family(
             ],
         )
         client.log_artifacts(parent_id, str(parent_dir))
+        stop_point()
         client.set_terminated(parent_id, "FINISHED")
+        final_state_written()
     except BaseException:
+        # Workers still writing children would write on after we look: end them first. A worker ended
+        # mid-write leaves its child RUNNING (a signal to the whole group lets it mark its own FAILED).
+        pool.stop()
+        fail_unfinished_children(client, experiment_id, parent_id)
         mark_failed(client, parent_id)
         raise
     return Outcome(parent_id, family.run_name, artifacts=artifact_names(parent_dir)), children
@@ -729,7 +740,7 @@ def write_all_children(
         failures.append(exc)
     for future in theirs:
         try:
-            results.append(future.result())
+            results.append(awaited(future))
         except Exception as exc:  # noqa: BLE001 - as above
             failures.append(exc)
     if failures:
@@ -3738,6 +3749,7 @@ def each_column(work, jobs: list[Job], req: Request, done: str) -> list:
     (work: prepare_column or draw_tearsheet; done: what the line says of it)."""
     results = []
     for job in jobs:
+        stop_point()
         started = time.monotonic()
         results.append(work(job, req))
         progress(job, f"{done} in {time.monotonic() - started:.1f}s")
@@ -3782,6 +3794,9 @@ class InlineExecutor:
     def submit(self, fn, *args) -> Deferred:
         return Deferred(fn, args)
 
+    def stop(self) -> None:
+        return None
+
     def __enter__(self):
         return self
 
@@ -3809,13 +3824,17 @@ class WorkerPool:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc) -> None:
-        # Every result we need has been awaited when we leave; a task still running is one nobody waits for
-        # (a duplicate's tearsheet) or one a failure elsewhere made moot. ProcessPoolExecutor cannot cancel a
-        # running task (Python 3.14 adds terminate_workers()) and its shutdown() would wait for it: the
-        # processes are ours, end them.
+    def stop(self) -> None:
+        """End the workers now. Every result we need has been awaited when we get here; a task still running
+        is one nobody waits for (a duplicate's tearsheet) or one a failure or a signal made moot.
+        ProcessPoolExecutor cannot cancel a running task (Python 3.14 adds terminate_workers()) and its
+        shutdown() would wait for it: the processes are ours, end them."""
         for process in list((getattr(self.executor, "_processes", None) or {}).values()):
             process.kill()
+            process.join()  # gone, not writing, once this returns
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
         self.executor.shutdown(wait=True, cancel_futures=True)
 
 
@@ -3829,7 +3848,10 @@ def worker_started(parent: int) -> None:
     import signal
 
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (linux/prctl.h): workers fork on Linux only
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler (terminated_as_error) is not ours
+    # A signal to the whole group (Ctrl-C at a terminal) reaches the workers too: each stops at its next
+    # stop_point, marks the child it writes FAILED and hands Stopped back to the parent (no traceback).
+    SIGNALS.received, SIGNALS.armed = None, True
+    handle_signals(stop_signals())
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
 
@@ -4019,6 +4041,9 @@ def log_dataset(client, run_id: str, dataset_input, attempts: int = 5) -> None:
             time.sleep(0.05 * attempt)
 
 
+BATCH_ENTRIES = 1000  # MLflow's limit on the metrics, params and tags of one log_batch request
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What the write stage did for one column."""
@@ -4044,6 +4069,7 @@ def write_run(
     tags = dict(prep.tags)
     if parent_id:
         tags[PARENT_TAG] = parent_id
+    stop_point()
     run = client.create_run(experiment_id, run_name=prep.run_name, tags=tags)
     run_id = run.info.run_id
     discard, warnings = False, []
@@ -4055,26 +4081,34 @@ def write_run(
             for key, series in (("equity", h.equity), ("drawdown", h.drawdown))
             for step, ts, value in zip(h.steps.tolist(), h.timestamps.tolist(), series.tolist(), strict=True)
         ] + [Metric("year_return", value, ts, year) for year, ts, value in h.year_return]
-        # One call: MlflowClient splits it into the largest batches a store accepts (1,000 entries, params
-        # first); every batch is a transaction in a SQL store and a request to a server.
-        client.log_batch(
-            run_id,
-            metrics=[Metric(k, v, now, 0) for k, v in prep.metrics.items()] + points,
-            params=[Param(k, v) for k, v in prep.params.items()],
-        )
+        params = [Param(k, v) for k, v in prep.params.items()]
+        entries = [Metric(k, v, now, 0) for k, v in prep.metrics.items()] + points
+        # The largest batches a store accepts (BATCH_ENTRIES, params first), as MlflowClient would split one
+        # call; every batch is a transaction in a SQL store and a request to a server. Split here, a signal
+        # stops the writes after the batch it came in, not after thousands of history points.
+        first = max(BATCH_ENTRIES - len(params), 0)
+        batches = [entries[:first]] + [
+            entries[i : i + BATCH_ENTRIES] for i in range(first, len(entries), BATCH_ENTRIES)
+        ]
+        for number, batch in enumerate(batches):
+            stop_point()
+            client.log_batch(run_id, metrics=batch, params=params if number == 0 else [])
+        stop_point()
         log_dataset(
             client,
             run_id,
             DatasetInput(dataset_entity(job, prep, req), [InputTag("mlflow.data.context", "backtest")]),
         )
         phase(req, f"{prep.run_name}: metrics, params, histories, dataset logged")
+        stop_point()
         if tearsheet is not None:
             discard = True  # not a backtest without its report: out of sight if it fails
-            note = tearsheet.result()
+            note = awaited(tearsheet)
             if note:
                 warn(note, warnings)
             discard = False
         client.log_artifacts(run_id, str(prep.folder))
+        stop_point()  # the last: a signal after this finds the run complete
         client.set_terminated(run_id, "FINISHED")
         phase(req, f"{prep.run_name}: artifacts logged, run FINISHED")
     except BaseException:
@@ -4098,6 +4132,19 @@ def write_children(
         outcomes.append(write_run(client, experiment_id, job, prep, req, parent_id=parent_id))
         progress(job, f"logged run {outcomes[-1].run_id} ({time.monotonic() - started:.1f}s)")
     return outcomes
+
+
+def fail_unfinished_children(client, experiment_id: str, parent_id: str) -> None:
+    """Mark FAILED every child of this parent still RUNNING (its writer stopped or was ended)."""
+    import contextlib
+
+    with contextlib.suppress(Exception):
+        for run in client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}' and attributes.status = 'RUNNING'",
+            max_results=1000,  # at most one per writing process is RUNNING at a time
+        ):
+            mark_failed(client, run.info.run_id)
 
 
 def mark_failed(client, run_id: str) -> None:
@@ -4170,7 +4217,8 @@ def build_parser() -> CliParser:
         prog="log_backtest.py",
         description="Log a backtest's returns to MLflow: every QuantStats metric, equity/drawdown curves, "
         "dataset, tearsheet and description in one run; several columns make a sweep.",
-        epilog=f"{EXIT_CODES_HELP}\n  130 interrupted (Ctrl-C), 143 terminated (SIGTERM): the run is FAILED",
+        epilog=f"{EXIT_CODES_HELP}\n  129 hung up (SIGHUP), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): the run is "
+        "FAILED; a signal once the run is FINISHED: exit 0 and its output",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     data = parser.add_argument_group("data")
@@ -4248,37 +4296,117 @@ def build_parser() -> CliParser:
     return parser
 
 
-# ---- signals and the temporary folder: every exit this process sees cleans up ---------------------------
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the main thread is: like Ctrl-C it passes every `except Exception`, so the run
-    being written is marked FAILED, the workers end and the temporary folder is removed on the way out."""
+# ---- signals: noted by the handler, acted on at the next safe point; the temporary folder: every exit ------
+# SIGINT (Ctrl-C), SIGTERM and SIGHUP (a closed terminal, a dropped ssh session): exit 128 + the signal's
+# number, what a shell reports for a process the signal ended, and only with the run FAILED.
+SIGNAL_MESSAGES = {2: "interrupted", 15: "terminated", 1: "hung up"}  # POSIX numbers
 
 
-def terminated_as_error(action):
-    """action() with SIGTERM raising Terminated in it, reported as "error: terminated", exit 143 (128 + 15,
-    what a shell reports for a process SIGTERM ended). The handler is this process's only while action()
-    runs (a host calling main() gets its own back); forked workers reset it (worker_started)."""
+class Stopped(KeyboardInterrupt):
+    """A signal acted on at a safe point (stop_point): like Ctrl-C it passes every `except Exception`, so the
+    run being written is marked FAILED, the workers end and the temporary folder is removed on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@dataclass
+class Signals:
+    """This process's signals: the first one received, and whether it may still stop the work (not once the
+    store holds the final state: a run FINISHED, or the identical run found)."""
+
+    received: int | None = None
+    armed: bool = True
+
+
+SIGNALS = Signals()
+
+
+def note_signal(signum, frame) -> None:
+    """The handler: notes the signal and nothing more. Raising here would land wherever the main thread is:
+    inside an SQLAlchemy fetch it leaves that SQLite statement open, so the FAILED write that follows on the
+    same pooled connection already holds a read lock and SQLite answers "database is locked" at once (no
+    busy wait) while a worker writes; inside a garbage-collection callback it is swallowed and the process
+    exits 0."""
+    if SIGNALS.received is None:
+        SIGNALS.received = signum
+
+
+def stop_point() -> None:
+    """Where the work may stop: between steps that leave the store consistent."""
+    if SIGNALS.received is not None and SIGNALS.armed:
+        raise Stopped(SIGNALS.received)
+
+
+def final_state_written() -> None:
+    """The store holds the result: a later signal lets the process finish and print it (exit 0)."""
+    SIGNALS.armed = False
+
+
+def awaited(future):
+    """future.result(), stopping at a signal while it waits (a Deferred runs its work here)."""
+    from concurrent.futures import wait
+
+    if not isinstance(future, Deferred):
+        while wait([future], timeout=0.2).not_done:
+            stop_point()
+    return future.result()
+
+
+def handle_signals(signals: list[int]) -> None:
+    import signal
+
+    for signum in signals:
+        signal.signal(signum, note_signal)
+
+
+def stopping_at_signals(action, ours: bool):
+    """action() with SIGINT, SIGTERM and SIGHUP noted (note_signal) and acted on at the next stop_point:
+    the run is FAILED, the exit 128 + the signal's number with "error: interrupted|terminated|hung up".
+    A signal once the result is stored changes nothing (exit 0 and the output). Afterwards the signals are
+    ignored in a process that is `ours` (the command line: a signal while it exits would end it by default,
+    with the run FINISHED; and uv forwards Ctrl-C to the script ~0.2 s after the terminal sent it to the
+    whole group, so the script gets it twice); a host calling main() gets its own handlers back. Forked
+    workers install their own (worker_started)."""
+    import contextlib
     import signal
     import threading
-
-    def raise_terminated(signum, frame):
-        raise Terminated
 
     def run() -> int:
         if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
             return action()
-        previous = signal.signal(signal.SIGTERM, raise_terminated)
+        previous = {signum: signal.getsignal(signum) for signum in stop_signals()}
+        SIGNALS.received, SIGNALS.armed = None, True
+        handle_signals(list(previous))
         try:
-            return action()
-        except Terminated:
-            raise CliError(EXIT_TERMINATED, "terminated") from None
+            code = action()
+        except Stopped as exc:
+            raise CliError(128 + exc.signum, SIGNAL_MESSAGES[exc.signum]) from None
+        except Exception:
+            # A failure after a signal is the signal's doing (a hung-up terminal fails every write to it)
+            if SIGNALS.received is not None and SIGNALS.armed:
+                raise CliError(128 + SIGNALS.received, SIGNAL_MESSAGES[SIGNALS.received]) from None
+            raise
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            # SIG_IGN, not note_signal: Python resets the handlers it set to the default as it exits.
+            for signum, handler in previous.items():
+                signal.signal(signum, signal.SIG_IGN if ours else handler)
+        if SIGNALS.received is not None:
+            name = signal.Signals(SIGNALS.received).name
+            with contextlib.suppress(OSError):  # a hung-up terminal takes no more lines
+                warn(f"{name} arrived once the result was stored: it is complete, nothing was undone")
+        return code
 
     return run
 
 
-EXIT_TERMINATED = 128 + 15
+def stop_signals() -> list[int]:
+    import signal
+
+    return [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+
+
 TEMP_PREFIX = "log_backtest-"
 
 
@@ -4349,7 +4477,7 @@ class SingleRun(Family):
         drawing = pool.submit(draw_tearsheet, job, req) if req.tearsheet and not req.dry_run else None
 
         def finish() -> SingleRun:
-            prep = prepared.result()
+            prep = awaited(prepared)
             return cls([jobs], [prep], prep.fingerprint, prep.run_name, prep.warnings, drawing)
 
         return finish
@@ -4392,7 +4520,7 @@ class Sweep(Family):
         own = each_column(prepare_column, shares[0], req, "prepared")
 
         def finish() -> Sweep:
-            preps = in_job_order(shares, [own] + [future.result() for future in prepared])
+            preps = in_job_order(shares, [own] + [awaited(future) for future in prepared])
             fp = hashlib.sha256("\n".join(p.fingerprint for p in preps).encode()).hexdigest()
             # With --oos-start the best is chosen in-sample (is_<metric>) and judged out-of-sample.
             search = summarise_search(
@@ -4411,7 +4539,7 @@ class Sweep(Family):
             # Every child is a complete run, tearsheet included, drawn before the parent run exists: a failing
             # report leaves nothing half-written.
             notes = each_column(draw_tearsheet, self.shares[0], req, "tearsheet drawn") + [
-                n for future in self.drawn for n in future.result()
+                n for future in self.drawn for n in awaited(future)
             ]
             for note in filter(None, notes):
                 warn(note, warnings)
@@ -4440,7 +4568,7 @@ class Sweep(Family):
         shared["columns"] = ",".join(p.column for p in self.preps)[:MAX_PARAM_VALUE_LENGTH]
         shared.update(best_by=self.search.best_by, pbo_splits=str(req.pbo_splits))
         metrics, undefined = search_metrics(self.preps, self.search, req.oos is not None)
-        self.search_files.result()  # cscv.csv, overfitting.json and .png are in the folder
+        awaited(self.search_files)  # cscv.csv, overfitting.json and .png are in the folder
         tags = {
             "backtest.best_run_id": children[self.preps.index(self.best)].run_id,
             DESCRIPTION_TAG: self.description(req),
