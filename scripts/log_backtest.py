@@ -2883,7 +2883,12 @@ def metric_inputs(item: Column, rf: float, periods: float, compounded: bool) -> 
 
     def cagr_of(s) -> float:
         wealth = total(s) + 1.0  # QuantStats' order of operations below
-        return math.nan if wealth < 0 else abs(wealth) ** (1.0 / (len(s) / periods)) - 1.0
+        if wealth < 0:
+            return math.nan
+        try:
+            return abs(wealth) ** (1.0 / (len(s) / periods)) - 1.0
+        except OverflowError:  # a growth rate beyond any float (1e300 % in 2 bars): undefined, not a crash
+            return math.nan
 
     equity, drawdown = equity_and_drawdown(r, compounded)
     dd = pd.Series(drawdown, index=r.index)
