@@ -2894,7 +2894,12 @@ def metric_inputs(item: Column, rf: float, periods: float, compounded: bool) -> 
 
     def cagr_of(s) -> float:
         wealth = total(s) + 1.0  # QuantStats' order of operations below
-        return math.nan if wealth < 0 else abs(wealth) ** (1.0 / (len(s) / periods)) - 1.0
+        if wealth < 0:
+            return math.nan
+        try:
+            return abs(wealth) ** (1.0 / (len(s) / periods)) - 1.0
+        except OverflowError:  # a growth rate beyond any float (1e300 % in 2 bars): undefined, not a crash
+            return math.nan
 
     equity, drawdown = equity_and_drawdown(r, compounded)
     dd = pd.Series(drawdown, index=r.index)
@@ -4164,13 +4169,10 @@ class Result:
     warnings: list[str]
 
 
-def column_output(prep: Prepared, outcome: Outcome, req: Request, experiment_id, key_only: bool) -> dict:
-    """The output object of one column's run (a sweep lists one per child, key metrics only)."""
-    metrics = prep.metrics
-    if key_only:
-        metrics = {k: metrics[k] for k in KEY_METRICS + ("alpha", "beta") if k in metrics}
+def where_logged(outcome: Outcome, experiment_id, req: Request) -> dict:
+    """The head of every output object: which run, where it is (masked URI, UI link), deduplicated or not."""
     uri = None if req.dry_run else req.tracking_uri
-    out = {
+    return {
         "run_id": outcome.run_id,
         "run_name": outcome.run_name,
         "experiment_id": experiment_id,
@@ -4179,6 +4181,16 @@ def column_output(prep: Prepared, outcome: Outcome, req: Request, experiment_id,
         "url": ui_url(uri, experiment_id, outcome.run_id) if uri and outcome.run_id else None,
         "deduplicated": outcome.deduplicated,
         "dry_run": req.dry_run,
+    }
+
+
+def column_output(prep: Prepared, outcome: Outcome, req: Request, experiment_id, key_only: bool) -> dict:
+    """The output object of one column's run (a sweep lists one per child, key metrics only)."""
+    metrics = prep.metrics
+    if key_only:
+        metrics = {k: metrics[k] for k in KEY_METRICS + ("alpha", "beta") if k in metrics}
+    out = {
+        **where_logged(outcome, experiment_id, req),
         "column": prep.column,
         "periods_per_year": prep.periods,
         "frequency": prep.frequency,
@@ -4601,17 +4613,12 @@ class Sweep(Family):
         return "\n".join(lines)[:MAX_TAG_VALUE_LENGTH]
 
     def output(self, parent: Outcome | None, children: list[Outcome], experiment_id, req: Request) -> dict:
-        uri = None if req.dry_run else req.tracking_uri
         best = children[self.preps.index(self.best)]
+        where = where_logged(parent, experiment_id, req)
         return {
-            "parent_run_id": parent.run_id,
-            "parent_run_name": parent.run_name,
-            "experiment_id": experiment_id,
-            "experiment": req.experiment,
-            "tracking_uri": mask_uri(uri) if uri else None,
-            "url": ui_url(uri, experiment_id, parent.run_id) if uri and parent.run_id else None,
-            "deduplicated": parent.deduplicated,
-            "dry_run": req.dry_run,
+            "parent_run_id": where.pop("run_id"),
+            "parent_run_name": where.pop("run_name"),
+            **where,
             "best_run_id": best.run_id,
             "best_column": self.best.column,
             **search_output(self.search),  # best_by: the metric that chose best_run_id

@@ -34,11 +34,15 @@ def script_path(name: str) -> Path:
     return SCRIPTS / f"{name}.py"
 
 
-def preamble(name: str) -> str:
+def marked_block(name: str, start: str, end: str) -> str:
+    """The text between a script's start and end markers, each present exactly once."""
     text = script_path(name).read_text()
-    assert text.count(PREAMBLE_START) == 1, f"{name}: preamble markers"
-    assert text.count(PREAMBLE_END) == 1, f"{name}: preamble markers"
-    return text.split(PREAMBLE_START, 1)[1].split(PREAMBLE_END, 1)[0]
+    assert text.count(start) == 1 and text.count(end) == 1, f"{name}: block markers {start!r}"
+    return text.split(start, 1)[1].split(end, 1)[0]
+
+
+def preamble(name: str) -> str:
+    return marked_block(name, PREAMBLE_START, PREAMBLE_END)
 
 
 def pep723(name: str) -> dict:
@@ -239,11 +243,7 @@ DSR_END = "# ---- end of deflated Sharpe ratio ----"
 def test_deflated_sharpe_is_the_same_in_both_scripts(scripts):
     """The scripts share no code, so the deflated Sharpe ratio lives in log_backtest (sweep parents) and in
     query_experiments (deflate): one identical block, and the same numbers from it."""
-    blocks = []
-    for name in ("log_backtest", "query_experiments"):
-        text = script_path(name).read_text()
-        assert text.count(DSR_START) == 1 and text.count(DSR_END) == 1, f"{name}: DSR block markers"
-        blocks.append(text.split(DSR_START, 1)[1].split(DSR_END, 1)[0])
+    blocks = [marked_block(name, DSR_START, DSR_END) for name in ("log_backtest", "query_experiments")]
     assert blocks[0] == blocks[1]
     lb, qe = scripts.log_backtest, scripts.query_experiments
     for sharpe, trials, bars, skew, kurtosis in (
@@ -268,11 +268,9 @@ def test_stress_windows_and_period_values_agree_in_both_scripts(scripts, tmp_pat
     stress windows, and the same values from both."""
     import pandas as pd
 
-    blocks = []
-    for name in ("log_backtest", "query_experiments"):
-        text = script_path(name).read_text()
-        assert text.count(PERIODS_START) == 1 and text.count(PERIODS_END) == 1, f"{name}: block markers"
-        blocks.append(text.split(PERIODS_START, 1)[1].split(PERIODS_END, 1)[0])
+    blocks = [
+        marked_block(name, PERIODS_START, PERIODS_END) for name in ("log_backtest", "query_experiments")
+    ]
     assert blocks[0] == blocks[1]
     index = pd.bdate_range("2007-11-05", periods=700)
     r = pd.Series([0.003 * ((i * 7) % 11 - 5) for i in range(700)], index=index, name="returns")

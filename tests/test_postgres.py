@@ -357,7 +357,9 @@ def test_artifacts_straight_to_s3(s3, s3_server, tmp_path):
     assert run.info.artifact_uri.startswith("s3://team-artifacts/mlflow/") and run.info.status == "FINISHED"
     prefix = run.info.artifact_uri[len("s3://team-artifacts/") :]
     listed = s3["client"].list_objects_v2(Bucket="team-artifacts", Prefix=prefix)["Contents"]
-    assert sorted(o["Key"][len(prefix) + 1 :] for o in listed) == ["metrics.json", "returns.csv"]
+    assert sorted(o["Key"][len(prefix) + 1 :] for o in listed) == [
+        "metrics.json", *(f"periods/{by}.csv" for by in ("month", "quarter", "stress", "year")), "returns.csv",
+    ]  # fmt: skip
     body = s3["client"].get_object(Bucket="team-artifacts", Key=f"{prefix}/metrics.json")["Body"].read()
     assert json.loads(body)["metrics"] == out["metrics"]
 

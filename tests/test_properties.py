@@ -213,7 +213,20 @@ def check_contract(lb, case: Case, code: int, stdout: str, stderr: str) -> None:
     names = {spec.name for spec in lb.METRICS if not spec.benchmark}
     assert sorted(r["column"] for r in runs) == sorted(case.columns)
     for run in runs:
-        metrics, undefined = run["metrics"], run["undefined_metrics"]
+        metrics, undefined = dict(run["metrics"]), run["undefined_metrics"]
+        stress = {k: metrics.pop(k) for k in list(metrics) if k.startswith("stress_")}
+        first, last = (run["start"] or "")[:10], (run["end"] or "")[:10]  # no timestamps: no calendar
+        overlapped = {
+            f"stress_{w.name}_return"
+            for w in lb.STRESS_WINDOWS
+            if first and w.start <= last and first <= w.end
+        }
+        assert set(stress) <= overlapped, (
+            stress,
+            first,
+            last,
+        )  # a window's metric only where the bars reach it
+        assert all(math.isfinite(v) for v in stress.values()), stress
         assert all(isinstance(v, int | float) and math.isfinite(v) for v in metrics.values()), metrics
         assert set(metrics) <= names
         assert set(undefined) <= names
