@@ -60,7 +60,8 @@ EXIT_CODES_HELP = """exit codes:
   2  bad usage or bad input (nothing was written)
   3  not found: experiment, run or metric
   4  authentication or permission: MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN
-  5  tracking server unreachable, timed out or failing: MLFLOW_TRACKING_URI"""
+  5  tracking server unreachable, timed out or failing: MLFLOW_TRACKING_URI
+  130  interrupted (Ctrl-C)"""
 # MLflow's own HTTP defaults retry 7 times with backoff (~4 minutes on a refused port). Ours fail in seconds;
 # a value the user set in the environment always wins.
 HTTP_DEFAULTS = {
@@ -4229,8 +4230,9 @@ def build_parser() -> CliParser:
         prog="log_backtest.py",
         description="Log a backtest's returns to MLflow: every QuantStats metric, equity/drawdown curves, "
         "dataset, tearsheet and description in one run; several columns make a sweep.",
-        epilog=f"{EXIT_CODES_HELP}\n  129 hung up (SIGHUP), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): the run is "
-        "FAILED; a signal once the run is FINISHED: exit 0 and its output",
+        epilog=f"{EXIT_CODES_HELP}\n  129  hung up (SIGHUP: a closed terminal or ssh session)\n  143  terminated (SIGTERM)\n"
+        "  at 129, 130 or 143 the run being written is FAILED (a sweep's unfinished children too); a signal once "
+        "the run is FINISHED: exit 0 and its output",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     data = parser.add_argument_group("data")
