@@ -552,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
             family = plan(loaded, req, tmp)
             with worker_pool(worker_processes(req, family)) as pool:
                 result = log_family(family, req, pool, tmp)
-        out = {**result.output, "warnings": loaded.warnings + result.warnings}
+        out = {**result.output, "warnings": req.warnings + loaded.warnings + result.warnings}
         fmt = output_format(req.output_format)
         emit(table_rows(out) if fmt == "table" else out, fmt)
         return EXIT_OK
@@ -1427,8 +1427,14 @@ def write_overfitting_artifacts(
 
 
 def draw_overfitting_png(result: Overfitting, scale: float, path: Path) -> None:
+    overfitting_figure(result, scale).savefig(path, dpi=100)
+
+
+def overfitting_figure(result: Overfitting, scale: float):
     """The paper's figures: the histogram of logits (PBO = the mass at or left of 0) and the selected
-    trial's out-of-sample against in-sample Sharpe ratio, with a least-squares line (the degradation)."""
+    trial's out-of-sample against in-sample Sharpe ratio, with a least-squares line (the degradation).
+    Titles of two short lines: one line each ran past its panel (and the figure's edge) once the tick labels
+    took room."""
     import numpy as np
     from matplotlib.figure import Figure  # no pyplot: no global figure state, Agg for a PNG
 
@@ -1438,21 +1444,24 @@ def draw_overfitting_png(result: Overfitting, scale: float, path: Path) -> None:
     left, right = fig.subplots(1, 2)
     left.hist(logits, bins=40, color="#4c72b0", edgecolor="white")
     left.axvline(0, color="#c44e52", linewidth=1.5)
-    left.set(title=f"Rank logits of the in-sample best (PBO = {result.pbo:.2f})", xlabel="logit",
+    pbo = f"PBO = {result.pbo:.2f}" if math.isfinite(result.pbo) else "PBO undefined"
+    left.set(title=f"Rank logits of the in-sample best\n{pbo} (the share at or left of 0)", xlabel="logit",
              ylabel="combinations")  # fmt: skip
     right.plot(is_sr, oos_sr, ".", markersize=3, alpha=0.3, color="#4c72b0")  # a Line2D: faster than scatter
     if np.ptp(is_sr) > 0:
         slope, intercept = np.polyfit(is_sr, oos_sr, 1)
         xs = np.linspace(is_sr.min(), is_sr.max(), 2)
+        sign = "+" if slope >= 0 else "\N{MINUS SIGN}"
         right.plot(
-            xs, slope * xs + intercept, color="#c44e52", label=f"OOS = {intercept:.2f} + {slope:.2f} IS"
-        )
+            xs, slope * xs + intercept, color="#c44e52",
+            label=f"OOS = {intercept:.2f} {sign} {abs(slope):.2f} \N{MULTIPLICATION SIGN} IS",
+        )  # fmt: skip
         right.legend(loc="best")
     right.axhline(0, color="grey", linewidth=0.8)
-    right.set(title="Out-of-sample vs in-sample Sharpe of the selected trial", xlabel="in-sample Sharpe",
+    right.set(title="Sharpe ratio of the selected trial\nout-of-sample vs in-sample", xlabel="in-sample Sharpe",
               ylabel="out-of-sample Sharpe")  # fmt: skip
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    return fig
 
 
 def check_search_flags(best_by: str, pbo_splits: int, oos: OosSplit | None) -> None:
@@ -1616,6 +1625,7 @@ class Request:
     decimal: bool = False  # --decimal: the values are decimal returns, whatever they look like
     sep: str | None = None  # --sep: the CSV separator (default: comma; ; or tab when the header has none)
     code_files: dict[str, Path] = field(default_factory=dict)  # --code: artifact path -> file
+    warnings: list[str] = field(default_factory=list)  # given while the request was checked (git, --code)
     windows: tuple = field(
         default_factory=lambda: STRESS_WINDOWS
     )  # the built-in stress windows, then --period NAME=START:END
@@ -1782,6 +1792,7 @@ def build_request(args) -> Request:
         raise CliError(EXIT_USAGE, f"--description is longer than {MAX_DESCRIPTION_LENGTH} characters")
     oos = parse_oos_start(args.oos_start) if args.oos_start is not None else None
     check_search_flags(args.best_by, args.pbo_splits, oos)
+    warnings: list[str] = []  # the git and --code checks' (the JSON output's `warnings` too)
     return Request(
         returns_path=check_input_path(args.returns, "--returns"),
         benchmark_path=check_input_path(args.benchmark, "--benchmark") if args.benchmark else None,
@@ -1792,7 +1803,7 @@ def build_request(args) -> Request:
         experiment=experiment,
         run_name=args.run_name.strip() if args.run_name else None,
         params=parse_params(args.params, args.param),
-        tags={**parse_tags(args.tag), **code_version_tags(args), **package_version_tags()},
+        tags={**parse_tags(args.tag), **code_version_tags(args, warnings), **package_version_tags()},
         description=args.description,
         rf=float(args.rf),
         periods_per_year=args.periods_per_year,
@@ -1811,7 +1822,8 @@ def build_request(args) -> Request:
         date_format=args.date_format,
         decimal=args.decimal,
         sep=args.sep.replace("\\t", "\t") if args.sep else None,
-        code_files=code_artifacts(args.code, args.code_dir, args.code_max_mb),
+        code_files=code_artifacts(args.code, args.code_dir, args.code_max_mb, warnings),
+        warnings=warnings,
         windows=parse_period_windows(args.period),
     )
 
@@ -1924,11 +1936,11 @@ def strip_url_credentials(url: str) -> str:
     return re.sub(r"(?<=://)[^/?#]*@", "", url)
 
 
-def code_version_tags(args) -> dict[str, str]:
+def code_version_tags(args, sink: list[str] | None = None) -> dict[str, str]:
     """The git repository holding --code-dir (default: the current folder): commit, branch, remote URL
     without credentials, and whether tracked files (or the --code files) have uncommitted changes. MLflow
     would record the repository of the script it runs, i.e. this skill's, not the strategy's. Outside a
-    git repository: no tags (a warning when --code-dir named the folder)."""
+    git repository: no tags (a warning when --code-dir named the folder). Warnings also go to `sink`."""
     directory = Path(args.code_dir).expanduser() if args.code_dir else Path.cwd()
     if args.code_dir and not directory.is_dir():
         raise CliError(EXIT_USAGE, f"--code-dir {args.code_dir}: no such directory")
@@ -1939,10 +1951,11 @@ def code_version_tags(args) -> dict[str, str]:
         if probe is not None and "dubious ownership" in probe.stderr:
             warn(
                 f"git refuses the repository at {directory.resolve()}: it belongs to another user (git's "
-                "'dubious ownership'); no git tags"
+                "'dubious ownership'); no git tags",
+                sink,
             )
         elif args.code_dir:
-            warn(f"--code-dir {args.code_dir} is not in a git repository with a commit: no git tags")
+            warn(f"--code-dir {args.code_dir} is not in a git repository with a commit: no git tags", sink)
         return {}
     tags = {"mlflow.source.git.commit": commit}
     # no branch when HEAD is detached
@@ -1958,7 +1971,7 @@ def code_version_tags(args) -> dict[str, str]:
     dirty, reason = git_dirty(directory, [Path(f).expanduser().resolve() for f in args.code or []], safe)
     if dirty is None:
         tags["backtest.git_dirty_unknown"] = reason[:MAX_TAG_VALUE_LENGTH]
-        warn(f"git: whether the code has uncommitted changes is unknown: {reason}")
+        warn(f"git: whether the code has uncommitted changes is unknown: {reason}", sink)
     else:
         tags["backtest.git_dirty"] = "true" if dirty else "false"
     return tags
@@ -2017,7 +2030,10 @@ DEFAULT_CODE_MAX_MB = 10  # a strategy's source is kilobytes: a bigger --code fi
 
 
 def code_artifacts(
-    files: list[str] | None, code_dir: str | None, max_mb: float = DEFAULT_CODE_MAX_MB
+    files: list[str] | None,
+    code_dir: str | None,
+    max_mb: float = DEFAULT_CODE_MAX_MB,
+    sink: list[str] | None = None,
 ) -> dict[str, Path]:
     """--code FILE...: checked before anything is written; stored under code/ by their path relative to
     --code-dir (default: the current folder) when inside it, else by file name. Over max_mb MB: exit 2
@@ -2043,7 +2059,7 @@ def code_artifacts(
             )
         with open(path, "rb") as handle:
             if b"\0" in handle.read(8192):
-                warn(f"--code {text} looks binary (NUL bytes), not source code: attached as it is")
+                warn(f"--code {text} looks binary (NUL bytes), not source code: attached as it is", sink)
         resolved = path.resolve()
         name = resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else resolved.name
         if name in out and out[name] != resolved:
