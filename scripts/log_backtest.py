@@ -60,7 +60,8 @@ EXIT_CODES_HELP = """exit codes:
   2  bad usage or bad input (nothing was written)
   3  not found: experiment, run or metric
   4  authentication or permission: MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN
-  5  tracking server unreachable, timed out or failing: MLFLOW_TRACKING_URI"""
+  5  tracking server unreachable, timed out or failing: MLFLOW_TRACKING_URI
+  130  interrupted (Ctrl-C)"""
 # MLflow's own HTTP defaults retry 7 times with backoff (~4 minutes on a refused port). Ours fail in seconds;
 # a value the user set in the environment always wins.
 HTTP_DEFAULTS = {
@@ -707,12 +708,18 @@ def logged_family(
 ) -> tuple[Outcome | None, list[Outcome]]:
     """The outcomes of a family found already logged: its parent and its children, matched by fingerprint."""
     if not family.has_parent:
-        return None, [Outcome(existing.info.run_id, existing.info.run_name, deduplicated=True)]
+        return None, [
+            Outcome(
+                existing.info.run_id, existing.info.run_name, deduplicated=True, stored=Stored.of(existing)
+            )
+        ]
     parent_id = existing.info.run_id
     children = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'")
-    by_fp = {run.data.tags.get(FINGERPRINT_TAG): run.info.run_id for run in children}
-    return Outcome(parent_id, family.run_name, deduplicated=True), [
-        Outcome(by_fp.get(p.fingerprint), p.run_name, deduplicated=True) for p in family.preps
+    by_fp = {run.data.tags.get(FINGERPRINT_TAG): run for run in children}
+    found = [by_fp.get(p.fingerprint) for p in family.preps]
+    return Outcome(parent_id, family.run_name, deduplicated=True, stored=Stored.of(existing)), [
+        Outcome(run and run.info.run_id, p.run_name, deduplicated=True, stored=run and Stored.of(run))
+        for p, run in zip(family.preps, found, strict=True)
     ]
 
 
@@ -1544,6 +1551,17 @@ def search_output(search: SearchSummary) -> dict:
         "oos_rank_of_best": int(search.oos_rank_of_best) if math.isfinite(search.oos_rank_of_best) else None,
         "undefined_search": search.undefined,
     }
+
+
+def stored_search(computed: dict, stored: Stored) -> dict:
+    """search_output() of a sweep found already logged: the statistics its parent holds (a Stored), null
+    where it holds none; the reasons of the computed output only for those."""
+    out = dict(computed, best_by=stored.tags.get("backtest.best_by", computed["best_by"]))
+    for name in ("n_trials", "expected_max_sharpe", "deflated_sharpe_ratio", "pbo", "oos_rank_of_best"):
+        value = stored.metrics.get(name)
+        out[name] = int(value) if value is not None and name in ("n_trials", "oos_rank_of_best") else value
+    out["undefined_search"] = {k: v for k, v in computed["undefined_search"].items() if out.get(k) is None}
+    return out
 
 
 def search_markdown(search: SearchSummary) -> list[str]:
@@ -3361,6 +3379,23 @@ def fingerprint(item: Column, settings: dict, params: dict) -> str:
     return digest.hexdigest()
 
 
+def fingerprinted_settings(req: Request) -> dict:
+    """What else changes a run's logged numbers or its meaning, beside the series, the params and the
+    settings prepare_column records: the hold-out split, the stress windows, the history's resolution and
+    the code version (the strategy's commit and dirty flag, the --code files' contents)."""
+    # read again for each column: kilobytes, and never a stale digest of a file edited between two logs
+    code = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in req.code_files.items()}
+    return {
+        "oos_start": req.oos.text if req.oos else None,
+        "windows": [[w.name, w.start, w.end] for w in req.windows],
+        "max_history_points": req.max_history_points,
+        "git": {
+            k: v for k, v in req.tags.items() if k.startswith(("mlflow.source.git.commit", "backtest.git_"))
+        },
+        "code": code,
+    }
+
+
 def series_digest(item: Column) -> str:
     """The logged dataset's digest: the return series alone (timestamps and values), so a rerun or a re-log
     with other settings shows the same series; query_experiments deflate counts one trial per digest."""
@@ -3662,7 +3697,7 @@ def prepare_column(job: Job, req: Request) -> Prepared:
         "compounded": req.compounded,
         "returns_kind": "prices" if req.prices else "percent" if req.percent else "returns",
     }
-    fp = fingerprint(column, settings, req.params)
+    fp = fingerprint(column, {**settings, **fingerprinted_settings(req)}, req.params)
     n = len(column.returns)
     start, end = bar_time(column, 0) or "bar 0", bar_time(column, n - 1) or f"bar {n - 1}"
     params = dict(req.params)
@@ -4058,6 +4093,30 @@ class Outcome:
     deduplicated: bool = False
     artifacts: list[str] = field(default_factory=list)  # as logged (prepared, in a dry run)
     warnings: list[str] = field(default_factory=list)
+    stored: Stored | None = None  # a deduplicated run's values as the store holds them
+
+
+HISTORY_METRICS = ("equity", "drawdown", "year_return")  # logged as histories, not in the metric table
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A run found already logged, as the store holds it: a deduplicated output shows these values, never the
+    ones this process computed (the same inputs, but maybe another version of the skill or its libraries)."""
+
+    metrics: dict[str, float]
+    undefined: list[str]
+    tags: dict[str, str]
+
+    @classmethod
+    def of(cls, run) -> Stored:
+        metrics = {k: v for k, v in run.data.metrics.items() if k not in HISTORY_METRICS}
+        undefined = [name for name in run.data.tags.get(UNDEFINED_TAG, "").split(",") if name]
+        return cls(metrics, undefined, dict(run.data.tags))
+
+    def ordered(self, like: dict[str, float]) -> dict[str, float]:
+        """The stored metrics in the order of `like` (the computed ones), then any others."""
+        return {**{k: self.metrics[k] for k in like if k in self.metrics}, **self.metrics}
 
 
 def write_run(
@@ -4186,7 +4245,8 @@ def where_logged(outcome: Outcome, experiment_id, req: Request) -> dict:
 
 def column_output(prep: Prepared, outcome: Outcome, req: Request, experiment_id, key_only: bool) -> dict:
     """The output object of one column's run (a sweep lists one per child, key metrics only)."""
-    metrics = prep.metrics
+    metrics = outcome.stored.ordered(prep.metrics) if outcome.stored else prep.metrics
+    undefined = outcome.stored.undefined if outcome.stored else prep.undefined
     if key_only:
         metrics = {k: metrics[k] for k in KEY_METRICS + ("alpha", "beta") if k in metrics}
     out = {
@@ -4198,7 +4258,7 @@ def column_output(prep: Prepared, outcome: Outcome, req: Request, experiment_id,
         "start": prep.summary["start"],
         "end": prep.summary["end"],
         "metrics": metrics,
-        "undefined_metrics": prep.undefined,
+        "undefined_metrics": undefined,
         "artifacts": outcome.artifacts,
         "fingerprint": prep.fingerprint,
         "benchmark": prep.benchmark,
@@ -4229,8 +4289,9 @@ def build_parser() -> CliParser:
         prog="log_backtest.py",
         description="Log a backtest's returns to MLflow: every QuantStats metric, equity/drawdown curves, "
         "dataset, tearsheet and description in one run; several columns make a sweep.",
-        epilog=f"{EXIT_CODES_HELP}\n  129 hung up (SIGHUP), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): the run is "
-        "FAILED; a signal once the run is FINISHED: exit 0 and its output",
+        epilog=f"{EXIT_CODES_HELP}\n  129  hung up (SIGHUP: a closed terminal or ssh session)\n  143  terminated (SIGTERM)\n"
+        "  at 129, 130 or 143 the run being written is FAILED (a sweep's unfinished children too); a signal once "
+        "the run is FINISHED: exit 0 and its output",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     data = parser.add_argument_group("data")
@@ -4533,7 +4594,8 @@ class Sweep(Family):
 
         def finish() -> Sweep:
             preps = in_job_order(shares, [own] + [awaited(future) for future in prepared])
-            fp = hashlib.sha256("\n".join(p.fingerprint for p in preps).encode()).hexdigest()
+            chosen = f"best_by={req.best_by}\npbo_splits={req.pbo_splits}"  # what the parent's statistics use
+            fp = hashlib.sha256("\n".join([*(p.fingerprint for p in preps), chosen]).encode()).hexdigest()
             # With --oos-start the best is chosen in-sample (is_<metric>) and judged out-of-sample.
             search = summarise_search(
                 [p.metrics for p in preps], [p.periods for p in preps], [p.n_bars for p in preps],
@@ -4615,13 +4677,19 @@ class Sweep(Family):
     def output(self, parent: Outcome | None, children: list[Outcome], experiment_id, req: Request) -> dict:
         best = children[self.preps.index(self.best)]
         where = where_logged(parent, experiment_id, req)
+        search = search_output(self.search)
+        best_run_id, best_column = best.run_id, self.best.column
+        if parent.stored:  # found already logged: the statistics and the best its parent holds
+            search = stored_search(search, parent.stored)
+            best_run_id = parent.stored.tags.get("backtest.best_run_id", best_run_id)
+            best_column = parent.stored.tags.get("backtest.best_column", best_column)
         return {
             "parent_run_id": where.pop("run_id"),
             "parent_run_name": where.pop("run_name"),
             **where,
-            "best_run_id": best.run_id,
-            "best_column": self.best.column,
-            **search_output(self.search),  # best_by: the metric that chose best_run_id
+            "best_run_id": best_run_id,
+            "best_column": best_column,
+            **search,  # best_by: the metric that chose best_run_id
             "git": git_summary(req.tags),
             "fingerprint": self.fingerprint,
             "artifacts": parent.artifacts,
