@@ -2365,6 +2365,11 @@ def split_frame(
             if text_cells.any():
                 at = int(text_cells.to_numpy().argmax())
                 hint = f" (pick one column with {pick_flag})" if pick is None and len(value_cols) > 1 else ""
+                if EUROPEAN_NUMBER.match(str(raw.iloc[at]).strip()):
+                    hint = (
+                        ": a decimal comma or thousands dots (European 1.234,56); write the numbers with a "
+                        "decimal point and no thousands separator (1234.56)"
+                    )
                 raise CliError(
                     EXIT_USAGE,
                     f"{flag} {path.name}: non-numeric value {str(raw.iloc[at])[:40]!r} in column {col!r} "
@@ -2375,6 +2380,40 @@ def split_frame(
     column = frame[ts_col].reset_index(drop=True) if ts_col else None
     index = parse_timestamps(column, flag, path, warnings, date_format) if ts_col else None
     return index, values
+
+
+# 1.234,56 / 998,50 / 1.234.567: a decimal comma, or more than one thousands dot (one alone, 1.234, is a number)
+EUROPEAN_NUMBER = re.compile(r"^[-+]?(\d{1,3}(\.\d{3})+|\d+),\d+$|^[-+]?\d{1,3}(\.\d{3}){2,}$")
+
+
+def check_thousands_dots(raw, path: Path, flag: str, name: str) -> None:
+    """--prices from a file that writes 1,001 as 1.001 (a European thousands dot and no decimals): pandas
+    reads 1.001, a -99.9 % bar next to 999. Two neighbouring prices (file order), one x.yyy (at least 1, a
+    whole number of thousandths) whose x1000 is within a factor of 2 of the other, are that misreading: a
+    price does not move x1000 in one bar. Exit 2 naming the line of the misread price."""
+    import numpy as np
+
+    values = raw.to_numpy(dtype="float64")
+    rows = np.flatnonzero(np.isfinite(values) & (values > 0))  # empty cells and bad prices: to_returns' job
+    if len(rows) < 2:
+        return
+    v = values[rows]
+    with np.errstate(invalid="ignore"):
+        dotted = (v >= 1) & (v < 1000) & (np.abs(v * 1000 - np.round(v * 1000)) < 1e-6)
+    ratio = v[1:] / v[:-1]
+    up = dotted[:-1] & (ratio >= 500) & (ratio <= 2000)  # 1.001 then 999
+    down = dotted[1:] & (ratio >= 1 / 2000) & (ratio <= 1 / 500)  # 999 then 1.001
+    hits = np.flatnonzero(up | down)
+    if hits.size:
+        i = int(hits[0])
+        misread, other = (rows[i], rows[i + 1]) if up[i] else (rows[i + 1], rows[i])
+        raise CliError(
+            EXIT_USAGE,
+            f"{flag} {path.name} column {name!r}: the price {values[misread]:g} at line {line_of(misread)} next "
+            f"to {values[other]:g} at line {line_of(other)} is a x1000 jump: a thousands dot read as a decimal "
+            f"point (European {values[misread]:g} = {values[misread] * 1000:.0f})? Write the prices with no "
+            "thousands separator and a decimal point (1001 or 1001.5)",
+        )
 
 
 def order_index(index, path: Path, flag: str, warnings: list[str]):
@@ -2509,6 +2548,9 @@ def load_series(
 
     frame = read_table(path, flag, req.sep)
     index, values = split_frame(frame, path, flag, pick, pick_flag, bare_ok, warnings, req.date_format)
+    if req.prices:  # in file order: the line named is the file's
+        for col, raw in values.items():
+            check_thousands_dots(raw, path, flag, col)
     has_timestamps = index is not None
     if has_timestamps:
         index, order = order_index(index, path, flag, warnings)
