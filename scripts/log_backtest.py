@@ -4799,4 +4799,10 @@ def comparison_csv(preps: list[Prepared], children: list[Outcome], folder: Path)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # The interpreter's shutdown would sweep every object still alive (mlflow's, SQLAlchemy's, pandas'): 1-2 s
+    # of a 6 s log (bench/RESULTS.md). Frozen objects are left to the OS; atexit handlers still run.
+    import gc
+
+    gc.freeze()
+    sys.exit(status)
