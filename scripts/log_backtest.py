@@ -3338,7 +3338,7 @@ def period_breakdown(
 
 
 def write_period_artifacts(breakdown: Breakdown | None, folder: Path) -> list[str]:
-    """periods/year.csv, quarter.csv, month.csv and stress.csv (the heatmap is drawn with the tearsheet)."""
+    """periods/year.csv, quarter.csv, month.csv and stress.csv (the heatmap is drawn with the figures)."""
     if breakdown is None:
         return []
     out = folder / "periods"
@@ -3350,9 +3350,10 @@ def write_period_artifacts(breakdown: Breakdown | None, folder: Path) -> list[st
 
 def draw_monthly_heatmap(column: Column, req: Request, folder: Path) -> None:
     """periods/monthly_returns.png: the month x year grid of monthly returns (the rows of periods/month.csv),
-    red below 0 and green above on a symmetric scale, each cell labelled in percent. Drawn in the tearsheet's
-    process, which has matplotlib imported already (its import alone is ~0.6 CPU-s: bench/RESULTS.md);
-    matplotlib's Figure on the Agg canvas directly: no pyplot state, no GUI backend."""
+    red below 0 and green above on a symmetric scale, each cell labelled in percent. Drawn on every run (also
+    with --no-tearsheet) by draw_tearsheet in a worker, while this process writes (matplotlib's import alone
+    is ~0.6 CPU-s: bench/RESULTS.md); matplotlib's Figure on the Agg canvas directly: no pyplot state, no GUI
+    backend."""
     import logging
 
     import numpy as np
@@ -3950,18 +3951,26 @@ def prepare_column(job: Job, req: Request) -> Prepared:
 
 
 def draw_tearsheet(job: Job, req: Request) -> str | None:
-    """QuantStats' report into the job's folder as tearsheet.html, and the monthly returns heatmap; a warning when it was drawn from daily
-    returns (or on a synthetic calendar)."""
+    """The job's figures, drawn in a worker: QuantStats' report as tearsheet.html (unless --no-tearsheet) and
+    the monthly returns heatmap (always, issue 23); a warning when the report was drawn from daily returns
+    (or on a synthetic calendar)."""
     job.folder.mkdir(parents=True, exist_ok=True)
-    import_quantstats(req)
-    periods = periods_of(job.column, req)[0]
-    note = write_tearsheet(
-        job.column, job.folder / "tearsheet.html", req.rf, periods, req.compounded, job.run_name
-    )
-    phase(req, f"{job.run_name}: tearsheet")
+    note = None
+    if req.tearsheet:
+        import_quantstats(req)
+        periods = periods_of(job.column, req)[0]
+        note = write_tearsheet(
+            job.column, job.folder / "tearsheet.html", req.rf, periods, req.compounded, job.run_name
+        )
+        phase(req, f"{job.run_name}: tearsheet")
     draw_monthly_heatmap(job.column, req, job.folder)
     phase(req, f"{job.run_name}: monthly returns heatmap")
     return f"{job.run_name}: {note}" if note else None
+
+
+def figures_drawn(req: Request) -> str:
+    """What a sweep's progress line says once a column's figures are drawn."""
+    return "tearsheet drawn" if req.tearsheet else "heatmap drawn"
 
 
 def progress(job: Job, text: str) -> None:
@@ -4539,7 +4548,7 @@ def build_parser() -> CliParser:
     execution.add_argument(
         "--no-tearsheet",
         action="store_true",
-        help="skip the figures: QuantStats' HTML tearsheet and periods/monthly_returns.png (faster)",
+        help="skip QuantStats' HTML tearsheet (faster; periods/monthly_returns.png is drawn anyway)",
     )
     execution.add_argument("--dry-run", action="store_true", help="compute and print; touch no store")
     execution.add_argument("--force", action="store_true", help="log even if an identical backtest is logged")
@@ -4733,7 +4742,7 @@ class SingleRun(Family):
     def start(cls, jobs: list[Job], req: Request, pool, tmp: Path) -> Callable[[], Family]:
         [job] = jobs
         prepared = pool.submit(prepare_column, job, req)
-        drawing = pool.submit(draw_tearsheet, job, req) if req.tearsheet and not req.dry_run else None
+        drawing = None if req.dry_run else pool.submit(draw_tearsheet, job, req)  # the heatmap, at least
 
         def finish() -> SingleRun:
             prep = awaited(prepared)
@@ -4759,7 +4768,7 @@ class Sweep(Family):
     best: Prepared
     search: SearchSummary  # n_trials, best_by, expected maximum Sharpe, DSR, PBO, out-of-sample rank
     search_files: object  # a future of write_overfitting_artifacts (cscv.csv, overfitting.json and .png)
-    drawn: list  # futures of the workers' tearsheet notes, one per worker share
+    drawn: list  # futures of the figures' notes, one per share the pool draws
 
     noun: ClassVar[str] = "sweep"
 
@@ -4767,11 +4776,11 @@ class Sweep(Family):
     def start(cls, jobs: list[Job], req: Request, pool, tmp: Path) -> Callable[[], Family]:
         shares = share_out(jobs, pool.processes)
         prepared = [pool.submit(each_column, prepare_column, share, req, "prepared") for share in shares[1:]]
-        drawn = (
-            [pool.submit(each_column, draw_tearsheet, share, req, "tearsheet drawn") for share in shares[1:]]
-            if req.tearsheet
-            else []
-        )
+        # the workers draw their shares' figures; without tearsheets (only heatmaps) this process's share too
+        drawing = shares[1:] if req.tearsheet else shares
+        drawn = [
+            pool.submit(each_column, draw_tearsheet, share, req, figures_drawn(req)) for share in drawing
+        ]
         if not req.dry_run:
             for _ in shares[1:]:
                 pool.submit(import_mlflow)  # before the writes reach the worker
@@ -4795,14 +4804,11 @@ class Sweep(Family):
         return finish
 
     def draw_tearsheets(self, req: Request, warnings: list[str]) -> None:
-        if req.tearsheet:
-            # Every child is a complete run, tearsheet included, drawn before the parent run exists: a failing
-            # report leaves nothing half-written.
-            notes = each_column(draw_tearsheet, self.shares[0], req, "tearsheet drawn") + [
-                n for future in self.drawn for n in awaited(future)
-            ]
-            for note in filter(None, notes):
-                warn(note, warnings)
+        # Every child is a complete run, its figures included, drawn before the parent run exists: a failing
+        # report leaves nothing half-written.
+        own = each_column(draw_tearsheet, self.shares[0], req, figures_drawn(req)) if req.tearsheet else []
+        for note in filter(None, own + [n for future in self.drawn for n in awaited(future)]):
+            warn(note, warnings)
 
     def parent_tags(self, req: Request) -> dict[str, str]:
         return {

@@ -689,7 +689,9 @@ def test_sweep_dedupe(sweep):
     assert [r["run_id"] for r in out["runs"]] == [r["run_id"] for r in sweep["out"]["runs"]]
 
 
-def test_sweep_in_helper_processes_logs_what_one_process_logs(client_for, sweep, scripts, capsys, tmp_path):
+def test_sweep_in_helper_processes_logs_what_one_process_logs(
+    client_for, sweep, scripts, capsys, tmp_path, monkeypatch
+):
     """The CLI splits a sweep's columns across processes (one per core); main() called in a process that
     already imported mlflow does all of it itself. Both must log the same runs."""
     if (os.cpu_count() or 1) > 1:
@@ -700,6 +702,7 @@ def test_sweep_in_helper_processes_logs_what_one_process_logs(client_for, sweep,
     # this pytest process imported mlflow: inline
     assert lb.worker_processes(req, lb.Plan(lb.Sweep, [None, None])) == 0
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(sweep["folder"])  # where the CLI ran: the same code version (none: no git repository)
     code, out, err = run_main(
         scripts, capsys, "--returns", str(sweep["folder"] / "grid.csv"), "--experiment", "one-process",
         "--param", "grid=v1", "--no-tearsheet", "--tracking-uri", uri,

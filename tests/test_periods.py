@@ -279,8 +279,31 @@ def test_sweep_children_breakdown_hourly_not_compounded(logged, client_for, tmp_
             assert m.value == pytest.approx(float(x.sum()), rel=1e-12)  # summed: not compounded
             assert m.timestamp == x.index[-1].value // 10**6  # intraday: the bar's own time
         metrics = client.get_run(child["run_id"]).data.metrics
+        # issue 23: the heatmap is drawn on every run, --no-tearsheet too (here in this process: no workers)
+        png = downloaded(client, child["run_id"], "periods/monthly_returns.png", tmp_path / child["run_id"])
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "tearsheet.html" not in child["artifacts"]
         want = expected_stress(r, None, [("covid", "2020-02-19", "2020-03-23")], periods, False)
         assert metrics["stress_covid_return"] == pytest.approx(want["covid"]["return"], rel=1e-12)
+
+
+def test_the_heatmap_is_drawn_without_a_tearsheet_by_a_worker(logged, tmp_path):
+    """Issue 23: periods/monthly_returns.png on every run, --no-tearsheet too (and then no tearsheet), from the
+    command line, which draws it in a worker process while it writes (a lone run and a sweep)."""
+    from harness import run_script
+
+    (tmp_path / "two.csv").write_text(
+        pd.DataFrame({"a": logged["r"].to_numpy(), "b": logged["b"].to_numpy()}, index=logged["r"].index)
+        .rename_axis("date").to_csv(float_format="%.17g")
+    )  # fmt: skip
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    for args in (["--returns", str(logged["folder"] / "daily.csv")], ["--returns", "two.csv"]):
+        done = run_script("log_backtest", *args, "--no-tearsheet", "--debug", env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        out = done.json()
+        for run in out.get("runs", [out]):
+            assert "periods/monthly_returns.png" in run["artifacts"], run["artifacts"]
+            assert "tearsheet.html" not in run["artifacts"]
+        assert "monthly returns heatmap" in done.stderr  # the phase line of the drawing
 
 
 def test_window_outside_the_data_is_a_warning(scripts, capsys, tmp_path):

@@ -164,9 +164,9 @@ def test_every_query_subcommand(logged, client_for):
 
     shown = ok(run_script("query_experiments", "run", "--run-id", sweep["runs"][0]["run_id"], env=env))
     assert shown["parent"]["run_id"] == sweep["parent_run_id"] and shown["experiment_name"] == experiment
-    assert {a["path"] for a in shown["artifacts"]} == {"metrics.json", "periods/", "returns.csv"} | {
-        f"periods/{kind}.csv" for kind in ("year", "quarter", "month", "stress")
-    }
+    assert {a["path"] for a in shown["artifacts"]} == {
+        "metrics.json", "periods/", "returns.csv", "periods/monthly_returns.png",
+    } | {f"periods/{kind}.csv" for kind in ("year", "quarter", "month", "stress")}  # fmt: skip
 
     ids = [a for r in sweep["runs"] for a in ("--run-id", r["run_id"])]
     compared = ok(run_script("query_experiments", "compare", *ids, "--metrics", "sharpe", env=env))
@@ -357,9 +357,10 @@ def test_artifacts_straight_to_s3(s3, s3_server, tmp_path):
     assert run.info.artifact_uri.startswith("s3://team-artifacts/mlflow/") and run.info.status == "FINISHED"
     prefix = run.info.artifact_uri[len("s3://team-artifacts/") :]
     listed = s3["client"].list_objects_v2(Bucket="team-artifacts", Prefix=prefix)["Contents"]
-    assert sorted(o["Key"][len(prefix) + 1 :] for o in listed) == [
-        "metrics.json", *(f"periods/{by}.csv" for by in ("month", "quarter", "stress", "year")), "returns.csv",
-    ]  # fmt: skip
+    assert sorted(o["Key"][len(prefix) + 1 :] for o in listed) == sorted([
+        "metrics.json", *(f"periods/{by}.csv" for by in ("month", "quarter", "stress", "year")),
+        "periods/monthly_returns.png", "returns.csv",
+    ])  # fmt: skip
     body = s3["client"].get_object(Bucket="team-artifacts", Key=f"{prefix}/metrics.json")["Body"].read()
     assert json.loads(body)["metrics"] == out["metrics"]
 
