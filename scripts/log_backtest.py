@@ -952,7 +952,7 @@ def fold_windows(index, spec: WalkForwardSpec, has_timestamps: bool) -> list[Fol
         raise CliError(EXIT_USAGE, f"--train {spec.train.text}: bars without timestamps take bar counts (63)")
     biggest_gap = int(np.diff(index.asi8).max()) if n > 1 else 0
     dated = has_timestamps and bool((index == index.normalize()).all())
-    folds = []
+    folds, tested_to = [], 0  # tested_to: the previous test window's end (a position)
     for k in range(MAX_FOLDS + 1):
         if spec.in_bars:
             a = k * spec.step.count
@@ -976,6 +976,14 @@ def fold_windows(index, spec: WalkForwardSpec, has_timestamps: bool) -> list[Fol
                 [fold_label(stamp, edge, has_timestamps, dated)
                  for stamp, edge in zip(stamps, edges if spec.in_bars else positions, strict=True)], strict=True)
         )  # fmt: skip
+        if positions[2] < tested_to:  # 13w vs 3m: calendar units pass the check above and overlap
+            raise CliError(
+                EXIT_USAGE,
+                f"--step {spec.step.text} is shorter than --test {spec.test.text} at fold {k}: its test window "
+                f"starts {labels['test_start']}, before fold {k - 1}'s ends ({folds[-1].labels['test_end']}): "
+                "a bar would be traded twice",
+            )
+        tested_to = positions[3]
         folds.append(
             Fold(k, *stamps, labels=labels, n_train_bars=positions[1] - positions[0],
                  n_test_bars=positions[3] - positions[2], partial=partial)
