@@ -4570,7 +4570,7 @@ def build_parser() -> CliParser:
     parser = CliParser(
         prog="log_backtest.py",
         description="Log a backtest's returns to MLflow: every QuantStats metric, equity/drawdown curves, "
-        "dataset, tearsheet and description in one run; several columns make a sweep.",
+        "dataset, tearsheet and description in one run; several columns make a sweep; --walk-forward folds.",
         epilog=f"{EXIT_CODES_HELP}\n  129 hung up (SIGHUP), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): the run is "
         "FAILED; a signal once the run is FINISHED: exit 0 and its output",
         formatter_class=argparse.RawDescriptionHelpFormatter,
