@@ -574,8 +574,9 @@ class ParentRecord:
 @dataclass(frozen=True)
 class Family:
     """A plan carried out up to the writes: the children prepared (each job an already-sliced series with its
-    role) and what identifies the family. One subclass per kind (SingleRun, Sweep) supplies the parent's
-    tags, metrics, description and artifacts and the output; log_family and write_family do the rest."""
+    role) and what identifies the family. One subclass per kind (SingleRun, Sweep, WalkForward) supplies the
+    parent's tags, metrics, description and artifacts and the output; log_family and write_family do the
+    rest."""
 
     shares: list[list[Job]]  # shares[0] this process's, then one per worker: each prepares and writes its own
     preps: list[Prepared]  # in job order
