@@ -60,7 +60,8 @@ EXIT_CODES_HELP = """exit codes:
   2  bad usage or bad input (nothing was written)
   3  not found: experiment, run or metric
   4  authentication or permission: MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN
-  5  tracking server unreachable, timed out or failing: MLFLOW_TRACKING_URI"""
+  5  tracking server unreachable, timed out or failing: MLFLOW_TRACKING_URI
+  130  interrupted (Ctrl-C)"""
 # MLflow's own HTTP defaults retry 7 times with backoff (~4 minutes on a refused port). Ours fail in seconds;
 # a value the user set in the environment always wins.
 HTTP_DEFAULTS = {
@@ -551,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
             family = plan(loaded, req, tmp)
             with worker_pool(worker_processes(req, family)) as pool:
                 result = log_family(family, req, pool, tmp)
-        out = {**result.output, "warnings": loaded.warnings + result.warnings}
+        out = {**result.output, "warnings": req.warnings + loaded.warnings + result.warnings}
         fmt = output_format(req.output_format)
         emit(table_rows(out) if fmt == "table" else out, fmt)
         return EXIT_OK
@@ -703,12 +704,18 @@ def logged_family(
 ) -> tuple[Outcome | None, list[Outcome]]:
     """The outcomes of a family found already logged: its parent and its children, matched by fingerprint."""
     if not family.has_parent:
-        return None, [Outcome(existing.info.run_id, existing.info.run_name, deduplicated=True)]
+        return None, [
+            Outcome(
+                existing.info.run_id, existing.info.run_name, deduplicated=True, stored=Stored.of(existing)
+            )
+        ]
     parent_id = existing.info.run_id
     children = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'")
-    by_fp = {run.data.tags.get(FINGERPRINT_TAG): run.info.run_id for run in children}
-    return Outcome(parent_id, family.run_name, deduplicated=True), [
-        Outcome(by_fp.get(p.fingerprint), p.run_name, deduplicated=True) for p in family.preps
+    by_fp = {run.data.tags.get(FINGERPRINT_TAG): run for run in children}
+    found = [by_fp.get(p.fingerprint) for p in family.preps]
+    return Outcome(parent_id, family.run_name, deduplicated=True, stored=Stored.of(existing)), [
+        Outcome(run and run.info.run_id, p.run_name, deduplicated=True, stored=run and Stored.of(run))
+        for p, run in zip(family.preps, found, strict=True)
     ]
 
 
@@ -1711,8 +1718,14 @@ def write_overfitting_artifacts(
 
 
 def draw_overfitting_png(result: Overfitting, scale: float, path: Path) -> None:
+    overfitting_figure(result, scale).savefig(path, dpi=100)
+
+
+def overfitting_figure(result: Overfitting, scale: float):
     """The paper's figures: the histogram of logits (PBO = the mass at or left of 0) and the selected
-    trial's out-of-sample against in-sample Sharpe ratio, with a least-squares line (the degradation)."""
+    trial's out-of-sample against in-sample Sharpe ratio, with a least-squares line (the degradation).
+    Titles of two short lines: one line each ran past its panel (and the figure's edge) once the tick labels
+    took room."""
     import numpy as np
     from matplotlib.figure import Figure  # no pyplot: no global figure state, Agg for a PNG
 
@@ -1722,21 +1735,24 @@ def draw_overfitting_png(result: Overfitting, scale: float, path: Path) -> None:
     left, right = fig.subplots(1, 2)
     left.hist(logits, bins=40, color="#4c72b0", edgecolor="white")
     left.axvline(0, color="#c44e52", linewidth=1.5)
-    left.set(title=f"Rank logits of the in-sample best (PBO = {result.pbo:.2f})", xlabel="logit",
+    pbo = f"PBO = {result.pbo:.2f}" if math.isfinite(result.pbo) else "PBO undefined"
+    left.set(title=f"Rank logits of the in-sample best\n{pbo} (the share at or left of 0)", xlabel="logit",
              ylabel="combinations")  # fmt: skip
     right.plot(is_sr, oos_sr, ".", markersize=3, alpha=0.3, color="#4c72b0")  # a Line2D: faster than scatter
     if np.ptp(is_sr) > 0:
         slope, intercept = np.polyfit(is_sr, oos_sr, 1)
         xs = np.linspace(is_sr.min(), is_sr.max(), 2)
+        sign = "+" if slope >= 0 else "\N{MINUS SIGN}"
         right.plot(
-            xs, slope * xs + intercept, color="#c44e52", label=f"OOS = {intercept:.2f} + {slope:.2f} IS"
-        )
+            xs, slope * xs + intercept, color="#c44e52",
+            label=f"OOS = {intercept:.2f} {sign} {abs(slope):.2f} \N{MULTIPLICATION SIGN} IS",
+        )  # fmt: skip
         right.legend(loc="best")
     right.axhline(0, color="grey", linewidth=0.8)
-    right.set(title="Out-of-sample vs in-sample Sharpe of the selected trial", xlabel="in-sample Sharpe",
+    right.set(title="Sharpe ratio of the selected trial\nout-of-sample vs in-sample", xlabel="in-sample Sharpe",
               ylabel="out-of-sample Sharpe")  # fmt: skip
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    return fig
 
 
 def check_search_flags(best_by: str, pbo_splits: int, oos: OosSplit | None) -> None:
@@ -1837,6 +1853,17 @@ def search_output(search: SearchSummary) -> dict:
     }
 
 
+def stored_search(computed: dict, stored: Stored) -> dict:
+    """search_output() of a sweep found already logged: the statistics its parent holds (a Stored), null
+    where it holds none; the reasons of the computed output only for those."""
+    out = dict(computed, best_by=stored.tags.get("backtest.best_by", computed["best_by"]))
+    for name in ("n_trials", "expected_max_sharpe", "deflated_sharpe_ratio", "pbo", "oos_rank_of_best"):
+        value = stored.metrics.get(name)
+        out[name] = int(value) if value is not None and name in ("n_trials", "oos_rank_of_best") else value
+    out["undefined_search"] = {k: v for k, v in computed["undefined_search"].items() if out.get(k) is None}
+    return out
+
+
 def search_markdown(search: SearchSummary) -> list[str]:
     """The parent run page's lines on selection bias (references/overfitting.md explains them)."""
 
@@ -1890,6 +1917,7 @@ class Request:
     decimal: bool = False  # --decimal: the values are decimal returns, whatever they look like
     sep: str | None = None  # --sep: the CSV separator (default: comma; ; or tab when the header has none)
     code_files: dict[str, Path] = field(default_factory=dict)  # --code: artifact path -> file
+    warnings: list[str] = field(default_factory=list)  # given while the request was checked (git, --code)
     windows: tuple = field(
         default_factory=lambda: STRESS_WINDOWS
     )  # the built-in stress windows, then --period NAME=START:END
@@ -2057,6 +2085,7 @@ def build_request(args) -> Request:
     oos = parse_oos_start(args.oos_start) if args.oos_start is not None else None
     check_search_flags(args.best_by, args.pbo_splits, oos)
     walk_forward = parse_walk_forward(args)
+    warnings: list[str] = []  # the git and --code checks' (the JSON output's `warnings` too)
     return Request(
         returns_path=check_input_path(args.returns, "--returns"),
         benchmark_path=check_input_path(args.benchmark, "--benchmark") if args.benchmark else None,
@@ -2067,7 +2096,7 @@ def build_request(args) -> Request:
         experiment=experiment,
         run_name=args.run_name.strip() if args.run_name else None,
         params=parse_params(args.params, args.param),
-        tags={**parse_tags(args.tag), **code_version_tags(args), **package_version_tags()},
+        tags={**parse_tags(args.tag), **code_version_tags(args, warnings), **package_version_tags()},
         description=args.description,
         rf=float(args.rf),
         periods_per_year=args.periods_per_year,
@@ -2087,7 +2116,8 @@ def build_request(args) -> Request:
         date_format=args.date_format,
         decimal=args.decimal,
         sep=args.sep.replace("\\t", "\t") if args.sep else None,
-        code_files=code_artifacts(args.code, args.code_dir, args.code_max_mb),
+        code_files=code_artifacts(args.code, args.code_dir, args.code_max_mb, warnings),
+        warnings=warnings,
         windows=parse_period_windows(args.period),
     )
 
@@ -2200,11 +2230,11 @@ def strip_url_credentials(url: str) -> str:
     return re.sub(r"(?<=://)[^/?#]*@", "", url)
 
 
-def code_version_tags(args) -> dict[str, str]:
+def code_version_tags(args, sink: list[str] | None = None) -> dict[str, str]:
     """The git repository holding --code-dir (default: the current folder): commit, branch, remote URL
     without credentials, and whether tracked files (or the --code files) have uncommitted changes. MLflow
     would record the repository of the script it runs, i.e. this skill's, not the strategy's. Outside a
-    git repository: no tags (a warning when --code-dir named the folder)."""
+    git repository: no tags (a warning when --code-dir named the folder). Warnings also go to `sink`."""
     directory = Path(args.code_dir).expanduser() if args.code_dir else Path.cwd()
     if args.code_dir and not directory.is_dir():
         raise CliError(EXIT_USAGE, f"--code-dir {args.code_dir}: no such directory")
@@ -2215,10 +2245,11 @@ def code_version_tags(args) -> dict[str, str]:
         if probe is not None and "dubious ownership" in probe.stderr:
             warn(
                 f"git refuses the repository at {directory.resolve()}: it belongs to another user (git's "
-                "'dubious ownership'); no git tags"
+                "'dubious ownership'); no git tags",
+                sink,
             )
         elif args.code_dir:
-            warn(f"--code-dir {args.code_dir} is not in a git repository with a commit: no git tags")
+            warn(f"--code-dir {args.code_dir} is not in a git repository with a commit: no git tags", sink)
         return {}
     tags = {"mlflow.source.git.commit": commit}
     # no branch when HEAD is detached
@@ -2234,7 +2265,7 @@ def code_version_tags(args) -> dict[str, str]:
     dirty, reason = git_dirty(directory, [Path(f).expanduser().resolve() for f in args.code or []], safe)
     if dirty is None:
         tags["backtest.git_dirty_unknown"] = reason[:MAX_TAG_VALUE_LENGTH]
-        warn(f"git: whether the code has uncommitted changes is unknown: {reason}")
+        warn(f"git: whether the code has uncommitted changes is unknown: {reason}", sink)
     else:
         tags["backtest.git_dirty"] = "true" if dirty else "false"
     return tags
@@ -2293,7 +2324,10 @@ DEFAULT_CODE_MAX_MB = 10  # a strategy's source is kilobytes: a bigger --code fi
 
 
 def code_artifacts(
-    files: list[str] | None, code_dir: str | None, max_mb: float = DEFAULT_CODE_MAX_MB
+    files: list[str] | None,
+    code_dir: str | None,
+    max_mb: float = DEFAULT_CODE_MAX_MB,
+    sink: list[str] | None = None,
 ) -> dict[str, Path]:
     """--code FILE...: checked before anything is written; stored under code/ by their path relative to
     --code-dir (default: the current folder) when inside it, else by file name. Over max_mb MB: exit 2
@@ -2319,7 +2353,7 @@ def code_artifacts(
             )
         with open(path, "rb") as handle:
             if b"\0" in handle.read(8192):
-                warn(f"--code {text} looks binary (NUL bytes), not source code: attached as it is")
+                warn(f"--code {text} looks binary (NUL bytes), not source code: attached as it is", sink)
         resolved = path.resolve()
         name = resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else resolved.name
         if name in out and out[name] != resolved:
@@ -3658,6 +3692,23 @@ def fingerprint(item: Column, settings: dict, params: dict) -> str:
     return digest.hexdigest()
 
 
+def fingerprinted_settings(req: Request) -> dict:
+    """What else changes a run's logged numbers or its meaning, beside the series, the params and the
+    settings prepare_column records: the hold-out split, the stress windows, the history's resolution and
+    the code version (the strategy's commit and dirty flag, the --code files' contents)."""
+    # read again for each column: kilobytes, and never a stale digest of a file edited between two logs
+    code = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in req.code_files.items()}
+    return {
+        "oos_start": req.oos.text if req.oos else None,
+        "windows": [[w.name, w.start, w.end] for w in req.windows],
+        "max_history_points": req.max_history_points,
+        "git": {
+            k: v for k, v in req.tags.items() if k.startswith(("mlflow.source.git.commit", "backtest.git_"))
+        },
+        "code": code,
+    }
+
+
 def series_digest(item: Column) -> str:
     """The logged dataset's digest: the return series alone (timestamps and values), so a rerun or a re-log
     with other settings shows the same series; query_experiments deflate counts one trial per digest."""
@@ -3976,7 +4027,7 @@ def prepare_column(job: Job, req: Request) -> Prepared:
         "compounded": req.compounded,
         "returns_kind": "prices" if req.prices else "percent" if req.percent else "returns",
     }
-    fp = fingerprint(column, settings, {**req.params, **job.params})
+    fp = fingerprint(column, {**settings, **fingerprinted_settings(req)}, {**req.params, **job.params})
     n = len(column.returns)
     start, end = bar_time(column, 0) or "bar 0", bar_time(column, n - 1) or f"bar {n - 1}"
     params = dict(req.params)
@@ -4374,6 +4425,30 @@ class Outcome:
     deduplicated: bool = False
     artifacts: list[str] = field(default_factory=list)  # as logged (prepared, in a dry run)
     warnings: list[str] = field(default_factory=list)
+    stored: Stored | None = None  # a deduplicated run's values as the store holds them
+
+
+HISTORY_METRICS = ("equity", "drawdown", "year_return")  # logged as histories, not in the metric table
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A run found already logged, as the store holds it: a deduplicated output shows these values, never the
+    ones this process computed (the same inputs, but maybe another version of the skill or its libraries)."""
+
+    metrics: dict[str, float]
+    undefined: list[str]
+    tags: dict[str, str]
+
+    @classmethod
+    def of(cls, run) -> Stored:
+        metrics = {k: v for k, v in run.data.metrics.items() if k not in HISTORY_METRICS}
+        undefined = [name for name in run.data.tags.get(UNDEFINED_TAG, "").split(",") if name]
+        return cls(metrics, undefined, dict(run.data.tags))
+
+    def ordered(self, like: dict[str, float]) -> dict[str, float]:
+        """The stored metrics in the order of `like` (the computed ones), then any others."""
+        return {**{k: self.metrics[k] for k in like if k in self.metrics}, **self.metrics}
 
 
 def write_run(
@@ -4516,7 +4591,8 @@ def where_logged(outcome: Outcome, experiment_id, req: Request) -> dict:
 
 def column_output(prep: Prepared, outcome: Outcome, req: Request, experiment_id, key_only: bool) -> dict:
     """The output object of one column's run (a sweep lists one per child, key metrics only)."""
-    metrics = prep.metrics
+    metrics = outcome.stored.ordered(prep.metrics) if outcome.stored else prep.metrics
+    undefined = outcome.stored.undefined if outcome.stored else prep.undefined
     if key_only:  # with --oos-start also each side's values (is_<name>, oos_<name>)
         shown = (
             KEY_METRICS
@@ -4533,7 +4609,7 @@ def column_output(prep: Prepared, outcome: Outcome, req: Request, experiment_id,
         "start": prep.summary["start"],
         "end": prep.summary["end"],
         "metrics": metrics,
-        "undefined_metrics": prep.undefined,
+        "undefined_metrics": undefined,
         "artifacts": outcome.artifacts,
         "fingerprint": prep.fingerprint,
         "benchmark": prep.benchmark,
@@ -4572,8 +4648,9 @@ def build_parser() -> CliParser:
         prog="log_backtest.py",
         description="Log a backtest's returns to MLflow: every QuantStats metric, equity/drawdown curves, "
         "dataset, tearsheet and description in one run; several columns make a sweep; --walk-forward folds.",
-        epilog=f"{EXIT_CODES_HELP}\n  129 hung up (SIGHUP), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): the run is "
-        "FAILED; a signal once the run is FINISHED: exit 0 and its output",
+        epilog=f"{EXIT_CODES_HELP}\n  129  hung up (SIGHUP: a closed terminal or ssh session)\n  143  terminated (SIGTERM)\n"
+        "  at 129, 130 or 143 the run being written is FAILED (a sweep's unfinished children too); a signal once "
+        "the run is FINISHED: exit 0 and its output",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     data = parser.add_argument_group("data")
@@ -4892,7 +4969,8 @@ class Sweep(Family):
 
         def finish() -> Sweep:
             preps = in_job_order(shares, [own] + [awaited(future) for future in prepared])
-            fp = hashlib.sha256("\n".join(p.fingerprint for p in preps).encode()).hexdigest()
+            chosen = f"best_by={req.best_by}\npbo_splits={req.pbo_splits}"  # what the parent's statistics use
+            fp = hashlib.sha256("\n".join([*(p.fingerprint for p in preps), chosen]).encode()).hexdigest()
             # With --oos-start the best is chosen in-sample (is_<metric>) and judged out-of-sample.
             search = summarise_search(
                 [p.metrics for p in preps], [p.periods for p in preps], [p.n_bars for p in preps],
@@ -4974,13 +5052,19 @@ class Sweep(Family):
     def output(self, parent: Outcome | None, children: list[Outcome], experiment_id, req: Request) -> dict:
         best = children[self.preps.index(self.best)]
         where = where_logged(parent, experiment_id, req)
+        search = search_output(self.search)
+        best_run_id, best_column = best.run_id, self.best.column
+        if parent.stored:  # found already logged: the statistics and the best its parent holds
+            search = stored_search(search, parent.stored)
+            best_run_id = parent.stored.tags.get("backtest.best_run_id", best_run_id)
+            best_column = parent.stored.tags.get("backtest.best_column", best_column)
         return {
             "parent_run_id": where.pop("run_id"),
             "parent_run_name": where.pop("run_name"),
             **where,
-            "best_run_id": best.run_id,
-            "best_column": self.best.column,
-            **search_output(self.search),  # best_by: the metric that chose best_run_id
+            "best_run_id": best_run_id,
+            "best_column": best_column,
+            **search,  # best_by: the metric that chose best_run_id
             "git": git_summary(req.tags),
             "fingerprint": self.fingerprint,
             "artifacts": parent.artifacts,
@@ -5120,6 +5204,9 @@ class WalkForward(Family):
     def output(self, parent: Outcome | None, children: list[Outcome], experiment_id, req: Request) -> dict:
         where = where_logged(parent, experiment_id, req)
         metrics, undefined = split_defined(self.summary)
+        metrics, undefined = {**self.stitched.metrics, **metrics}, self.stitched.undefined + undefined
+        if parent.stored:  # found already logged: what the store holds
+            metrics, undefined = parent.stored.ordered(metrics), parent.stored.undefined
         return {
             "parent_run_id": where.pop("run_id"),
             "parent_run_name": where.pop("run_name"),
@@ -5129,12 +5216,10 @@ class WalkForward(Family):
                 "columns": self.plan.columns,
             },  # fmt: skip
             "n_folds": len(self.plan.folds),
-            "oos_sharpe": defined(self.stitched.metrics.get("oos_sharpe")),
-            "is_sharpe": defined(self.summary["is_sharpe"]),
-            "wf_efficiency": defined(self.summary["wf_efficiency"]),
+            **{name: defined(metrics.get(name)) for name in ("oos_sharpe", "is_sharpe", "wf_efficiency")},
             "verdict": self.verdict(req).replace("`", ""),
-            "metrics": {**self.stitched.metrics, **metrics},
-            "undefined_metrics": self.stitched.undefined + undefined,
+            "metrics": metrics,
+            "undefined_metrics": undefined,
             "periods_per_year": self.stitched.periods,
             "git": git_summary(req.tags),
             "fingerprint": self.fingerprint,
@@ -5182,12 +5267,13 @@ def walk_forward_summary(
 
 
 def fold_output(fold: Fold, prep: Prepared, child: Outcome, wf: WalkForwardPlan) -> dict:
+    metrics = child.stored.metrics if child.stored else prep.metrics
     return {
         "fold": fold.number, "run_id": child.run_id, "run_name": prep.run_name, **fold.labels,
         "chosen_column": wf.columns[fold.chosen], **{k: defined(v) for k, v in fold.in_sample.items()},
         "n_train_bars": fold.n_train_bars, "n_test_bars": fold.n_test_bars, "partial": fold.partial,
         "oos_rank": fold.oos_rank,
-        "metrics": {f"oos_{k}": prep.metrics[f"oos_{k}"] for k in KEY_METRICS if f"oos_{k}" in prep.metrics},
+        "metrics": {f"oos_{k}": metrics[f"oos_{k}"] for k in KEY_METRICS if f"oos_{k}" in metrics},
     }  # fmt: skip
 
 
@@ -5290,4 +5376,10 @@ def comparison_csv(preps: list[Prepared], children: list[Outcome], folder: Path)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # The interpreter's shutdown would sweep every object still alive (mlflow's, SQLAlchemy's, pandas'): 1-2 s
+    # of a 6 s log (bench/RESULTS.md). Frozen objects are left to the OS; atexit handlers still run.
+    import gc
+
+    gc.freeze()
+    sys.exit(status)

@@ -1,4 +1,5 @@
-"""Fixtures: one real tracking server per test session (per xdist worker), a fresh local store per test."""
+"""Fixtures: one real tracking server and one README `mlflow ui` per test session (shared by the xdist
+workers), a fresh local store per test."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import sys
 
 import harness
 import pytest
-from harness import SCRIPTS, STRICT, MlflowServer
+from harness import SCRIPTS, STRICT, MlflowServer, ReadmeUi
 
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+# The test processes cache bytecode too, whatever PYTHONDONTWRITEBYTECODE says (harness.clean_env): each
+# xdist worker imports mlflow, pandas and quantstats, which otherwise compile from source in every one.
+sys.dont_write_bytecode = False
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +38,23 @@ def mlflow_server(tmp_path_factory) -> MlflowServer:
     server = start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_ui(tmp_path_factory) -> ReadmeUi:
+    """README's `mlflow ui` line, run as written in a folder of its own (it serves that folder's
+    ./mlflow.db), once per session and shared by the xdist workers like mlflow_server: tests/test_docs.py
+    checks that it answers, tests/test_browser.py logs a backtest into it and looks at it in Chromium."""
+
+    def start() -> ReadmeUi:
+        return ReadmeUi(tmp_path_factory.mktemp("ui")).start()
+
+    if XDIST_WORKER:
+        yield harness.shared_ui(tmp_path_factory.getbasetemp().parent / "mlflow-ui.json", start)
+        return
+    ui = start()
+    yield ui
+    ui.stop()
 
 
 @pytest.fixture
@@ -150,12 +171,15 @@ def pytest_runtest_protocol(item, nextitem):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """The controller of an xdist run stops the workers' shared server. In CI nothing may be skipped: a
+    """The controller of an xdist run stops the workers' shared servers. In CI nothing may be skipped: a
     skipped test turns a green run red (checked where results gather)."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     factory = getattr(session.config, "_tmp_path_factory", None)  # pytest's own, as xdist reads it
     if not XDIST_WORKER and factory is not None and session.config.pluginmanager.hasplugin("dsession"):
-        leaks = harness.stop_shared_server(factory.getbasetemp() / "mlflow-server.json")
+        states = ("mlflow-server.json", "mlflow-ui.json")
+        leaks = [
+            leak for state in states for leak in harness.stop_shared_process(factory.getbasetemp() / state)
+        ]
         if leaks:
             if reporter is not None:
                 reporter.write_line(f"secrets leaked into: {', '.join(leaks[:20])}", red=True)

@@ -59,7 +59,7 @@ OUTPUTS: list[str] = []
 # ui`). conftest.py marks `server` every test whose code or fixtures reach one of these names, through the
 # suite's own helpers too (starts_a_server), so `-m "not server"` starts none; the starters here also refuse
 # to run inside a test that is not so marked (a start the static check missed fails loudly, once).
-SERVER_STARTERS = frozenset({"MlflowServer", "PostgresServer", "readme_ui", "ThreadedMotoServer"})
+SERVER_STARTERS = frozenset({"MlflowServer", "PostgresServer", "ReadmeUi", "ThreadedMotoServer"})
 # Set by conftest.py while a test without the `server` marker runs: its node id.
 UNMARKED_TEST: str | None = None
 
@@ -307,37 +307,50 @@ class MlflowServer:
         return MlflowClient(env["MLFLOW_TRACKING_URI"])
 
 
-def shared_server(state: Path, start) -> MlflowServer:
-    """One server for every xdist worker of a session: the first worker to ask calls start() (under a lock
-    on state's folder, so the others wait for it instead of starting their own) and writes what the others
-    need into state; they read it. The controller stops it when the session ends (stop_shared_server).
-    The passwords are this suite's secrets in every worker: each one's secret scan looks for them."""
+def shared_process(state: Path, start) -> dict:
+    """One server process for every xdist worker of a session: the first worker to ask calls start() (under a
+    lock on state's folder, so the others wait for it instead of starting their own), which returns what the
+    others need as JSON: `pid` (the process group the controller stops when the session ends,
+    stop_shared_process), `root` (the folder that controller scans for secrets then), `secrets`; it is
+    written into state, and the others read it. Every worker registers the secrets: each one's secret scan
+    looks for them."""
     import fcntl
 
     with open(state.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if state.exists():
             saved = json.loads(state.read_text())
-            server = MlflowServer(Path(saved["root"]), port=saved["port"], admin=User(**saved["admin"]))
-            server.log_path = server.root / "server.log"
-            for name, user in saved["users"].items():
-                setattr(server, name, User(**user))
         else:
-            server = start()
-            users = {name: vars(getattr(server, name)) for name in ("alice", "reader")}
-            state.write_text(
-                json.dumps({
-                    "root": str(server.root), "port": server.port, "pid": server.process.pid,
-                    "admin": vars(server.admin), "users": users,
-                })
-            )  # fmt: skip
-    SECRETS.update([server.admin.password, server.alice.password, server.reader.password])
+            saved = start()
+            state.write_text(json.dumps(saved))
+    SECRETS.update(saved["secrets"])
+    return saved
+
+
+def shared_server(state: Path, start) -> MlflowServer:
+    """The session's MlflowServer (start() makes it, with users alice and reader), one for all xdist
+    workers (shared_process)."""
+
+    def started() -> dict:
+        server = start()
+        users = {name: vars(getattr(server, name)) for name in ("alice", "reader")}
+        return {
+            "root": str(server.root), "port": server.port, "pid": server.process.pid,
+            "admin": vars(server.admin), "users": users,
+            "secrets": [server.admin.password, *(u["password"] for u in users.values())],
+        }  # fmt: skip
+
+    saved = shared_process(state, started)
+    server = MlflowServer(Path(saved["root"]), port=saved["port"], admin=User(**saved["admin"]))
+    server.log_path = server.root / "server.log"
+    for name, user in saved["users"].items():
+        setattr(server, name, User(**user))
     return server
 
 
-def stop_shared_server(state: Path) -> list[str]:
-    """Stop the server shared_server started (if one was), then scan its folder for its passwords: what it
-    wrote after the starting worker's own scan. Returns where they leaked."""
+def stop_shared_process(state: Path) -> list[str]:
+    """Stop the process group shared_process started (if one was), then scan its folder for the session's
+    secrets: what it wrote after the starting worker's own scan. Returns where they leaked."""
     if not state.exists():
         return []
     saved = json.loads(state.read_text())
@@ -348,7 +361,7 @@ def stop_shared_server(state: Path) -> list[str]:
             time.sleep(0.2)
         os.killpg(saved["pid"], signal.SIGKILL)
     state.unlink()
-    SECRETS.update([saved["admin"]["password"], *(u["password"] for u in saved["users"].values())])
+    SECRETS.update(saved["secrets"])
     leaks, _ = scan_for_secrets([Path(saved["root"])])
     return leaks
 
@@ -364,44 +377,70 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
-@contextlib.contextmanager
-def readme_ui(folder: Path, timeout: float = 240):
+@dataclass
+class ReadmeUi:
     """README's `mlflow ui` line exactly as written, plus --host 127.0.0.1 --port N, run in folder (so it
-    serves folder's ./mlflow.db); yields its URL once /health answers, stops it afterwards."""
-    refuse_unmarked_start("README's mlflow ui")
-    line = re.findall(r"(?m)^uvx .*mlflow ui.*$", (ROOT / "README.md").read_text())[0]
-    uvx = shutil.which("uvx") or require_tool("uvx")
-    port = free_port()
-    with open(folder / "ui.log", "wb") as log:
-        process = subprocess.Popen(
-            ["bash", "-c", f"exec {line.replace('uvx', uvx, 1)} --host 127.0.0.1 --port {port}"],
-            cwd=folder,
-            env=clean_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
+    serves folder's ./mlflow.db). Its environment turns off what the UI does not need, as for MlflowServer:
+    `mlflow ui` is `mlflow server`, which by default starts 4 workers and a job runner (13 processes, ~60 s
+    to answer on a busy 2-core machine); 2 workers and no job runner serve the same pages."""
+
+    folder: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 240) -> ReadmeUi:
+        """Returns once /health answers."""
+        refuse_unmarked_start("README's mlflow ui")
+        line = re.findall(r"(?m)^uvx .*mlflow ui.*$", (ROOT / "README.md").read_text())[0]
+        uvx = shutil.which("uvx") or require_tool("uvx")
+        env = clean_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_WORKERS="2")
+        with open(self.folder / "ui.log", "wb") as log:
+            self.process = subprocess.Popen(
+                ["bash", "-c", f"exec {line.replace('uvx', uvx, 1)} --host 127.0.0.1 --port {self.port}"],
+                cwd=self.folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert process.poll() is None, f"mlflow ui exited:\n{(folder / 'ui.log').read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"README's mlflow ui did not answer within {timeout:.0f} s"
-            time.sleep(1)
-        yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
         try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                        if response.status == 200:
+                            return self
+                except OSError:
+                    pass
+                log_tail = (self.folder / "ui.log").read_text()[-2000:]
+                assert self.process.poll() is None, f"mlflow ui exited:\n{log_tail}"
+                assert time.monotonic() < deadline, (
+                    f"README's mlflow ui did not answer within {timeout:.0f} s"
+                )
+                time.sleep(0.5)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def shared_ui(state: Path, start) -> ReadmeUi:
+    """The session's ReadmeUi (start() makes it), one for all xdist workers (shared_process)."""
+
+    def started() -> dict:
+        ui = start()
+        return {"root": str(ui.folder), "port": ui.port, "pid": ui.process.pid, "secrets": []}
+
+    saved = shared_process(state, started)
+    return ReadmeUi(Path(saved["root"]), port=saved["port"])
 
 
 def postgres_bindir() -> Path:
@@ -514,8 +553,11 @@ def _user_exists(name: str) -> bool:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The test process's environment without any MLflow settings a developer may have exported."""
-    env = {k: v for k, v in os.environ.items() if k not in MLFLOW_ENV_VARS}
+    """The test process's environment without any MLflow settings a developer may have exported, and with
+    Python's bytecode cache on: PYTHONDONTWRITEBYTECODE=1 (set in many containers and CI images; the scripts
+    turn it off for themselves) made every server the suite starts, and each of its workers, compile MLflow
+    from source again (a test server's start: 22 s of CPU, 11 s once the cache is written)."""
+    env = {k: v for k, v in os.environ.items() if k not in (*MLFLOW_ENV_VARS, "PYTHONDONTWRITEBYTECODE")}
     env.update(extra)
     return env
 

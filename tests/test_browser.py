@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from harness import DATA, readme_ui, require_tool, run_script
+from harness import DATA, require_tool, run_script
 
 pytestmark = [
     pytest.mark.browser,
@@ -26,26 +26,24 @@ TIMEOUT_MS = 120_000  # one page or element: the UI is slow on a busy 2-core mac
 
 
 @pytest.fixture(scope="module")
-def ui(tmp_path_factory):
-    """README's `mlflow ui` serving the local store of a project folder (plus a free port on 127.0.0.1),
+def ui(mlflow_ui, tmp_path_factory):
+    """README's `mlflow ui` serving the local store of a project folder (the session's, tests/conftest.py),
     with an experiment made by create_experiment and the example backtest logged by log_backtest, both
     through that UI server's tracking API so that they print their links."""
     folder = tmp_path_factory.mktemp("browser")
     started = time.monotonic()
-    with readme_ui(folder) as url:
-        print(f"mlflow ui answered after {time.monotonic() - started:.0f} s")
-        env = {"MLFLOW_TRACKING_URI": url}
-        created = run_script("create_experiment", "--name", "sp500-momentum", env=env, cwd=folder)
-        assert created.returncode == 0, created.stderr
-        logged = run_script(
-            "log_backtest", "--returns", str(DATA / "example_returns.csv"), "--experiment", "sp500-momentum",
-            "--run-name", "sp500-example", env=env, cwd=folder,
-        )  # fmt: skip
-        assert logged.returncode == 0, logged.stderr
-        print(f"experiment and backtest logged after {time.monotonic() - started:.0f} s")
-        shots = Path(os.environ.get("BROWSER_SCREENSHOTS") or folder / "shots")
-        shots.mkdir(parents=True, exist_ok=True)
-        yield {"experiment": created.json(), "run": logged.json(), "shots": shots}
+    env = {"MLFLOW_TRACKING_URI": mlflow_ui.url}
+    created = run_script("create_experiment", "--name", "sp500-momentum", env=env, cwd=folder)
+    assert created.returncode == 0, created.stderr
+    logged = run_script(
+        "log_backtest", "--returns", str(DATA / "example_returns.csv"), "--experiment", "sp500-momentum",
+        "--run-name", "sp500-example", env=env, cwd=folder,
+    )  # fmt: skip
+    assert logged.returncode == 0, logged.stderr
+    print(f"experiment and backtest logged after {time.monotonic() - started:.0f} s")
+    shots = Path(os.environ.get("BROWSER_SCREENSHOTS") or folder / "shots")
+    shots.mkdir(parents=True, exist_ok=True)
+    return {"experiment": created.json(), "run": logged.json(), "shots": shots}
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -105,6 +106,56 @@ def test_help_imports_nothing_heavy_and_lists_exit_codes(name):
     assert "--format" in help_text
     assert "--tracking-uri" in help_text
     assert "--debug" in help_text
+
+
+EXIT_LINE = re.compile(r"^  (\d+)  (\S.*)$")
+DOCUMENTED_EXITS = {"README.md": "## Output and exit codes", "SKILL.md": "## Exit codes (every script)"}
+
+
+def help_exit_codes(name: str) -> dict[str, dict[int, str]]:
+    """{parser's prog: {exit code: its line}} from the --help epilog of the script and each subcommand."""
+    probe = (
+        "import argparse, json, runpy, sys\n"
+        f"parser = runpy.run_path({str(script_path(name))!r}, run_name='help_probe')['build_parser']()\n"
+        "parsers = [parser] + [p for a in parser._actions if isinstance(a, argparse._SubParsersAction)\n"
+        "                      for p in a.choices.values()]\n"
+        "print(json.dumps({p.prog: p.format_help() for p in parsers}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    found = {}
+    for prog, text in json.loads(done.stdout).items():
+        assert text.count("\nexit codes:\n") == 1, f"{prog}: no (single) exit codes list in --help"
+        block = text.split("\nexit codes:\n", 1)[1].split("\n\n", 1)[0]
+        found[prog] = {int(m.group(1)): m.group(2) for m in map(EXIT_LINE.match, block.splitlines()) if m}
+    return found
+
+
+def documented_exit_codes(doc: str, name: str) -> dict[int, str]:
+    """{exit code: its table row} that the doc's exit-code table gives for the script `name`: a row that says
+    "`script` only" belongs to that script alone, every other row to all four."""
+    section = (ROOT / doc).read_text().split(DOCUMENTED_EXITS[doc] + "\n", 1)[1].split("\n## ", 1)[0]
+    codes = {}
+    for row in re.findall(r"(?m)^\| ([\d, ]+) \|(.*)$", section):
+        only = re.findall(r"`(\w+)` only", row[1])
+        if not only or name in only:
+            codes.update({int(code): row[1] for code in row[0].split(",")})
+    return codes
+
+
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_help_exit_codes_are_the_documented_ones(name):
+    """Each --help (every subcommand's too) lists exactly the exit codes that README.md and SKILL.md document
+    for that script, and a signal's code names the same signal in both."""
+    signal_names = {129: "SIGHUP", 130: "Ctrl-C", 143: "SIGTERM"}
+    for prog, listed in help_exit_codes(name).items():
+        assert {0, 1, 2, 3, 4, 5, 130} <= set(listed), (prog, sorted(listed))
+        for doc in DOCUMENTED_EXITS:
+            documented = documented_exit_codes(doc, name)
+            assert sorted(listed) == sorted(documented), (prog, doc, sorted(listed), sorted(documented))
+            for code, signal_name in signal_names.items():
+                if code in listed:
+                    assert signal_name in listed[code] and signal_name in documented[code], (prog, doc, code)
 
 
 # The least each script needs to get past argparse's check of required arguments.

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from harness import DATA, OUTPUTS, ROOT, clean_env, readme_ui, require_tool, run_script
+from harness import DATA, OUTPUTS, ROOT, clean_env, require_tool, run_script
 
 DOC_FILES = [ROOT / "SKILL.md", ROOT / "README.md", *sorted((ROOT / "references").glob("*.md"))]
 BLOCK = re.compile(
@@ -188,13 +188,14 @@ def test_docs_have_commands_to_run():
     assert any(c.text.startswith("mise x -- uv run scripts/") for c in ALL_COMMANDS)
 
 
-def test_readme_ui_command_serves_the_local_store(tmp_path):
-    """README's `mlflow ui` line, run as written (plus a free port), answers /health
-    (tests/test_browser.py looks at what it shows)."""
+def test_readme_ui_command_serves_the_local_store(mlflow_ui):
+    """README's `mlflow ui` line, run as written (plus a free port; the session's, tests/conftest.py), answers
+    /health and serves the store of the folder it runs in (tests/test_browser.py looks at what it shows)."""
     import urllib.request
 
-    with readme_ui(tmp_path) as url, urllib.request.urlopen(f"{url}/health", timeout=10) as response:
+    with urllib.request.urlopen(f"{mlflow_ui.url}/health", timeout=10) as response:
         assert response.status == 200
+    assert (mlflow_ui.folder / "mlflow.db").is_file()
 
 
 def test_metrics_reference_is_generated_from_the_script_table(scripts):

@@ -12,7 +12,7 @@ import uuid
 import numpy as np
 import pandas as pd
 import pytest
-from harness import MlflowServer, assert_clean_error, run_script
+from harness import assert_clean_error, run_script
 
 PERIOD_ARTIFACTS = (
     "periods/year.csv", "periods/quarter.csv", "periods/month.csv", "periods/stress.csv",
@@ -844,49 +844,6 @@ def test_a_failing_tearsheet_leaves_no_visible_run(scripts, tmp_path):
     [run] = client.search_runs([experiment_id], run_view_type=ViewType.DELETED_ONLY)
     assert run.info.status == "FAILED"
     assert "sharpe" in run.data.metrics  # the metrics had landed: the tearsheet failed last
-
-
-# ---- a server that dies mid-run ------------------------------------------------------------------------------
-class KillOnRead(dict):
-    """Metrics that kill the server when write_run starts logging them: right after the run was created."""
-
-    def __init__(self, data, server):
-        super().__init__(data)
-        self.server = server
-
-    def items(self):
-        self.server.kill()
-        return super().items()
-
-
-@pytest.mark.server
-def test_server_dying_mid_run_leaves_no_finished_run(scripts, tmp_path, monkeypatch):
-    lb = scripts.log_backtest
-    server = MlflowServer(tmp_path / "server").start()
-    try:
-        frame = daily_frame(17, n=300)
-        frame.to_csv(tmp_path / "s.csv", index=False)
-        parser = lb.build_parser()
-        req = lb.build_request(parser.parse_args(["--returns", str(tmp_path / "s.csv"), "--no-tearsheet"]))
-        [job] = lb.plan(lb.load_all(req), req, tmp_path).jobs
-        prep = lb.prepare_column(job, req)
-        for key, value in server.env().items():
-            monkeypatch.setenv(key, value)
-        client = lb.connect(server.url)
-        experiment_id = lb.ensure_experiment(client, "doomed")
-        doomed = dataclasses.replace(prep, metrics=KillOnRead(prep.metrics, server))
-        code = lb.run_cli(lambda: lb.write_run(client, experiment_id, job, doomed, req), debug=False)
-        assert code == lb.EXIT_UNREACHABLE
-    finally:
-        server.kill()
-    revived = MlflowServer(server.root, port=server.port, admin=server.admin).start()
-    try:
-        runs = revived.client().search_runs([experiment_id])
-        assert len(runs) == 1
-        assert runs[0].info.status != "FINISHED"
-        assert "sharpe" not in runs[0].data.metrics
-    finally:
-        revived.stop()
 
 
 # ---- the strategy's code version ---------------------------------------------------------------------------

@@ -527,3 +527,33 @@ def test_pbo_of_identical_trials_is_undefined_not_one(scripts):
     nearly = np.repeat(column, 5, axis=1)
     nearly[7, 3] += 1e-4  # one bar differs: a choice exists again
     assert not math.isnan(scripts.log_backtest.probability_of_overfitting(nearly, 16).pbo)
+
+
+@pytest.mark.parametrize("case", ["noise", "wide_ticks", "undefined"])
+def test_overfitting_png_titles_fit_their_panels(scripts, case):
+    """Issue 25 item 18: the figure's titles were cut off. Each title lies inside its own panel's width
+    (so inside the figure), whatever the tick labels take, and says when PBO is undefined."""
+    from dataclasses import replace
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    lb = scripts.log_backtest
+    returns = np.random.default_rng(18).normal(0.0003, 0.01, (600, 10))
+    if case == "wide_ticks":
+        returns = returns * 1e-5 + np.linspace(1e-6, 1e-5, 10)  # Sharpe ratios in the thousands
+    result = lb.probability_of_overfitting(returns, 16)
+    assert result.logits and math.isfinite(result.pbo)
+    if case == "undefined":
+        result = replace(result, pbo=math.nan)
+    fig = lb.overfitting_figure(result, math.sqrt(252))
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    titles = []
+    for axes in fig.axes:
+        title, panel = axes.title.get_window_extent(renderer), axes.get_window_extent(renderer)
+        assert panel.x0 - 1 <= title.x0 and title.x1 <= panel.x1 + 1, (case, axes.get_title(), title, panel)
+        assert title.y0 >= 0 and title.y1 <= fig.bbox.y1, (case, axes.get_title())
+        titles.append(axes.get_title())
+    assert ("PBO undefined" in titles[0]) == (case == "undefined"), titles
+    assert (f"PBO = {result.pbo:.2f}" in titles[0]) == (case != "undefined"), titles

@@ -118,10 +118,14 @@ def test_read_only_user_writing_is_exit_4_and_never_echoed(mlflow_server, tmp_pa
     assert mlflow_server.client().search_runs([experiment_id]) == []
 
 
-def test_server_killed_while_log_backtest_writes_leaves_no_finished_run(tmp_path):
+def test_server_killed_while_log_backtest_writes_leaves_no_finished_run(tmp_path, client_for):
     """A real log_backtest process, a server of its own killed once the run exists and its first history
-    points landed (polled from here).
-    60,000 bars with every bar a history point make 120 history requests: the kill lands mid-write."""
+    points landed (polled from here): exit 5 with one clean line, and the store holds that one run, not
+    FINISHED, with exactly what was sent before the kill (the first batch: the scalar metrics and the first
+    history points) and no more.
+    60,000 bars with every bar a history point make 120 history requests: the kill lands mid-write.
+    (This test replaced an in-process copy in test_log_backtest.py that killed the server before the first
+    batch; issue 26: one server start instead of four.)"""
     n = 60_000
     values = np.random.default_rng(61).normal(0.0002, 0.005, n)
     (tmp_path / "long.csv").write_text("returns\n" + "\n".join(f"{v:.10f}" for v in values) + "\n")
@@ -138,7 +142,7 @@ def test_server_killed_while_log_backtest_writes_leaves_no_finished_run(tmp_path
     )  # fmt: skip
     run_id = None
     try:
-        client = server.client()
+        client = client_for(server.env())
         deadline = time.monotonic() + 300
         while run_id is None and time.monotonic() < deadline and process.poll() is None:
             found = client.get_experiment_by_name(experiment)
@@ -163,20 +167,20 @@ def test_server_killed_while_log_backtest_writes_leaves_no_finished_run(tmp_path
     assert run_id is not None, ("the run never appeared", process.returncode, stderr)
     assert process.returncode != 0, stdout
     assert_clean_error(harness.Result(process.returncode, stdout, stderr, 0.0), 5, "MLFLOW_TRACKING_URI")
-    revived = MlflowServer(server.root, port=server.port, admin=server.admin).start()
-    try:
-        client = revived.client()
-        runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-        assert [r.info.run_id for r in runs] == [run_id]  # one run, the one we saw: nothing else written
-        run = runs[0]
-        # The server died, so the script could not mark it FAILED either: it stays RUNNING (unfinished)
-        assert run.info.status in ("RUNNING", "FAILED"), run.info.status
-        points = len(client.get_metric_history(run_id, "equity"))
-        assert 0 < points < n, points  # the kill landed mid-write: partial data, and not FINISHED
-        print(f"after restart: status {run.info.status}, {points}/{n} equity points, "
-              f"{len(run.data.metrics)} metrics, {len(run.data.params)} params")  # fmt: skip
-    finally:
-        revived.stop()
+    # What the killed server stored, read from its own sqlite store (no second server start: the store is
+    # the server's state; sqlite rolls back a transaction the kill interrupted when the file is opened)
+    client = client_for({"MLFLOW_TRACKING_URI": f"sqlite:///{server.root / 'mlflow.db'}"})
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert [r.info.run_id for r in runs] == [run_id]  # one run, the one we saw: nothing else written
+    run = runs[0]
+    # The server died, so the script could not mark it FAILED either: it stays RUNNING (unfinished)
+    assert run.info.status in ("RUNNING", "FAILED"), run.info.status
+    points = len(client.get_metric_history(run_id, "equity"))
+    assert 0 < points < n, points  # the kill landed mid-write: partial data, and not FINISHED
+    # the scalar metrics travel in the first batch, before any history point: they landed with it
+    assert "sharpe" in run.data.metrics, sorted(run.data.metrics)
+    print(f"after the kill: status {run.info.status}, {points}/{n} equity points, "
+          f"{len(run.data.metrics)} metrics, {len(run.data.params)} params")  # fmt: skip
 
 
 @pytest.mark.server

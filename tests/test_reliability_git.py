@@ -137,6 +137,10 @@ def test_code_outside_the_repository_leaves_dirty_unknown_and_says_why(tmp_path)
     summary = result.json()["git"]
     assert summary["dirty"] is None and "outside the repository" in summary["dirty_unknown"], summary
     assert "elsewhere.py" in summary["dirty_unknown"]
+    # issue 25 item 18: the warning reaches the JSON output too, not only stderr
+    assert any(
+        "uncommitted changes is unknown" in w and "elsewhere.py" in w for w in result.json()["warnings"]
+    )
 
 
 def test_a_repository_owned_by_another_user_is_refused_by_git_with_a_warning(tmp_path):
@@ -157,6 +161,7 @@ def test_a_repository_owned_by_another_user_is_refused_by_git_with_a_warning(tmp
         assert result.returncode == 0, result.stderr
         assert result.json()["git"] is None and ran(markers) == []
         assert "dubious ownership" in result.stderr and str(repo) in result.stderr, result.stderr
+        assert any("dubious ownership" in w for w in result.json()["warnings"]), result.json()["warnings"]
 
 
 def test_code_files_over_the_limit_are_refused_unless_raised_and_binaries_warned(scripts, tmp_path, capsys):
@@ -179,3 +184,6 @@ def test_code_files_over_the_limit_are_refused_unless_raised_and_binaries_warned
     assert artifacts([str(binary)], str(tmp_path)) == {"model.pkl": binary.resolve()}
     err = capsys.readouterr().err
     assert "model.pkl" in err and "binary" in err, err
+    warnings: list[str] = []  # build_request's list: the JSON output's `warnings`
+    artifacts([str(binary)], str(tmp_path), sink=warnings)
+    assert len(warnings) == 1 and "model.pkl" in warnings[0] and "binary" in warnings[0], warnings
