@@ -156,8 +156,9 @@ def labelled(folds: list[RefFold], frame: pd.DataFrame) -> list[RefFold]:
     YYYY-MM-DDTHH:MM:SSZ; `bar N` for a position past the data or without timestamps."""
     stamps = [stamp_of(b, frame) for fold in folds for b in fold.bounds]
     # dates only for a daily-or-slower series (every bar at midnight), as the run's start/end params
-    midnight = all(s == s.normalize() for s in stamps if s is not None) and bool(
-        (frame.index == frame.index.normalize()).all()
+    index = frame.index
+    midnight = all(s == s.normalize() for s in stamps if s is not None) and not (
+        isinstance(index, pd.DatetimeIndex) and (index != index.normalize()).any()
     )
     layout = "%Y-%m-%d" if midnight else "%Y-%m-%dT%H:%M:%SZ"
     for fold in folds:
