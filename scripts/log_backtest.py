@@ -2659,6 +2659,11 @@ def split_frame(
             if text_cells.any():
                 at = int(text_cells.to_numpy().argmax())
                 hint = f" (pick one column with {pick_flag})" if pick is None and len(value_cols) > 1 else ""
+                if EUROPEAN_NUMBER.match(str(raw.iloc[at]).strip()):
+                    hint = (
+                        ": a decimal comma or thousands dots (European 1.234,56); write the numbers with a "
+                        "decimal point and no thousands separator (1234.56)"
+                    )
                 raise CliError(
                     EXIT_USAGE,
                     f"{flag} {path.name}: non-numeric value {str(raw.iloc[at])[:40]!r} in column {col!r} "
@@ -2669,6 +2674,40 @@ def split_frame(
     column = frame[ts_col].reset_index(drop=True) if ts_col else None
     index = parse_timestamps(column, flag, path, warnings, date_format) if ts_col else None
     return index, values
+
+
+# 1.234,56 / 998,50 / 1.234.567: a decimal comma, or more than one thousands dot (one alone, 1.234, is a number)
+EUROPEAN_NUMBER = re.compile(r"^[-+]?(\d{1,3}(\.\d{3})+|\d+),\d+$|^[-+]?\d{1,3}(\.\d{3}){2,}$")
+
+
+def check_thousands_dots(raw, path: Path, flag: str, name: str) -> None:
+    """--prices from a file that writes 1,001 as 1.001 (a European thousands dot and no decimals): pandas
+    reads 1.001, a -99.9 % bar next to 999. Two neighbouring prices (file order), one x.yyy (at least 1, a
+    whole number of thousandths) whose x1000 is within a factor of 2 of the other, are that misreading: a
+    price does not move x1000 in one bar. Exit 2 naming the line of the misread price."""
+    import numpy as np
+
+    values = raw.to_numpy(dtype="float64")
+    rows = np.flatnonzero(np.isfinite(values) & (values > 0))  # empty cells and bad prices: to_returns' job
+    if len(rows) < 2:
+        return
+    v = values[rows]
+    with np.errstate(invalid="ignore"):
+        dotted = (v >= 1) & (v < 1000) & (np.abs(v * 1000 - np.round(v * 1000)) < 1e-6)
+    ratio = v[1:] / v[:-1]
+    up = dotted[:-1] & (ratio >= 500) & (ratio <= 2000)  # 1.001 then 999
+    down = dotted[1:] & (ratio >= 1 / 2000) & (ratio <= 1 / 500)  # 999 then 1.001
+    hits = np.flatnonzero(up | down)
+    if hits.size:
+        i = int(hits[0])
+        misread, other = (rows[i], rows[i + 1]) if up[i] else (rows[i + 1], rows[i])
+        raise CliError(
+            EXIT_USAGE,
+            f"{flag} {path.name} column {name!r}: the price {values[misread]:g} at line {line_of(misread)} next "
+            f"to {values[other]:g} at line {line_of(other)} is a x1000 jump: a thousands dot read as a decimal "
+            f"point (European {values[misread]:g} = {values[misread] * 1000:.0f})? Write the prices with no "
+            "thousands separator and a decimal point (1001 or 1001.5)",
+        )
 
 
 def order_index(index, path: Path, flag: str, warnings: list[str]):
@@ -2803,6 +2842,9 @@ def load_series(
 
     frame = read_table(path, flag, req.sep)
     index, values = split_frame(frame, path, flag, pick, pick_flag, bare_ok, warnings, req.date_format)
+    if req.prices:  # in file order: the line named is the file's
+        for col, raw in values.items():
+            check_thousands_dots(raw, path, flag, col)
     has_timestamps = index is not None
     if has_timestamps:
         index, order = order_index(index, path, flag, warnings)
@@ -3873,6 +3915,9 @@ def write_tearsheet(
         )
         plt.close("all")
     tidy_tearsheet(path)
+    # the report's table is QuantStats' own: say at its top where it disagrees with the run's logged metrics
+    values = None if returns is not item.returns else compute_metrics(item, rf, periods, compounded)[0]
+    note_corrections(path, strategy, values)
     return note
 
 
@@ -3881,6 +3926,131 @@ def tidy_tearsheet(path: Path) -> None:
     marks percent rows): fonts without that glyph (Debian's defaults) draw a box. A plain % reads the same."""
     html = path.read_text(encoding="utf-8")
     path.write_text(html.replace("\N{SMALL PERCENT SIGN}", "%"), encoding="utf-8")
+
+
+# QuantStats 0.0.86's "Key Performance Metrics" rows -> the metric the run logs for the same quantity.
+TEARSHEET_ROWS = {
+    "Time in Market": "exposure", "Cumulative Return": "total_return", "CAGR%": "cagr", "Sharpe": "sharpe",
+    "Prob. Sharpe Ratio": "probabilistic_sharpe_ratio", "Smart Sharpe": "smart_sharpe", "Sortino": "sortino",
+    "Smart Sortino": "smart_sortino", "Sortino/\N{SQUARE ROOT}2": "adjusted_sortino",
+    "Smart Sortino/\N{SQUARE ROOT}2": "smart_adjusted_sortino", "Omega": "omega", "Max Drawdown": "max_drawdown",
+    "Longest DD Days": "longest_drawdown_days", "Volatility (ann.)": "volatility", "R^2": "r_squared",
+    "Information Ratio": "information_ratio", "Calmar": "calmar", "Skew": "skew", "Kurtosis": "kurtosis",
+    "Ulcer Performance Index": "ulcer_performance_index", "Risk-Adjusted Return": "risk_adjusted_return",
+    "Risk-Return Ratio": "risk_return_ratio", "Avg. Return": "avg_return", "Avg. Win": "avg_win",
+    "Avg. Loss": "avg_loss", "Win/Loss Ratio": "payoff_ratio", "Profit Ratio": "profit_ratio",
+    "Expected Daily": "expected_return", "Expected Monthly": "expected_return_monthly",
+    "Expected Yearly": "expected_return_yearly", "Kelly Criterion": "kelly_criterion",
+    "Risk of Ruin": "risk_of_ruin", "Daily Value-at-Risk": "value_at_risk",
+    "Expected Shortfall (cVaR)": "conditional_value_at_risk", "Max Consecutive Wins": "consecutive_wins",
+    "Max Consecutive Losses": "consecutive_losses", "Gain/Pain Ratio": "gain_to_pain_ratio",
+    "Gain/Pain (1M)": "gain_to_pain_ratio_monthly", "Payoff Ratio": "payoff_ratio",
+    "Profit Factor": "profit_factor", "Common Sense Ratio": "common_sense_ratio", "CPC Index": "cpc_index",
+    "Tail Ratio": "tail_ratio", "Outlier Win Ratio": "outlier_win_ratio", "Outlier Loss Ratio": "outlier_loss_ratio",
+    "MTD": "returns_mtd", "3M": "returns_3m", "6M": "returns_6m", "YTD": "returns_ytd", "1Y": "returns_1y",
+    "3Y (ann.)": "cagr_3y", "5Y (ann.)": "cagr_5y", "10Y (ann.)": "cagr_10y", "All-time (ann.)": "cagr",
+    "Best Day": "best", "Worst Day": "worst", "Best Month": "best_month", "Worst Month": "worst_month",
+    "Best Year": "best_year", "Worst Year": "worst_year", "Avg. Drawdown": "avg_drawdown",
+    "Avg. Drawdown Days": "avg_drawdown_days", "Recovery Factor": "recovery_factor", "Ulcer Index": "ulcer_index",
+    "Serenity Index": "serenity_index", "Avg. Up Month": "avg_up_month", "Avg. Down Month": "avg_down_month",
+    "Win Days": "win_rate", "Win Month": "win_rate_month", "Win Quarter": "win_rate_quarter",
+    "Win Year": "win_rate_year", "Beta": "beta", "Alpha": "alpha", "Correlation": "correlation",
+    "Treynor Ratio": "treynor_ratio",
+}  # fmt: skip
+NOTE_MARK = "<!-- log_backtest: logged values -->"
+
+
+@dataclass(frozen=True)
+class Correction:
+    """A row of QuantStats' table that disagrees with the run: what the report shows, what the run logs."""
+
+    row: str
+    shown: str
+    metric: str
+    logged: str  # formatted like the report's cell ("12.34%", "1.81", "118"), or "undefined"
+
+
+def tearsheet_cells(html: str, strategy: str) -> list[tuple[str, str]]:
+    """(row label, the strategy's cell) of the report's Key Performance Metrics table (its column headed by
+    the strategy's name; a benchmark's column is the other)."""
+    start = html.find("Key Performance Metrics")
+    if start < 0:
+        return []
+    table = html[start : html.find("</table>", start)]
+    heads = re.findall(r"<th>([^<]*)</th>", table)
+    if strategy not in heads[1:]:
+        return []
+    column = len(heads) - 1 - heads[::-1].index(strategy) - 1  # the last such header, among the value cells
+    rows = []
+    for label, cells in re.findall(r"<tr><td>([^<]*)</td>((?:<td>[^<]*</td>)+)</tr>", table):
+        values = re.findall(r"<td>([^<]*)</td>", cells)
+        if column < len(values):
+            rows.append((label, values[column]))
+    return rows
+
+
+def tearsheet_corrections(cells: list[tuple[str, str]], values: dict[str, float]) -> list[Correction]:
+    """The rows whose shown value differs from the logged one beyond the report's rounding (2 decimals, or
+    whole numbers; a "%" cell is the value x 100), or that show a number where the run's metric is
+    undefined."""
+    out = []
+    for label, cell in cells:
+        metric = TEARSHEET_ROWS.get(label)
+        if metric is None or metric not in values:  # a benchmark metric without a benchmark
+            continue
+        percent = cell.strip().endswith("%")
+        try:
+            shown = float(cell.strip().rstrip("%").replace(",", ""))
+        except ValueError:
+            shown = math.nan  # "-", "nan", "inf": QuantStats has no number
+        value = values[metric] * (100 if percent else 1)
+        if not math.isfinite(value):
+            if math.isfinite(shown):
+                out.append(Correction(label, cell, metric, "undefined"))
+            continue
+        # QuantStats rounds to 2 decimals (1.8 for 1.80), and cuts day counts to whole days (488 for 488.5)
+        off = abs(value - shown) >= 1 if "." not in cell else abs(round(value, 2) - shown) > 0.0101
+        if not math.isfinite(shown) or off:
+            out.append(Correction(label, cell, metric, f"{value:.2f}{'%' if percent else ''}"))
+    return out
+
+
+def note_corrections(path: Path, strategy: str, values: dict[str, float] | None) -> None:
+    """A note at the report's top: the rows of QuantStats' table that the run logs differently (its metric
+    and value), or that every row agrees; for a report drawn from daily returns of intraday bars, that its
+    numbers are of the daily series."""
+    import html as html_module
+
+    text = path.read_text(encoding="utf-8")
+    if values is None:
+        body = (
+            "<p>This report is drawn from daily returns compounded from the run's intraday bars: its numbers are "
+            "of the daily series. The run's logged metrics are of the bars themselves.</p>"
+        )
+    else:
+        found = tearsheet_corrections(tearsheet_cells(text, strategy), values)
+        if not found:
+            body = "<p>Every value in the table below agrees with the run's logged metrics (at its rounding).</p>"
+        else:
+            rows = "".join(
+                "<tr>" + "".join(f"<td>{html_module.escape(x)}</td>" for x in (c.row, c.shown, c.metric, c.logged))
+                + "</tr>"
+                for c in found
+            )  # fmt: skip
+            body = (
+                f"<p>{len(found)} value{'s' if len(found) > 1 else ''} in QuantStats' table below differ from the "
+                "run's logged metrics, which are the run's record (references/quantstats-metrics.md says how "
+                "each is computed and why it departs from QuantStats):</p><table class='logged-values'>"
+                "<tr><th>row</th><th>this report</th><th>logged metric</th><th>logged value</th></tr>"
+                f"{rows}</table>"
+            )
+    note = (
+        f'{NOTE_MARK}<div style="border:1px solid #c44e52;padding:6px 10px;margin:8px 0;font-size:13px">'
+        f"<b>The run's logged values</b>{body}</div>"
+    )
+    head = text.find("<hr>", text.find("<h4>"))  # under the report's title and subtitle
+    at = head if head >= 0 else text.find("<body")
+    path.write_text(text[:at] + note + text[at:] if at >= 0 else note + text, encoding="utf-8")
 
 
 # ---- one column prepared: everything computed and written to a local folder before MLflow is touched ------

@@ -256,6 +256,7 @@ def test_deleted_and_repeated_trials_over_http(mlflow_server, query):
     assert over_http == direct and direct["n_trials"] == 4 and direct["excluded"]["same_series"] == 2
 
 
+@pytest.mark.slow  # 25-60 s on a busy 2-core machine: not in the inner loop (issue 26)
 def test_relogged_series_count_once(local_store, tmp_path, query):
     """Through log_backtest: a sweep, then the same file again with a hold-out (--force, --oos-start): the
     dataset digest is the return series alone, so deflate still counts 3 trials."""

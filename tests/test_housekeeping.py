@@ -319,6 +319,7 @@ def test_ui_prints_the_command_and_the_runs_view_link(local, query):
     assert "uvx --from 'mlflow==3.17.2' mlflow ui --backend-store-uri sqlite:///mlflow.db" in readme
 
 
+@pytest.mark.slow  # 25-60 s on a busy 2-core machine: not in the inner loop (issue 26)
 def test_relogging_a_deleted_backtest_logs_a_new_run(tmp_path):
     (tmp_path / "returns.csv").write_text(
         "date,ret\n" + "".join(f"2020-01-{d:02d},{(-1) ** d * 0.001 * d}\n" for d in range(1, 29))

@@ -583,6 +583,7 @@ def test_single_histories_and_artifacts(client_for, single, tmp_path):
     assert "<th>strategy</th>" not in html
     assert "\N{SMALL PERCENT SIGN}" not in html
     assert "CAGR%" in html
+    assert html.index("The run's logged values") < html.index("Key Performance Metrics")  # issue 25 item 15
     saved = pd.read_csv(os.path.join(local, "returns.csv"))
     np.testing.assert_array_equal(saved["returns"].to_numpy(), r.to_numpy())
     source = pd.read_csv(single["folder"] / "momentum.csv")

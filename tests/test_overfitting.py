@@ -462,6 +462,7 @@ def test_out_of_sample_metrics_equal_each_segment_alone(tmp_path):
     assert fraction["metrics"]["oos_sharpe"] == split["metrics"]["oos_sharpe"]
 
 
+@pytest.mark.slow  # 25-60 s on a busy 2-core machine: not in the inner loop (issue 26)
 def test_out_of_sample_run_and_sweep_in_a_store(local_store, tmp_path, scripts):
     from mlflow import MlflowClient
 

@@ -281,6 +281,7 @@ def test_generated_files_give_valid_metrics_or_exit_2(lb, case):
             check_histories(lb, case, folder)
 
 
+@pytest.mark.slow  # 25-60 s on a busy 2-core machine: not in the inner loop (issue 26)
 @settings(
     max_examples=6,
     deadline=None,

@@ -55,6 +55,7 @@ def read_only_store():
     shutil.rmtree(base)
 
 
+@pytest.mark.slow  # 25-60 s on a busy 2-core machine: not in the inner loop (issue 26)
 def test_read_commands_work_on_a_read_only_store(read_only_store):
     store, run = read_only_store["store"], read_only_store["run"]
     before = sorted(p.name for p in store.iterdir())

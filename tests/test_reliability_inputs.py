@@ -241,3 +241,49 @@ def test_two_bars_and_a_30_year_gap_are_warned(lb, tmp_path):
     rows[20:] = [row.replace("2023-", "1993-", 1) for row in rows[20:]]
     code, out, err = lb("--returns", write(tmp_path / "gap.csv", "date,returns", rows), "--dry-run")
     assert code == 0 and any("gap of 29" in w or "gap of 30" in w for w in out["warnings"]), (err, out)
+
+
+# ---- issue 25 item 9: European number formats ---------------------------------------------------------------
+def price_rows(prices: list[str], sep: str = ";") -> list[str]:
+    import pandas as pd
+
+    days = pd.bdate_range("2024-01-01", periods=len(prices)).strftime("%Y-%m-%d")
+    return [f"{day}{sep}{price}" for day, price in zip(days, prices, strict=True)]
+
+
+@pytest.mark.parametrize(
+    "prices, line, words",
+    [
+        # crossing 1,000 upwards and downwards: 1.001 is 1001 with a thousands dot, read as 1.001
+        (["996", "998", "999", "1.001", "1.003", "1.002", "999", "998"], 5, ["1.001", "thousands"]),
+        (["1.004", "1.002", "1.001", "999", "998", "997", "999", "1.000"], 4, ["1.001", "thousands"]),
+        (["12.345", "12.400", "12.388", "12.390", "12.410", "12.399", "12.402", "12401"], 8, ["12.402"]),
+    ],
+    ids=["up-through-1000", "down-through-1000", "ten-thousands"],
+)
+def test_prices_with_a_thousands_dot_are_refused_naming_the_line(lb, tmp_path, prices, line, words):
+    """A -99.9 % bar next to a x1000 jump is a thousands dot read as a decimal point (the issue's case:
+    exit 0, no warning, before). The line named is the one holding the misread price."""
+    path = write(tmp_path / "eu.csv", "date;price", price_rows(prices))
+    refused(lb("--returns", path, "--prices", "--dry-run"), f"line {line}", *words)
+
+
+def test_prices_that_only_look_like_thousands_are_read(lb, tmp_path):
+    """FX-like prices with three decimals, a crash to cents: real series, no x1000 neighbour pair."""
+    fx = write(
+        tmp_path / "fx.csv", "date;price", price_rows(["1.001", "1.003", "0.998", "1.000", "1.012"] * 3)
+    )
+    code, out, err = lb("--returns", fx, "--prices", "--dry-run")
+    assert code == 0, err
+    assert out["n_bars"] == 14 and abs(out["metrics"]["total_return"] - (1.012 / 1.001 - 1)) < 1e-12
+    crash = write(tmp_path / "crash.csv", "date,price", price_rows(["10", "9.5", "4", "0.011", "0.01"], ","))
+    code, out, err = lb("--returns", crash, "--prices", "--dry-run")
+    assert code == 0, err
+    assert abs(out["metrics"]["total_return"] - (0.01 / 10 - 1)) < 1e-12
+
+
+@pytest.mark.parametrize("cell", ["1.234,56", "998,50", "-0,25", "1.234.567"])
+def test_european_numbers_are_refused_with_the_format_named(lb, tmp_path, cell):
+    """A decimal comma or thousands dots: pandas cannot read the cell; the error says why and how to fix."""
+    path = write(tmp_path / "eu.csv", "date;price", price_rows(["1000.5", "1001.5", cell, "1002.5"]))
+    refused(lb("--returns", path, "--prices", "--dry-run"), "line 4", cell, "decimal point")

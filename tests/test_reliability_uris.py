@@ -118,6 +118,7 @@ def test_postgresql_psycopg2_on_a_closed_port_is_unreachable_not_a_missing_modul
     assert "ModuleNotFoundError" not in result.stderr and password not in result.stderr
 
 
+@pytest.mark.slow  # 25-60 s on a busy 2-core machine: not in the inner loop (issue 26)
 def test_databricks_without_credentials_is_exit_4_naming_what_to_set(tmp_path):
     """It was exit 1 "Reading Databricks credential configuration failed"; the databricks SDK ships with
     MLflow, so databricks / databricks://PROFILE work once credentials are configured."""
