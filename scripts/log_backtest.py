@@ -1098,7 +1098,7 @@ def walk_forward_plan(loaded: Loaded, req: Request, tmp: Path) -> Plan:
             fold.number,
             len(folds),
             part,
-            f"fold {fold.number} {names[fold.chosen]}",
+            f"fold {fold.number:0{len(str(len(folds) - 1))}d} {names[fold.chosen]}",  # sorts by name in the UI
             tmp / f"run{fold.number}",
             prefix="oos_",
             periods=periods,
