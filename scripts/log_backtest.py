@@ -569,13 +569,15 @@ class ParentRecord:
     undefined: list[str]
     params: dict[str, str]
     tags: dict[str, str]
+    histories: Histories | None = None  # a walk-forward parent's: the stitched out-of-sample equity
 
 
 @dataclass(frozen=True)
 class Family:
     """A plan carried out up to the writes: the children prepared (each job an already-sliced series with its
-    role) and what identifies the family. One subclass per kind (SingleRun, Sweep) supplies the parent's
-    tags, metrics, description and artifacts and the output; log_family and write_family do the rest."""
+    role) and what identifies the family. One subclass per kind (SingleRun, Sweep, WalkForward) supplies the
+    parent's tags, metrics, description and artifacts and the output; log_family and write_family do the
+    rest."""
 
     shares: list[list[Job]]  # shares[0] this process's, then one per worker: each prepares and writes its own
     preps: list[Prepared]  # in job order
@@ -592,7 +594,7 @@ class Family:
         return min(cores, len(jobs)) - 1
 
     @classmethod
-    def start(cls, jobs: list[Job], req: Request, pool, tmp: Path) -> Callable[[], Family]:
+    def start(cls, plan: Plan, req: Request, pool, tmp: Path) -> Callable[[], Family]:
         """Start preparing the jobs (the workers' share in the pool); -> finish(), which is called once this
         process has opened the store and returns the family prepared."""
         raise NotImplementedError
@@ -621,12 +623,13 @@ class Plan:
 
     kind: type[Family]
     jobs: list[Job]
+    walk_forward: WalkForwardPlan | None = None  # the folds and picks of a walk-forward
 
 
 def log_family(plan: Plan, req: Request, pool, tmp: Path) -> Result:
     """Prepare the children (in worker processes where that is safe) while this process imports mlflow;
     skip a duplicate; write the family; the kind's output."""
-    finish = plan.kind.start(plan.jobs, req, pool, tmp)
+    finish = plan.kind.start(plan, req, pool, tmp)
     client = open_store(req)
     family = finish()
     warnings = list(family.warnings)
@@ -662,8 +665,6 @@ def write_family(
     share here, each worker its own share), then the kind's record of the parent (metrics, params, tags,
     files) and its artifacts; FINISHED last, FAILED if anything fails. The parent summarises its children:
     none of their metrics under their own names (it is not one more strategy in MLflow's charts)."""
-    from mlflow.entities import Metric, Param, RunTag
-
     family.draw_tearsheets(req, warnings)
     if not family.has_parent:
         [[job]], [prep] = family.shares, family.preps
@@ -680,15 +681,10 @@ def write_family(
         children = write_all_children(client, experiment_id, family, req, pool, parent_id)
         stop_point()
         record = family.parent_record(children, req, parent_dir)
-        now = int(time.time() * 1000)
-        client.log_batch(
-            parent_id,
-            metrics=[Metric(k, v, now, 0) for k, v in record.metrics.items()],
-            params=[Param(k, v) for k, v in record.params.items()],
-            tags=[
-                RunTag(k, v) for k, v in {UNDEFINED_TAG: ",".join(record.undefined), **record.tags}.items()
-            ],
-        )
+        log_entries(
+            client, parent_id, record.metrics, record.params, record.histories,
+            tags={UNDEFINED_TAG: ",".join(record.undefined), **record.tags},
+        )  # fmt: skip
         client.log_artifacts(parent_id, str(parent_dir))
         stop_point()
         client.set_terminated(parent_id, "FINISHED")
@@ -824,6 +820,300 @@ def oos_position(returns, has_timestamps: bool, split: OosSplit, name: str) -> i
     return position
 
 
+# ---- walk-forward: --walk-forward --train --test [--step --embargo --anchored] --------------------------------
+# The folds, exactly (references/walk-forward.md): t0 the first bar; fold k trains on [s_k, e_k), e_k = t0 +
+# k*STEP + TRAIN, s_k = t0 + k*STEP (rolling) or t0 (--anchored); it tests on [e_k + EMBARGO, e_k + EMBARGO +
+# TEST). Folds go on while a test window starts at or before the last bar. Calendar durations are pandas
+# DateOffsets (t0 + DateOffset(months=k*N): one offset, not k additions); bar counts are positions on the union
+# of the columns' bars.
+DURATION = re.compile(r"^(\d+)([ymwd]?)$")
+DURATION_UNITS = {"y": "years", "m": "months", "w": "weeks", "d": "days"}  # pandas DateOffset keywords
+APPROX_DAYS = {"y": 365.25, "m": 30.4375, "w": 7.0, "d": 1.0}  # only to compare --step with --test
+MAX_FOLDS = 500  # more child runs than the MLflow UI can show usefully: a longer --step
+
+
+@dataclass(frozen=True)
+class Duration:
+    """A window's length: N calendar units (y, m, w, d) or N bars (unit "")."""
+
+    text: str
+    count: int
+    unit: str
+
+    def offset(self, times: int = 1):
+        import pandas as pd
+
+        return pd.DateOffset(**{DURATION_UNITS[self.unit]: self.count * times})
+
+
+@dataclass(frozen=True)
+class WalkForwardSpec:
+    train: Duration
+    test: Duration
+    step: Duration
+    embargo: Duration
+    anchored: bool
+
+    @property
+    def in_bars(self) -> bool:
+        return self.train.unit == ""
+
+    def settings(self) -> dict[str, str]:
+        """As given: the parent's params, the JSON's walk_forward object and part of the fingerprint."""
+        return {
+            "train": self.train.text, "test": self.test.text, "step": self.step.text,
+            "embargo": self.embargo.text, "anchored": str(self.anchored).lower(),
+        }  # fmt: skip
+
+
+def parse_duration(text: str, flag: str, zero_ok: bool = False) -> Duration:
+    match = DURATION.match(text.strip().lower())
+    if text.strip().startswith("-"):
+        raise CliError(EXIT_USAGE, f"{flag} {text}: a duration must be positive")
+    if not match:
+        raise CliError(
+            EXIT_USAGE, f"{flag} {text!r}: give N bars (e.g. 63) or N with a unit y, m, w or d (e.g. 3y, 6m)"
+        )
+    count = int(match.group(1))
+    if count == 0 and not zero_ok:
+        raise CliError(EXIT_USAGE, f"{flag} {text}: a duration must be positive")
+    return Duration(text.strip(), count, match.group(2))
+
+
+def parse_walk_forward(args) -> WalkForwardSpec | None:
+    """--walk-forward and its windows checked before any data is read (the folds are checked in plan)."""
+    given = [
+        flag for flag, value in (("--train", args.train), ("--test", args.test), ("--step", args.step),
+                                 ("--embargo", args.embargo), ("--anchored", args.anchored)) if value
+    ]  # fmt: skip
+    if not args.walk_forward:
+        if given:
+            raise CliError(EXIT_USAGE, f"{given[0]} is a walk-forward setting: add --walk-forward")
+        return None
+    if not (args.train and args.test):
+        raise CliError(EXIT_USAGE, "--walk-forward needs --train and --test, e.g. --train 3y --test 3m")
+    if args.oos_start is not None:
+        raise CliError(
+            EXIT_USAGE,
+            "--walk-forward excludes --oos-start: a walk-forward's out-of-sample bars are its test windows",
+        )
+    train, test = parse_duration(args.train, "--train"), parse_duration(args.test, "--test")
+    step = parse_duration(args.step, "--step") if args.step else test
+    embargo = (
+        parse_duration(args.embargo, "--embargo", zero_ok=True) if args.embargo else Duration("0", 0, "")
+    )
+    if len({d.unit == "" for d in (train, test, step, embargo) if d.count}) > 1:
+        raise CliError(
+            EXIT_USAGE,
+            "--train, --test, --step and --embargo must all be bar counts (63) or all calendar (3m, 1y)",
+        )
+    days = {d: d.count * APPROX_DAYS.get(d.unit, 1.0) for d in (step, test)}
+    if days[step] < days[test]:
+        raise CliError(
+            EXIT_USAGE,
+            f"--step {step.text} is shorter than --test {test.text}: the test windows would overlap (every "
+            "out-of-sample bar is traded once)",
+        )
+    return WalkForwardSpec(train, test, step, embargo, args.anchored)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One fold: training [train_start, train_end), test [test_start, test_end) (ends exclusive, None: past
+    the last bar), the bars of each on the union index, and what was chosen on the training window."""
+
+    number: int
+    train_start: object  # pandas Timestamp
+    train_end: object
+    test_start: object
+    test_end: object | None
+    labels: dict[str, str]  # train_start ... test_end as ISO dates (or "bar N")
+    n_train_bars: int
+    n_test_bars: int
+    partial: bool
+    chosen: int = -1  # the column's position
+    in_sample: dict[str, float] = field(default_factory=dict)  # is_sharpe (and is_<best_by>) of the chosen
+    oos_value: float = math.nan  # the chosen column's --best-by value on the test window
+    oos_rank: int = 0  # among all columns on the test window, 1 = best
+
+    def params(self, columns: list[str]) -> dict[str, str]:
+        return {
+            "fold": str(self.number), **self.labels, "chosen_column": columns[self.chosen],
+            "n_train_bars": str(self.n_train_bars), "n_test_bars": str(self.n_test_bars),
+            "partial": str(self.partial).lower(),
+        }  # fmt: skip
+
+
+def union_index(columns: list[Column]):
+    index = columns[0].returns.index
+    for column in columns[1:]:
+        index = index.union(column.returns.index)
+    return index
+
+
+def fold_windows(index, spec: WalkForwardSpec, has_timestamps: bool) -> list[Fold]:
+    """The folds over the union index, before any choice; exit 2 when there is none or too many."""
+    import numpy as np
+
+    n, t0, last = len(index), index[0], index[-1]
+    if not spec.in_bars and not has_timestamps:
+        raise CliError(EXIT_USAGE, f"--train {spec.train.text}: bars without timestamps take bar counts (63)")
+    biggest_gap = int(np.diff(index.asi8).max()) if n > 1 else 0
+    dated = has_timestamps and bool((index == index.normalize()).all())
+    folds, tested_to = [], 0  # tested_to: the previous test window's end (a position)
+    for k in range(MAX_FOLDS + 1):
+        if spec.in_bars:
+            a = k * spec.step.count
+            edges = [0 if spec.anchored else a, a + spec.train.count]
+            edges += [edges[1] + spec.embargo.count, edges[1] + spec.embargo.count + spec.test.count]
+            if edges[2] > n - 1:
+                break
+            stamps = [index[p] if p < n else None for p in edges]
+            positions, partial = [min(p, n) for p in edges], edges[3] > n
+        else:
+            a = t0 + spec.step.offset(k)
+            stamps = [t0 if spec.anchored else a, a + spec.train.offset()]
+            stamps.append(stamps[1] + spec.embargo.offset() if spec.embargo.count else stamps[1])
+            stamps.append(stamps[2] + spec.test.offset())
+            if stamps[2] > last:
+                break
+            positions = [int(p) for p in index.searchsorted(stamps, side="left")]
+            partial = (stamps[3] - last).value > biggest_gap
+        labels = dict(
+            zip(("train_start", "train_end", "test_start", "test_end"),
+                [fold_label(stamp, edge, has_timestamps, dated)
+                 for stamp, edge in zip(stamps, edges if spec.in_bars else positions, strict=True)], strict=True)
+        )  # fmt: skip
+        if positions[2] < tested_to:  # 13w vs 3m: calendar units pass the check above and overlap
+            raise CliError(
+                EXIT_USAGE,
+                f"--step {spec.step.text} is shorter than --test {spec.test.text} at fold {k}: its test window "
+                f"starts {labels['test_start']}, before fold {k - 1}'s ends ({folds[-1].labels['test_end']}): "
+                "a bar would be traded twice",
+            )
+        tested_to = positions[3]
+        folds.append(
+            Fold(k, *stamps, labels=labels, n_train_bars=positions[1] - positions[0],
+                 n_test_bars=positions[3] - positions[2], partial=partial)
+        )  # fmt: skip
+    if not folds:
+        raise CliError(
+            EXIT_USAGE,
+            f"--train {spec.train.text} leaves no test window: the data runs {fold_label(t0, 0, has_timestamps, dated)}"
+            f" to {fold_label(last, n - 1, has_timestamps, dated)} ({n} bars)",
+        )
+    if len(folds) > MAX_FOLDS:
+        raise CliError(
+            EXIT_USAGE, f"more than {MAX_FOLDS} folds (one child run each): give a longer --step or --test"
+        )
+    for fold in folds:
+        if fold.n_train_bars < 2:
+            raise CliError(
+                EXIT_USAGE,
+                f"fold {fold.number}: the training window {fold.labels['train_start']} to "
+                f"{fold.labels['train_end']} has {fold.n_train_bars} bars; each needs at least 2",
+            )
+    return folds
+
+
+def fold_label(stamp, position: int, has_timestamps: bool, dated: bool) -> str:
+    """A window boundary as the params and folds.csv show it: its date, else "bar N" (past the data, or no
+    timestamps in bar-count mode)."""
+    if stamp is None or not has_timestamps:
+        return f"bar {position}"
+    return stamp.strftime("%Y-%m-%d" if dated and stamp == stamp.normalize() else "%Y-%m-%dT%H:%M:%SZ")
+
+
+def window(column: Column, start, end) -> Column:
+    """The bars of `column` in [start, end) (end None: to the last bar), benchmark alongside."""
+    index = column.returns.index
+    first = int(index.searchsorted(start, side="left"))
+    stop = len(index) if end is None else int(index.searchsorted(end, side="left"))
+    bench = column.benchmark.iloc[first:stop] if column.benchmark is not None else None
+    return replace(column, returns=column.returns.iloc[first:stop], benchmark=bench)
+
+
+def choose(folds: list[Fold], columns: list[Column], req: Request, periods: float) -> list[Fold]:
+    """Each fold's pick: the best --best-by on the training window with the run's own metric definitions (the
+    whole series' periods per year), ties to the first column, an undefined value never; its rank by the
+    same metric on the test window among all columns."""
+    key, needed = better_first(req.best_by), frozenset({"sharpe", req.best_by})
+
+    def values_of(column: Column, start, end) -> dict[str, float]:
+        part = window(column, start, end)
+        if len(part.returns) < 2:
+            return {}
+        return compute_metrics(part, req.rf, periods, req.compounded, only=needed)[0]
+
+    chosen = []
+    for fold in folds:
+        stop_point()
+        values = [values_of(c, fold.train_start, fold.train_end) for c in columns]
+        ranked = sorted(range(len(columns)), key=lambda i: key(values[i].get(req.best_by, math.nan)))
+        best = ranked[0]
+        if key(values[best].get(req.best_by, math.nan))[0]:
+            raise CliError(
+                EXIT_USAGE,
+                f"fold {fold.number}: no column has a defined {req.best_by} on its training window "
+                f"{fold.labels['train_start']} to {fold.labels['train_end']}",
+            )
+        in_sample = {"is_sharpe": values[best].get("sharpe", math.nan)}
+        in_sample[f"is_{req.best_by}"] = values[best][req.best_by]
+        tested = [values_of(c, fold.test_start, fold.test_end).get(req.best_by, math.nan) for c in columns]
+        rank = 1 + sum(key(v) < key(tested[best]) for v in tested)
+        chosen.append(replace(fold, chosen=best, in_sample=in_sample, oos_value=tested[best], oos_rank=rank))
+    return chosen
+
+
+@dataclass(frozen=True)
+class WalkForwardPlan:
+    """The folds chosen, the stitched out-of-sample series and the whole series' bars per year."""
+
+    spec: WalkForwardSpec
+    folds: list[Fold]
+    columns: list[str]
+    stitched: Column
+    periods: tuple[float, str]
+
+
+def walk_forward_plan(loaded: Loaded, req: Request, tmp: Path) -> Plan:
+    """The folds, the picks and one job per fold (the chosen column's test window, oos_ prefixed); exit 2 on
+    any bad window before anything is written."""
+    import pandas as pd
+
+    spec, columns = req.walk_forward, loaded.columns
+    index = union_index(columns)
+    has_ts = columns[0].has_timestamps
+    periods = periods_of(replace(columns[0], returns=pd.Series(0.0, index=index)), req)
+    folds = choose(fold_windows(index, spec, has_ts), columns, req, periods[0])
+    names = [c.name for c in columns]
+    parts = [window(columns[f.chosen], f.test_start, f.test_end) for f in folds]
+    stitched = Column(
+        "walk-forward", pd.concat([p.returns for p in parts]), has_ts,
+        pd.concat([p.benchmark for p in parts]) if columns[0].benchmark is not None else None,
+        columns[0].benchmark_info,
+    )  # fmt: skip
+    jobs = [
+        Job(
+            fold.number,
+            len(folds),
+            part,
+            f"fold {fold.number:0{len(str(len(folds) - 1))}d} {names[fold.chosen]}",  # sorts by name in the UI
+            tmp / f"run{fold.number}",
+            prefix="oos_",
+            periods=periods,
+            params=fold.params(names),
+            extra=fold.in_sample,
+            role=f"**Walk-forward fold {fold.number}** (test window {fold.labels['test_start']} to "
+            f"{fold.labels['test_end']}{', partial' if fold.partial else ''}): `{names[fold.chosen]}` chosen on "
+            f"{fold.labels['train_start']} to {fold.labels['train_end']} (in-sample {req.best_by} "
+            f"{fold.in_sample[f'is_{req.best_by}']:.2f}); the metrics are its test window's, logged as oos_<name>",
+        )  # fmt: skip
+        for fold, part in zip(folds, parts, strict=True)
+    ]
+    return Plan(WalkForward, jobs, WalkForwardPlan(spec, folds, names, stitched, periods))
+
+
 # ---- the metric table: the one place that says what each metric is --------------------------------------
 # `call` is evaluated as written (it IS the code that computes the metric) in the namespace metric_inputs()
 # builds once per series: QuantStats 0.0.86's definitions (its qs.stats functions, read line by line), written
@@ -887,6 +1177,7 @@ NO_NONZERO_BAR = "(r != 0).sum() == 0"
 FLAT_BENCHMARK = "flat(bp)"
 SHARPE_GUARD = "flat(x)"
 SORTINO_GUARD = "tiny(downside(x), x)"
+SHORT_WINDOW = "extrapolate less than a year of history"  # compute_metrics' note on a series under a year
 SHORT = "undefined when the series is shorter than the window (QuantStats uses the whole series)"
 EPISODES = (
     "from our drawdown; an episode still open at the last bar counts (it ends there), as does one open from "
@@ -1621,6 +1912,7 @@ class Request:
     best_by: str = "sharpe"  # a sweep's best child by this metric (its direction from the metric table)
     pbo_splits: int = DEFAULT_PBO_SPLITS
     oos: OosSplit | None = None  # --oos-start: in-sample / out-of-sample split
+    walk_forward: WalkForwardSpec | None = None  # --walk-forward --train --test [--step --embargo --anchored]
     date_format: str | None = None  # --date-format: dayfirst, monthfirst or a strftime format
     decimal: bool = False  # --decimal: the values are decimal returns, whatever they look like
     sep: str | None = None  # --sep: the CSV separator (default: comma; ; or tab when the header has none)
@@ -1792,6 +2084,7 @@ def build_request(args) -> Request:
         raise CliError(EXIT_USAGE, f"--description is longer than {MAX_DESCRIPTION_LENGTH} characters")
     oos = parse_oos_start(args.oos_start) if args.oos_start is not None else None
     check_search_flags(args.best_by, args.pbo_splits, oos)
+    walk_forward = parse_walk_forward(args)
     warnings: list[str] = []  # the git and --code checks' (the JSON output's `warnings` too)
     return Request(
         returns_path=check_input_path(args.returns, "--returns"),
@@ -1816,6 +2109,7 @@ def build_request(args) -> Request:
         best_by=args.best_by,
         pbo_splits=args.pbo_splits,
         oos=oos,
+        walk_forward=walk_forward,
         output_format=args.format,
         debug=args.debug,
         resample_to_benchmark=args.resample_to_benchmark,
@@ -3022,8 +3316,11 @@ def metric_inputs(item: Column, rf: float, periods: float, compounded: bool) -> 
     return ns
 
 
-def compute_metrics(item: Column, rf: float, periods: float, compounded: bool) -> tuple[dict, list[str]]:
-    """Every metric of the table for one series -> ({name: float or nan}, [warnings for the output]).
+def compute_metrics(
+    item: Column, rf: float, periods: float, compounded: bool, only: frozenset[str] | None = None
+) -> tuple[dict, list[str]]:
+    """Every metric of the table for one series (or `only` these: a walk-forward's choice, a fifth of the
+    time) -> ({name: float or nan}, [warnings for the output]).
 
     The warnings name the metrics that could not be computed (reported undefined) and say when annualised
     figures extrapolate from less than a year of bars."""
@@ -3038,7 +3335,7 @@ def compute_metrics(item: Column, rf: float, periods: float, compounded: bool) -
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")  # means of empty selections (no losing bar): NaN, undefined
         ns = metric_inputs(item, rf, periods, compounded)
-        for spec in METRICS:
+        for spec in METRICS if only is None else [s for s in METRICS if s.name in only]:
             if spec.benchmark and item.benchmark is None:
                 continue
             if spec.calendar and not item.has_timestamps:
@@ -3058,7 +3355,7 @@ def compute_metrics(item: Column, rf: float, periods: float, compounded: bool) -
         if annualised:
             notes.append(
                 f"{n} bars are {years:.2f} of a year at {periods:g} bars per year: annualised metrics "
-                f"({', '.join(annualised)}) extrapolate less than a year of history"
+                f"({', '.join(annualised)}) {SHORT_WINDOW}"
             )
     return values, notes
 
@@ -3498,6 +3795,8 @@ def description_markdown(summary: dict, user_description: str | None) -> str:
     the headline numbers come first; its markdown renderer draws tables without cell padding, so the key
     metrics are a list."""
     lines = [headline(summary["metrics"]), ""]
+    if summary.get("role"):
+        lines += [summary["role"], ""]
     if user_description:
         lines += [user_description.strip(), ""]
     lines += [
@@ -3761,15 +4060,22 @@ class Job:
     """One column to log: its place in the input, the run it becomes and the local folder of its files."""
 
     position: int
-    of: int  # columns in the input: more than one makes a sweep
+    of: int  # columns in the input (a walk-forward: folds): more than one makes a family
     column: Column
     run_name: str
     folder: Path
+    prefix: str = ""  # before every metric name it logs: a walk-forward's "oos_" (its test windows)
+    periods: tuple[float, str] | None = None  # bars per year and frequency, when not the column's own
+    params: dict[str, str] = field(default_factory=dict)  # its role's params (a fold's windows and pick)
+    extra: dict[str, float] = field(default_factory=dict)  # its role's metrics (a fold's is_sharpe)
+    role: str | None = None  # the description's line saying what the run is (a fold of a walk-forward)
 
 
 def plan(loaded: Loaded, req: Request, tmp: Path) -> Plan:
     """One job per column: one column is a single run named --run-name (else the file's stem), several a
-    sweep whose children are named by column."""
+    sweep whose children are named by column; a walk-forward one job per fold."""
+    if req.walk_forward:
+        return walk_forward_plan(loaded, req, tmp)
     n = len(loaded.columns)
     name = req.run_name or req.returns_path.stem
     jobs = [
@@ -3822,6 +4128,11 @@ def bar_time(column: Column, position: int) -> str | None:
     return index[position].strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def job_periods(job: Job, req: Request) -> tuple[float, str]:
+    """Bars per year and frequency of a job: a walk-forward's windows keep the whole series'."""
+    return job.periods or periods_of(job.column, req)
+
+
 def periods_of(column: Column, req: Request) -> tuple[float, str]:
     """Bars per year (--periods-per-year, else detected) and the frequency's name."""
     if req.periods_per_year is None:
@@ -3830,14 +4141,14 @@ def periods_of(column: Column, req: Request) -> tuple[float, str]:
     return float(req.periods_per_year), frequency
 
 
-def histories_of(column: Column, req: Request) -> Histories:
+def histories_of(column: Column, req: Request, frequency: str) -> Histories:
     import numpy as np
 
     equity, drawdown = equity_and_drawdown(column.returns, req.compounded)
     n = len(column.returns)
     steps = history_steps(n, req.max_history_points, int(np.argmin(drawdown)))
     if column.has_timestamps:
-        stamps = history_stamps(column.returns.index, steps, periods_of(column, req)[1])
+        stamps = history_stamps(column.returns.index, steps, frequency)
         # MLflow refuses negative metric timestamps: a history starting before 1970 is shifted as one so that
         # its first bar is at 1970-01-01 (spacing kept; to_returns warns); params start/end keep the dates.
         stamps = stamps - min(0, int(stamps[0]))
@@ -3866,25 +4177,28 @@ def run_tags(column: Column, req: Request, fp: str, undefined: list[str], summar
 def prepare_column(job: Job, req: Request) -> Prepared:
     """Metrics, histories, params, tags, description and artifacts (all but the tearsheet) of one column."""
     column, warnings = job.column, []
-    periods, frequency = periods_of(column, req)
+    periods, frequency = job_periods(job, req)
     values, notes = compute_metrics(column, req.rf, periods, req.compounded)
     phase(req, f"{column.name}: {len(values)} metrics")
     for note in notes:
-        warn(f"column {column.name!r}: {note}", warnings)
+        if not (job.role and SHORT_WINDOW in note):  # a fold's short test window: the family says it once
+            warn(f"column {column.name!r}: {note}", warnings)
     segments = split_metrics(column, req, periods) if req.oos else None
     if segments:
         values.update(segments.metrics)
     breakdown = period_breakdown(column, periods, frequency, req.compounded, req.rf, req.windows, warnings)
     if breakdown:
         values.update(breakdown.metrics)
-    metrics, undefined = split_defined(values)
+    plain, undefined = split_defined(values)  # the description's names; logged with the job's prefix
+    metrics = {**{job.prefix + k: v for k, v in plain.items()}, **split_defined(job.extra)[0]}
+    undefined = [job.prefix + k for k in undefined] + split_defined(job.extra)[1]
     settings = {
         "rf": req.rf,
         "periods_per_year": periods,
         "compounded": req.compounded,
         "returns_kind": "prices" if req.prices else "percent" if req.percent else "returns",
     }
-    fp = fingerprint(column, {**settings, **fingerprinted_settings(req)}, req.params)
+    fp = fingerprint(column, {**settings, **fingerprinted_settings(req)}, {**req.params, **job.params})
     n = len(column.returns)
     start, end = bar_time(column, 0) or "bar 0", bar_time(column, n - 1) or f"bar {n - 1}"
     params = dict(req.params)
@@ -3908,6 +4222,7 @@ def prepare_column(job: Job, req: Request) -> Prepared:
         params["benchmark_column"] = str(column.benchmark_info["column"])
     if segments:
         params.update(segments.params)
+    params.update(job.params)
     summary = {
         "source": req.returns_path.name,
         "column": column.name,
@@ -3919,12 +4234,13 @@ def prepare_column(job: Job, req: Request) -> Prepared:
         "rf": req.rf,
         "compounded": req.compounded,
         "benchmark": req.benchmark_path.name if req.benchmark_path else None,
-        "metrics": metrics,
+        "metrics": plain,
         "undefined_metrics": undefined,
+        "role": job.role,
         "segments": segments.params if segments else None,
         "periods": breakdown.summary if breakdown else None,
     }
-    histories = histories_of(column, req)
+    histories = histories_of(column, req, frequency)
     if breakdown:
         histories = replace(histories, year_return=breakdown.year_points)
     job.folder.mkdir(parents=True, exist_ok=True)
@@ -3958,7 +4274,7 @@ def draw_tearsheet(job: Job, req: Request) -> str | None:
     note = None
     if req.tearsheet:
         import_quantstats(req)
-        periods = periods_of(job.column, req)[0]
+        periods = job_periods(job, req)[0]
         note = write_tearsheet(
             job.column, job.folder / "tearsheet.html", req.rf, periods, req.compounded, job.run_name
         )
@@ -3976,7 +4292,7 @@ def figures_drawn(req: Request) -> str:
 def progress(job: Job, text: str) -> None:
     """A sweep's progress line on stderr: [3/10] column: text."""
     if job.of > 1:
-        print(f"[{job.position + 1}/{job.of}] {job.column.name}: {text}", file=sys.stderr)
+        print(f"[{job.position + 1}/{job.of}] {job.run_name}: {text}", file=sys.stderr)
 
 
 def each_column(work, jobs: list[Job], req: Request, done: str) -> list:
@@ -4323,7 +4639,7 @@ def write_run(
     artifacts are logged (a worker draws it meanwhile); if it fails, the run is FAILED and deleted."""
     import contextlib
 
-    from mlflow.entities import DatasetInput, InputTag, Metric, Param
+    from mlflow.entities import DatasetInput, InputTag
 
     tags = dict(prep.tags)
     if parent_id:
@@ -4333,25 +4649,7 @@ def write_run(
     run_id = run.info.run_id
     discard, warnings = False, []
     try:
-        now = int(time.time() * 1000)
-        h = prep.histories
-        points = [
-            Metric(key, value, ts, step)
-            for key, series in (("equity", h.equity), ("drawdown", h.drawdown))
-            for step, ts, value in zip(h.steps.tolist(), h.timestamps.tolist(), series.tolist(), strict=True)
-        ] + [Metric("year_return", value, ts, year) for year, ts, value in h.year_return]
-        params = [Param(k, v) for k, v in prep.params.items()]
-        entries = [Metric(k, v, now, 0) for k, v in prep.metrics.items()] + points
-        # The largest batches a store accepts (BATCH_ENTRIES, params first), as MlflowClient would split one
-        # call; every batch is a transaction in a SQL store and a request to a server. Split here, a signal
-        # stops the writes after the batch it came in, not after thousands of history points.
-        first = max(BATCH_ENTRIES - len(params), 0)
-        batches = [entries[:first]] + [
-            entries[i : i + BATCH_ENTRIES] for i in range(first, len(entries), BATCH_ENTRIES)
-        ]
-        for number, batch in enumerate(batches):
-            stop_point()
-            client.log_batch(run_id, metrics=batch, params=params if number == 0 else [])
+        log_entries(client, run_id, prep.metrics, prep.params, prep.histories)
         stop_point()
         log_dataset(
             client,
@@ -4378,6 +4676,38 @@ def write_run(
         raise
     artifacts = artifact_names(prep.folder)  # metrics.json, returns.*, tearsheet.html, code/...
     return Outcome(run_id, prep.run_name, artifacts=artifacts, warnings=warnings)
+
+
+def log_entries(
+    client, run_id: str, metrics: dict[str, float], params: dict[str, str], histories: Histories | None,
+    tags: dict[str, str] | None = None,
+) -> None:  # fmt: skip
+    """A run's metrics, params, tags and histories in the largest batches a store accepts (BATCH_ENTRIES,
+    params and tags in the first), as MlflowClient would split one call; every batch is a transaction in a
+    SQL store and a request to a server. Split here, a signal stops the writes after the batch it came in,
+    not after thousands of history points."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(time.time() * 1000)
+    entries = [Metric(k, v, now, 0) for k, v in metrics.items()]
+    if histories is not None:
+        h = histories
+        entries += [
+            Metric(key, value, ts, step)
+            for key, series in (("equity", h.equity), ("drawdown", h.drawdown))
+            for step, ts, value in zip(h.steps.tolist(), h.timestamps.tolist(), series.tolist(), strict=True)
+        ] + [Metric("year_return", value, ts, year) for year, ts, value in h.year_return]
+    head = [Param(k, v) for k, v in params.items()]
+    labels = [RunTag(k, v) for k, v in (tags or {}).items()]
+    first = max(BATCH_ENTRIES - len(head) - len(labels), 0)
+    batches = [entries[:first]] + [
+        entries[i : i + BATCH_ENTRIES] for i in range(first, len(entries), BATCH_ENTRIES)
+    ]
+    for number, batch in enumerate(batches):
+        stop_point()
+        client.log_batch(
+            run_id, metrics=batch, params=head if number == 0 else [], tags=labels if number == 0 else []
+        )
 
 
 def write_children(
@@ -4442,8 +4772,13 @@ def column_output(prep: Prepared, outcome: Outcome, req: Request, experiment_id,
     """The output object of one column's run (a sweep lists one per child, key metrics only)."""
     metrics = outcome.stored.ordered(prep.metrics) if outcome.stored else prep.metrics
     undefined = outcome.stored.undefined if outcome.stored else prep.undefined
-    if key_only:
-        metrics = {k: metrics[k] for k in KEY_METRICS + ("alpha", "beta") if k in metrics}
+    if key_only:  # with --oos-start also each side's values (is_<name>, oos_<name>)
+        shown = (
+            KEY_METRICS
+            + ("alpha", "beta")
+            + tuple(f"{side}{k}" for side in ("is_", "oos_") for k in SPLIT_METRICS)
+        )
+        metrics = {k: metrics[k] for k in shown if k in metrics}
     out = {
         **where_logged(outcome, experiment_id, req),
         "column": prep.column,
@@ -4466,6 +4801,14 @@ def column_output(prep: Prepared, outcome: Outcome, req: Request, experiment_id,
 
 def table_rows(data: dict) -> list[dict] | dict:
     """What a person at a terminal sees: key metrics, one row per run."""
+    if "folds" in data:  # a walk-forward: one row per fold
+        return [
+            {"fold": f["fold"], "run_id": f["run_id"] or "(dry run)", "test": f"{f['test_start']} - {f['test_end']}",
+             "chosen": f["chosen_column"], "is_sharpe": fmt_value("sharpe", f["is_sharpe"]),
+             **{name: fmt_value(name, f["metrics"].get(f"oos_{name}")) for name in ("sharpe", "total_return", "max_drawdown")},
+             "oos_rank": f["oos_rank"]}
+            for f in data["folds"]
+        ]  # fmt: skip
     runs = data.get("runs") or [data]
     rows = []
     for run in runs:
@@ -4483,7 +4826,7 @@ def build_parser() -> CliParser:
     parser = CliParser(
         prog="log_backtest.py",
         description="Log a backtest's returns to MLflow: every QuantStats metric, equity/drawdown curves, "
-        "dataset, tearsheet and description in one run; several columns make a sweep.",
+        "dataset, tearsheet and description in one run; several columns make a sweep; --walk-forward folds.",
         epilog=f"{EXIT_CODES_HELP}\n  129  hung up (SIGHUP: a closed terminal or ssh session)\n  143  terminated (SIGTERM)\n"
         "  at 129, 130 or 143 the run being written is FAILED (a sweep's unfinished children too); a signal once "
         "the run is FINISHED: exit 0 and its output",
@@ -4544,6 +4887,20 @@ def build_parser() -> CliParser:
     search.add_argument("--pbo-splits", type=int, default=DEFAULT_PBO_SPLITS, metavar="S",
                         help=f"a sweep's PBO: S equal blocks of bars, every half/half combination "
                         f"(default {DEFAULT_PBO_SPLITS}: 12,870 combinations)")  # fmt: skip
+    walk = parser.add_argument_group("walk-forward (references/walk-forward.md)")
+    walk.add_argument("--walk-forward", action="store_true",
+                      help="folds: choose the best column (--best-by) on each training window, trade it on the "
+                      "next test window, roll on; one child run per fold, the stitched test windows on the parent")  # fmt: skip
+    walk.add_argument(
+        "--train", metavar="DURATION", help="training window: Ny, Nm, Nw, Nd (calendar) or N (bars)"
+    )
+    walk.add_argument("--test", metavar="DURATION", help="test window, same units")
+    walk.add_argument(
+        "--step", metavar="DURATION", help="roll forward by this much (default: --test; >= --test)"
+    )
+    walk.add_argument("--embargo", metavar="DURATION",
+                      help="gap between a training and its test window, in neither (default 0)")  # fmt: skip
+    walk.add_argument("--anchored", action="store_true", help="every training window starts at the first bar")
     execution = parser.add_argument_group("execution and output")
     execution.add_argument(
         "--no-tearsheet",
@@ -4730,7 +5087,7 @@ class SingleRun(Family):
     """One column, one run: its metrics prepared in one worker and its tearsheet drawn in another while this
     process imports mlflow; write_run awaits the tearsheet after the metrics land."""
 
-    drawing: object  # a future of draw_tearsheet, None without a tearsheet
+    drawing: object  # a future of draw_tearsheet (the tearsheet and the heatmap), None in a dry run
 
     has_parent: ClassVar[bool] = False
 
@@ -4739,7 +5096,8 @@ class SingleRun(Family):
         return min(cores, 1 + req.tearsheet)
 
     @classmethod
-    def start(cls, jobs: list[Job], req: Request, pool, tmp: Path) -> Callable[[], Family]:
+    def start(cls, plan: Plan, req: Request, pool, tmp: Path) -> Callable[[], Family]:
+        jobs = plan.jobs
         [job] = jobs
         prepared = pool.submit(prepare_column, job, req)
         drawing = None if req.dry_run else pool.submit(draw_tearsheet, job, req)  # the heatmap, at least
@@ -4773,7 +5131,8 @@ class Sweep(Family):
     noun: ClassVar[str] = "sweep"
 
     @classmethod
-    def start(cls, jobs: list[Job], req: Request, pool, tmp: Path) -> Callable[[], Family]:
+    def start(cls, plan: Plan, req: Request, pool, tmp: Path) -> Callable[[], Family]:
+        jobs = plan.jobs
         shares = share_out(jobs, pool.processes)
         prepared = [pool.submit(each_column, prepare_column, share, req, "prepared") for share in shares[1:]]
         # the workers draw their shares' figures; without tearsheets (only heatmaps) this process's share too
@@ -4892,10 +5251,270 @@ class Sweep(Family):
         }
 
 
-def share_out(jobs: list[Job], processes: int) -> list[list[Job]]:
-    """Columns dealt round-robin to this process and each worker."""
+# ---- a walk-forward: a parent run (the stitched out-of-sample series) with one child per fold -------------------
+WALK_FORWARD_TAG = "backtest.walk_forward"
+FOLD_SUMMARY = ("sharpe", "cagr", "total_return", "max_drawdown", "volatility")  # per fold in folds.csv
+
+
+@dataclass(frozen=True)
+class WalkForward(Family):
+    """The folds prepared like a sweep's columns (each process its share; no tearsheet per fold) while the
+    stitched series is prepared, its tearsheet and walk_forward.png drawn by the pool. The parent IS the
+    strategy traded out of sample: its metrics (oos_<name>), equity and drawdown are the stitched series'."""
+
+    plan: WalkForwardPlan
+    stitched: Prepared  # the stitched out-of-sample series, prepared into the parent's folder
+    summary: dict[str, float]  # is_sharpe, wf_efficiency, n_folds, positive_fold_share, pick_stability
+    drawing: object  # a future of the stitched series' figures: tearsheet, heatmap (None in a dry run)
+    figure: object  # a future of walk_forward.png (None in a dry run)
+
+    noun: ClassVar[str] = "walk-forward"
+
+    @classmethod
+    def start(cls, plan: Plan, req: Request, pool, tmp: Path) -> Callable[[], Family]:
+        wf = plan.walk_forward
+        shares = share_out(plan.jobs, pool.processes, "walk-forward")
+        prepared = [pool.submit(each_column, prepare_column, share, req, "prepared") for share in shares[1:]]
+        if not req.dry_run:
+            for _ in shares[1:]:
+                pool.submit(import_mlflow)
+        name = req.run_name or req.returns_path.stem
+        parent_job = Job(-1, 1, wf.stitched, name, tmp / "parent", prefix="oos_", periods=wf.periods)
+        stitching = pool.submit(prepare_column, parent_job, req)
+        drawing = None if req.dry_run else pool.submit(draw_tearsheet, parent_job, req)  # heatmap at least
+        figure = None if req.dry_run else pool.submit(draw_walk_forward_png, wf, req, tmp / "parent")
+        own = each_column(prepare_column, shares[0], req, "prepared")
+
+        def finish() -> WalkForward:
+            preps = in_job_order(shares, [own] + [awaited(future) for future in prepared])
+            stitched = awaited(stitching)
+            digest = hashlib.sha256(b"walk-forward/1\0")
+            digest.update(json.dumps({**wf.spec.settings(), "best_by": req.best_by}, sort_keys=True).encode())
+            digest.update("\n".join([stitched.fingerprint] + [p.fingerprint for p in preps]).encode())
+            return cls(
+                shares, preps, digest.hexdigest(), name, stitched.warnings + fold_warnings(preps),
+                wf, stitched, walk_forward_summary(wf, preps, stitched, req), drawing, figure,
+            )  # fmt: skip
+
+        return finish
+
+    def draw_tearsheets(self, req: Request, warnings: list[str]) -> None:
+        if self.drawing is not None:
+            note = awaited(self.drawing)  # before the parent exists: a failing report leaves nothing
+            if note:
+                warn(note, warnings)
+
+    def parent_tags(self, req: Request) -> dict[str, str]:
+        return {
+            FINGERPRINT_TAG: self.fingerprint,
+            VERSION_TAG: SKILL_VERSION,
+            WALK_FORWARD_TAG: "true",
+            "backtest.best_by": req.best_by,
+            "mlflow.source.name": "log_backtest.py",
+            "mlflow.source.type": "LOCAL",
+            DESCRIPTION_TAG: "walk-forward in progress",
+            **req.tags,
+        }
+
+    def parent_record(self, children: list[Outcome], req: Request, folder: Path) -> ParentRecord:
+        """The stitched series' metrics, params and histories, the walk-forward's summary, folds.csv."""
+        folds_csv(self.plan, self.preps, children, req, folder)
+        if self.figure is not None:
+            awaited(self.figure)
+        metrics, undefined = split_defined(self.summary)
+        params = {k: v for k, v in self.stitched.params.items() if k != "column"}
+        params.update(
+            self.plan.spec.settings(), best_by=req.best_by, oos_n_bars=str(self.stitched.n_bars),
+            columns=",".join(self.plan.columns)[:MAX_PARAM_VALUE_LENGTH],
+        )  # fmt: skip
+        return ParentRecord(
+            {**self.stitched.metrics, **metrics}, self.stitched.undefined + undefined, params,
+            {DESCRIPTION_TAG: self.description(req)}, self.stitched.histories,
+        )  # fmt: skip
+
+    def verdict(self, req: Request) -> str:
+        s, spec = self.summary, self.plan.spec
+        most = max(set(f.chosen for f in self.plan.folds), key=[f.chosen for f in self.plan.folds].count)
+        efficiency = f"efficiency {s['wf_efficiency']:.2f}" if math.isfinite(s["wf_efficiency"]) else (
+            "efficiency undefined: the in-sample Sharpe is not positive")  # fmt: skip
+        chosen = (
+            f"`{self.plan.columns[most]}` chosen in {s['pick_stability'] * 100:.0f} % of folds"
+            if len(self.plan.columns) > 1 else f"one column, `{self.plan.columns[0]}`"
+        )  # fmt: skip
+        sharpe = self.stitched.metrics.get("oos_sharpe", math.nan)
+        return (
+            f"Walk-forward {s['n_folds']:.0f} folds ({spec.train.text}/{spec.test.text}): out-of-sample Sharpe "
+            f"{sharpe:.2f} vs in-sample {s['is_sharpe']:.2f} ({efficiency}); {chosen}"
+        ).replace("nan", "undefined")
+
+    def description(self, req: Request) -> str:
+        """The verdict first (the UI shows two lines), the stitched series' headline, then the folds."""
+        spec = self.plan.spec
+        lines = [self.verdict(req), ""]
+        if req.description:
+            lines += [req.description.strip(), ""]
+        lines += [
+            f"**Stitched out-of-sample** ({self.stitched.n_bars} bars): {headline(self.stitched.summary['metrics'])}",
+            "",
+            f"**Walk-forward** of {len(self.plan.columns)} column(s) of `{req.returns_path.name}`: train "
+            f"{spec.train.text}, test {spec.test.text}, step {spec.step.text}, embargo {spec.embargo.text}"
+            f"{', anchored' if spec.anchored else ', rolling'}; each fold chooses by in-sample {req.best_by}",
+            "",
+            *periods_markdown(self.stitched.summary.get("periods")),
+            "",
+        ]
+        for fold, prep in list(zip(self.plan.folds, self.preps, strict=True))[:DESCRIPTION_MAX_FOLDS]:
+            lines.append(
+                f"- fold {fold.number} {fold.labels['test_start']} to {fold.labels['test_end']}: "
+                f"`{self.plan.columns[fold.chosen]}` · {headline(prep.summary['metrics'])}"
+            )
+        if len(self.plan.folds) > DESCRIPTION_MAX_FOLDS:
+            lines.append(f"- … {len(self.plan.folds) - DESCRIPTION_MAX_FOLDS} more folds in `folds.csv`")
+        lines += [
+            "",
+            f"Logged by {SKILL_NAME} log_backtest.py {SKILL_VERSION}; every fold in `folds.csv`, the stitched series' "
+            "metrics in `metrics.json`.",
+        ]
+        return "\n".join(lines)[:MAX_TAG_VALUE_LENGTH]
+
+    def output(self, parent: Outcome | None, children: list[Outcome], experiment_id, req: Request) -> dict:
+        where = where_logged(parent, experiment_id, req)
+        metrics, undefined = split_defined(self.summary)
+        metrics, undefined = {**self.stitched.metrics, **metrics}, self.stitched.undefined + undefined
+        if parent.stored:  # found already logged: what the store holds
+            metrics, undefined = parent.stored.ordered(metrics), parent.stored.undefined
+        return {
+            "parent_run_id": where.pop("run_id"),
+            "parent_run_name": where.pop("run_name"),
+            **where,
+            "walk_forward": {
+                **self.plan.spec.settings(), "anchored": self.plan.spec.anchored, "best_by": req.best_by,
+                "columns": self.plan.columns,
+            },  # fmt: skip
+            "n_folds": len(self.plan.folds),
+            **{name: defined(metrics.get(name)) for name in ("oos_sharpe", "is_sharpe", "wf_efficiency")},
+            "verdict": self.verdict(req).replace("`", ""),
+            "metrics": metrics,
+            "undefined_metrics": undefined,
+            "periods_per_year": self.stitched.periods,
+            "git": git_summary(req.tags),
+            "fingerprint": self.fingerprint,
+            "artifacts": parent.artifacts,
+            "folds": [fold_output(f, p, child, self.plan) for f, p, child in
+                      zip(self.plan.folds, self.preps, children, strict=True)],
+        }  # fmt: skip
+
+
+DESCRIPTION_MAX_FOLDS = 24  # more: the description points to folds.csv
+
+
+def fold_warnings(preps: list[Prepared]) -> list[str]:
+    """The folds' warnings; the one a test window under a year gives (prepare_column leaves it out), once."""
+    notes = [w for p in preps for w in p.warnings]
+    short = sum(p.n_bars < p.periods for p in preps)
+    if short:
+        warn(
+            f"{short} of {len(preps)} test windows are under a year: each fold's annualised metrics "
+            "extrapolate; the stitched series (the parent's oos_ metrics) is the number to judge",
+            notes,
+        )
+    return notes
+
+
+def walk_forward_summary(
+    wf: WalkForwardPlan, preps: list[Prepared], stitched: Prepared, req: Request
+) -> dict:
+    """The parent's own metrics: is_sharpe (and is_<best_by>) the mean over folds of the chosen column's
+    training value, wf_efficiency = oos_sharpe / is_sharpe (undefined unless is_sharpe > 0), n_folds, the
+    share of folds with a positive out-of-sample total return, and pick stability (the share of folds that
+    chose the most-chosen column)."""
+    import numpy as np
+
+    names = {"is_sharpe", f"is_{req.best_by}"}
+    summary = {name: float(np.mean([f.in_sample[name] for f in wf.folds])) for name in sorted(names)}
+    oos, ins = stitched.metrics.get("oos_sharpe", math.nan), summary["is_sharpe"]
+    summary["wf_efficiency"] = oos / ins if ins > 0 and math.isfinite(oos) else math.nan
+    summary["n_folds"] = float(len(wf.folds))
+    totals = [p.metrics.get("oos_total_return", math.nan) for p in preps]
+    summary["positive_fold_share"] = float(np.mean([t > 0 for t in totals]))
+    picks = [f.chosen for f in wf.folds]
+    summary["pick_stability"] = max(picks.count(c) for c in set(picks)) / len(picks)
+    return summary
+
+
+def fold_output(fold: Fold, prep: Prepared, child: Outcome, wf: WalkForwardPlan) -> dict:
+    metrics = child.stored.metrics if child.stored else prep.metrics
+    return {
+        "fold": fold.number, "run_id": child.run_id, "run_name": prep.run_name, **fold.labels,
+        "chosen_column": wf.columns[fold.chosen], **{k: defined(v) for k, v in fold.in_sample.items()},
+        "n_train_bars": fold.n_train_bars, "n_test_bars": fold.n_test_bars, "partial": fold.partial,
+        "oos_rank": fold.oos_rank,
+        "metrics": {f"oos_{k}": metrics[f"oos_{k}"] for k in KEY_METRICS if f"oos_{k}" in metrics},
+    }  # fmt: skip
+
+
+def folds_csv(
+    wf: WalkForwardPlan, preps: list[Prepared], children: list[Outcome], req: Request, folder: Path
+) -> str:
+    import csv
+
+    path = folder / "folds.csv"
+    chosen_by = f"is_{req.best_by}"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["fold", "train_start", "train_end", "test_start", "test_end", "n_train_bars", "n_test_bars",
+             "partial", "chosen_column", chosen_by, *[f"oos_{k}" for k in FOLD_SUMMARY], "oos_rank", "run_id"]
+        )  # fmt: skip
+        for fold, prep, child in zip(wf.folds, preps, children, strict=True):
+            value = fold.in_sample[chosen_by]
+            writer.writerow(
+                [fold.number, *fold.labels.values(), fold.n_train_bars, fold.n_test_bars, str(fold.partial).lower(),
+                 wf.columns[fold.chosen], repr(value) if math.isfinite(value) else "",
+                 *[repr(prep.metrics[f"oos_{k}"]) if f"oos_{k}" in prep.metrics else "" for k in FOLD_SUMMARY],
+                 fold.oos_rank, child.run_id or ""]
+            )  # fmt: skip
+    return path.name
+
+
+def draw_walk_forward_png(wf: WalkForwardPlan, req: Request, folder: Path) -> str:
+    """walk_forward.png: the stitched out-of-sample equity with the folds' test starts, and each fold's
+    in-sample vs out-of-sample --best-by value of the chosen column."""
+    import logging
+
+    import numpy as np
+
+    logging.getLogger("matplotlib").setLevel(logging.ERROR)
+    from matplotlib.figure import Figure
+
+    folder.mkdir(parents=True, exist_ok=True)
+    equity, _ = equity_and_drawdown(wf.stitched.returns, req.compounded)
+    figure = Figure(figsize=(10, 7), layout="constrained")
+    top, bottom = figure.subplots(2, 1, height_ratios=(3, 2))
+    x = wf.stitched.returns.index if wf.stitched.has_timestamps else np.arange(len(equity))
+    top.plot(x, equity, color="#1f77b4", linewidth=1.2)
+    starts = np.cumsum([0] + [f.n_test_bars for f in wf.folds[:-1]])
+    for start in starts:
+        top.axvline(x[min(start, len(x) - 1)], color="#999999", linewidth=0.5, alpha=0.6)
+    top.set_title(f"Walk-forward: stitched out-of-sample equity, {len(wf.folds)} folds (grey: fold starts)")
+    top.set_ylabel("growth of 1")
+    numbers = np.arange(len(wf.folds))
+    bottom.bar(
+        numbers - 0.2, [f.in_sample[f"is_{req.best_by}"] for f in wf.folds], 0.4, label="in-sample (chosen)"
+    )
+    bottom.bar(numbers + 0.2, [f.oos_value for f in wf.folds], 0.4, label="out-of-sample")
+    bottom.axhline(0, color="black", linewidth=0.6)
+    bottom.set_xlabel("fold")
+    bottom.set_ylabel(req.best_by)
+    bottom.legend(loc="best", fontsize="small")
+    figure.savefig(folder / "walk_forward.png", dpi=100)
+    return "walk_forward.png"
+
+
+def share_out(jobs: list[Job], processes: int, kind: str = "sweep") -> list[list[Job]]:
+    """Children (a sweep's columns, a walk-forward's folds) dealt round-robin to this process and each worker."""
     if processes:
-        print(f"[sweep] {len(jobs)} columns: {len(jobs[::processes + 1])} in this process, "
+        print(f"[{kind}] {len(jobs)} runs: {len(jobs[::processes + 1])} in this process, "
               f"{len(jobs) - len(jobs[::processes + 1])} in {processes} helper process"
               f"{'es' if processes > 1 else ''}", file=sys.stderr)  # fmt: skip
     return [jobs[w :: processes + 1] for w in range(processes + 1)]

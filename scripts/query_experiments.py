@@ -577,7 +577,10 @@ WALK_FORWARD_METRICS = tuple(f"oos_{name}" for name in KEY_METRICS) + (
     "is_sharpe",
     "wf_efficiency",
     "n_folds",
+    "positive_fold_share",
+    "pick_stability",
 )
+FOLD_METRICS = tuple(f"oos_{name}" for name in KEY_METRICS) + ("is_sharpe",)  # a fold: its test window
 AGGREGATES = ("mean", "median", "min", "max", "std", "sum", "count")
 DEFAULT_AGGREGATES = "mean,median,max,count"
 
@@ -732,9 +735,14 @@ def select(values: dict, keys: list[str] | None, default_keys=None) -> dict:
     return {k: values.get(k) for k in keys}
 
 
-def walk_forward_keys(tags: dict) -> tuple[str, ...]:
-    """The out-of-sample metrics shown for a walk-forward parent; () for any other run."""
-    return WALK_FORWARD_METRICS if tags.get(WALK_FORWARD_TAG) == "true" else ()
+def walk_forward_keys(tags: dict, params: dict | None = None) -> tuple[str, ...]:
+    """The out-of-sample metrics shown for a walk-forward parent and for its folds (param fold, a parent:
+    their metrics are their test window's, oos_<name>); () for any other run."""
+    if tags.get(WALK_FORWARD_TAG) == "true":
+        return WALK_FORWARD_METRICS
+    if params and FOLD_PARAM in params and PARENT_TAG in tags:
+        return FOLD_METRICS
+    return ()
 
 
 def metric_direction(name: str) -> str | None:
@@ -760,7 +768,8 @@ def run_record(run, columns: dict | None = None, all_columns: bool = False) -> d
         params = select(data.params, columns["params"])
         shown_tags = select(tags, columns["tags"])
     else:
-        metrics = select(data.metrics, None, KEY_METRICS + walk_forward_keys(tags))
+        keys = walk_forward_keys(tags, data.params)
+        metrics = select(data.metrics, None, (KEY_METRICS if keys is not FOLD_METRICS else ()) + keys)
         params = dict(sorted(data.params.items()))
         # log_backtest's bookkeeping tags (fingerprint, skill version, undefined metrics) stay out of the
         # default listing: they cost ~200 characters a run. --all-columns, --columns tags.* and `run` show them.
@@ -856,7 +865,9 @@ def compare_runs(runs: list[dict], metric_names: list[str] | None) -> dict:
     """runs: [{run_id, run_name, experiment_id, status, metrics, params}] -> the compare object."""
     all_metrics = list(dict.fromkeys(k for r in runs for k in sorted(r["metrics"])))
     if metric_names is None:
-        shown = KEY_METRICS + tuple(k for r in runs for k in walk_forward_keys(r.get("tags", {})))
+        shown = KEY_METRICS + tuple(
+            k for r in runs for k in walk_forward_keys(r.get("tags", {}), r.get("params"))
+        )
         metric_names = [m for m in dict.fromkeys(shown) if m in all_metrics] or all_metrics
     elif metric_names == ["all"]:
         metric_names = [m for m in KEY_METRICS if m in all_metrics] + sorted(

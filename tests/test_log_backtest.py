@@ -694,6 +694,7 @@ def test_sweep_in_helper_processes_logs_what_one_process_logs(
 ):
     """The CLI splits a sweep's columns across processes (one per core); main() called in a process that
     already imported mlflow does all of it itself. Both must log the same runs."""
+    monkeypatch.chdir(sweep["folder"])  # where the CLI ran: the code version (git) is in the fingerprint
     if (os.cpu_count() or 1) > 1:
         assert "in 1 helper process" in sweep["result"].stderr, sweep["result"].stderr
     server = client_for(sweep["env"])

@@ -325,7 +325,7 @@ BARS = 2500  # every bar a history point (--max-history-points 4000): a complete
 
 @dataclass(frozen=True)
 class Try:
-    kind: str  # "single" (one column) or "sweep" (4 columns)
+    kind: str  # "single" (one column), "sweep" (4 columns) or "walk-forward" (4 columns, 8 folds)
     moment: str  # "early" (before any run exists), "writing" (after the first run appears), "finished"
     group: bool  # the signal to the whole process group (Ctrl-C at a terminal) or to the script alone
     delay: float  # seconds after the moment
@@ -340,6 +340,8 @@ def signalled_log(folder: Path, store: Path, attempt: Try, signum: int, seed: in
     experiment = folder.name
     args = ["--returns", "returns.csv", "--no-tearsheet", "--max-history-points", "4000", "--experiment",
             experiment]  # fmt: skip
+    if attempt.kind == "walk-forward":
+        args += ["--walk-forward", "--train", "500", "--test", "250"]
     command = [require_tool("uv"), "run", "--quiet", str(SCRIPTS / "log_backtest.py"), *args]
     process = subprocess.Popen(
         command, cwd=folder, env=clean_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -464,6 +466,28 @@ def test_a_signal_at_any_moment_leaves_no_running_run_nor_worker_nor_folder(tmp_
         outcomes.append((attempt, result.returncode))
     print(outcomes)
     assert any(code != 0 for _, code in outcomes)  # the signals did stop work
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: signal.Signals(s).name)
+def test_a_signalled_walk_forward_leaves_no_running_fold(tmp_path, signum):
+    """A walk-forward signalled while its folds are written (to the script or its group, seeded): its parent
+    FAILED and no fold RUNNING, or, when the signal came after FINISHED, every fold FINISHED and exit 0."""
+    rng = np.random.default_rng(int(signum) + 22)
+    store, folder = tmp_path / "mlflow.db", tmp_path / "try"
+    folder.mkdir()
+    attempt = Try("walk-forward", "writing", group=bool(rng.integers(2)), delay=float(rng.uniform(0, 0.5)))
+    result, experiment = signalled_log(folder, store, attempt, signum, seed=int(signum))
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert store_rows(store, "SELECT run_uuid FROM runs WHERE status = 'RUNNING'") == []
+    assert list((folder / "tmp").glob("log_backtest-*")) == []
+    tops, children = family_of(store, experiment)
+    print(attempt, result.returncode, tops, [c[1] for c in children])
+    assert len(tops) == 1, tops
+    if result.returncode == 0:
+        assert tops[0][1] == "FINISHED" and [c[1] for c in children] == ["FINISHED"] * 8, (tops, children)
+    else:
+        assert result.returncode == SIGNAL_EXITS[signum][0], result.stderr[-1500:]
+        assert tops[0][1] == "FAILED" and {c[1] for c in children} <= {"FINISHED", "FAILED"}, (tops, children)
 
 
 def test_a_live_runs_folder_is_kept_and_a_dead_ones_removed(scripts, tmp_path, monkeypatch):
