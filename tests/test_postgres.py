@@ -17,6 +17,7 @@ import re
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import harness
 import numpy as np
@@ -382,3 +383,68 @@ def test_s3_without_credentials_is_exit_4_before_any_run(s3, s3_server, tmp_path
     created = client.get_experiment_by_name(experiment)
     assert created is None or client.search_runs([created.experiment_id]) == []  # nothing half-written
     assert re.search(r"s3://team-artifacts/mlflow/\d+", result.stderr)
+
+
+def pg_rows(uri: str, run_id: str) -> dict[str, int]:
+    """Rows of a run in MLflow's tables (the ones its foreign keys name, mlflow #13254), read with psycopg."""
+    import psycopg
+
+    tables = (("runs", "run_uuid"), ("metrics", "run_uuid"), ("latest_metrics", "run_uuid"),
+              ("params", "run_uuid"), ("tags", "run_uuid"), ("inputs", "destination_id"))  # fmt: skip
+    with psycopg.connect(uri) as connection:
+        return {
+            table: connection.execute(
+                f"SELECT COUNT(*) FROM {table} WHERE {column} = %s", (run_id,)
+            ).fetchone()[0]
+            for table, column in tables
+        }
+
+
+def test_purge_on_postgresql_removes_exactly_the_selected_runs(postgres, query, tmp_path):
+    """Issue 24: `delete --purge --yes` on a PostgreSQL store removes the chosen run's rows (metrics, params,
+    tags, a dataset input: the foreign keys `mlflow gc` trips over) and artifacts, and nothing else: not
+    another deleted run, not a deleted experiment, not a live run."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Dataset, DatasetInput
+
+    uri = postgres.create_database("mlflow_purge")
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("purge", artifact_location=(tmp_path / "artifacts").as_uri())
+    runs = {}
+    for name in ("chosen", "deleted-other", "live"):
+        run_id = client.create_run(experiment, run_name=name).info.run_id
+        for step, value in enumerate((0.1, 0.2, 0.3)):
+            client.log_metric(run_id, "sharpe", value, step=step)
+        client.log_param(run_id, "lookback", "20")
+        client.set_tag(run_id, "backtest.fingerprint", f"fp-{name}")
+        client.log_inputs(
+            run_id, [DatasetInput(Dataset(f"returns-{name}", f"dg-{name}", "local", "file:///r"), [])]
+        )
+        (tmp_path / f"{name}.txt").write_text(name)
+        client.log_artifact(run_id, str(tmp_path / f"{name}.txt"))
+        client.set_terminated(run_id, "FINISHED")
+        runs[name] = run_id
+    client.delete_run(runs["deleted-other"])
+    other = client.create_experiment("deleted-experiment", artifact_location=(tmp_path / "other").as_uri())
+    kept = client.create_run(other, run_name="kept").info.run_id
+    client.delete_experiment(other)
+    artifacts = Path(client.get_run(runs["chosen"]).info.artifact_uri[len("file://") :])
+    assert (artifacts / "chosen.txt").exists()
+    env = {"MLFLOW_TRACKING_URI": uri}
+    others = {run_id: pg_rows(uri, run_id) for run_id in (runs["deleted-other"], runs["live"], kept)}
+    assert others[runs["live"]]["metrics"] == 3 and others[runs["live"]]["inputs"] == 1
+
+    code, out, err = query(env, "delete", "--run-id", runs["chosen"], "--purge")  # a dry run first
+    assert code == 0 and json.loads(out)["dry_run"] is True, err
+    assert set(pg_rows(uri, runs["chosen"]).values()) != {0} and artifacts.exists()
+    code, out, err = query(env, "delete", "--run-id", runs["chosen"], "--purge", "--yes")
+    assert code == 0, err
+    assert json.loads(out)["purged"] == 1
+    assert set(pg_rows(uri, runs["chosen"]).values()) == {0}
+    assert not artifacts.exists()
+    assert {run_id: pg_rows(uri, run_id) for run_id in others} == others  # the others: every row kept
+    assert client.get_run(runs["deleted-other"]).info.lifecycle_stage == "deleted"
+    assert client.get_run(runs["live"]).info.lifecycle_stage == "active"
+    assert client.get_experiment(other).lifecycle_stage == "deleted"
+    code, _, err = query(env, "run", "--run-id", runs["chosen"])
+    assert code == 3, err
