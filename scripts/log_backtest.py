@@ -610,6 +610,19 @@ class Family:
         """The parent's tags when it is created (its description follows once the children are logged)."""
         raise NotImplementedError
 
+    def created_parent_tags(self, req: Request, kind: dict[str, str]) -> dict[str, str]:
+        """What every kind's parent is created with: ours, the kind's (`kind`), a placeholder description,
+        the user's."""
+        return {
+            FINGERPRINT_TAG: self.fingerprint,
+            VERSION_TAG: SKILL_VERSION,
+            **kind,
+            "mlflow.source.name": "log_backtest.py",
+            "mlflow.source.type": "LOCAL",
+            DESCRIPTION_TAG: f"{self.noun} in progress",
+            **req.tags,
+        }
+
     def parent_record(self, children: list[Outcome], req: Request, folder: Path) -> ParentRecord:
         raise NotImplementedError
 
@@ -5170,17 +5183,14 @@ class Sweep(Family):
             warn(note, warnings)
 
     def parent_tags(self, req: Request) -> dict[str, str]:
-        return {
-            FINGERPRINT_TAG: self.fingerprint,
-            VERSION_TAG: SKILL_VERSION,
-            SWEEP_TAG: "true",
-            "backtest.best_column": self.best.column,
-            "backtest.best_by": self.search.best_by,
-            "mlflow.source.name": "log_backtest.py",
-            "mlflow.source.type": "LOCAL",
-            DESCRIPTION_TAG: "sweep in progress",
-            **req.tags,
-        }
+        return self.created_parent_tags(
+            req,
+            {
+                SWEEP_TAG: "true",
+                "backtest.best_column": self.best.column,
+                "backtest.best_by": self.search.best_by,
+            },
+        )
 
     def parent_record(self, children: list[Outcome], req: Request, folder: Path) -> ParentRecord:
         """The comparison, the search statistics and the best child's tearsheet; the params all children
@@ -5305,16 +5315,7 @@ class WalkForward(Family):
                 warn(note, warnings)
 
     def parent_tags(self, req: Request) -> dict[str, str]:
-        return {
-            FINGERPRINT_TAG: self.fingerprint,
-            VERSION_TAG: SKILL_VERSION,
-            WALK_FORWARD_TAG: "true",
-            "backtest.best_by": req.best_by,
-            "mlflow.source.name": "log_backtest.py",
-            "mlflow.source.type": "LOCAL",
-            DESCRIPTION_TAG: "walk-forward in progress",
-            **req.tags,
-        }
+        return self.created_parent_tags(req, {WALK_FORWARD_TAG: "true", "backtest.best_by": req.best_by})
 
     def parent_record(self, children: list[Outcome], req: Request, folder: Path) -> ParentRecord:
         """The stitched series' metrics, params and histories, the walk-forward's summary, folds.csv."""

@@ -238,13 +238,7 @@ class MlflowServer:
         raise RuntimeError(f"mlflow server did not answer /health within {timeout}s:\n{self.log_tail()}")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_group(self.process, 15)
 
     def kill(self) -> None:
         """Die abruptly, as a crashed server does."""
@@ -305,6 +299,17 @@ class MlflowServer:
         env = self.env(user)
         os.environ.update({k: v for k, v in env.items() if k.startswith("MLFLOW_TRACKING_")})
         return MlflowClient(env["MLFLOW_TRACKING_URI"])
+
+
+def stop_group(process: subprocess.Popen | None, grace: float) -> None:
+    """End a process group the suite started: SIGTERM, then SIGKILL after `grace` seconds."""
+    if process and process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def shared_process(state: Path, start) -> dict:
@@ -423,13 +428,7 @@ class ReadmeUi:
             raise
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_group(self.process, 30)
 
 
 def shared_ui(state: Path, start) -> ReadmeUi:
