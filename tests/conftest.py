@@ -31,13 +31,20 @@ def mlflow_server(tmp_path_factory) -> MlflowServer:
         server.reader = server.create_user("reader")
         return server
 
+    yield from once_per_session(tmp_path_factory, "mlflow-server.json", start, harness.shared_server)
+
+
+def once_per_session(tmp_path_factory, state: str, start, shared):
+    """A session fixture's body for a process the suite starts once: under xdist the first worker starts it
+    and the others find it through the state file `state` (shared: harness.shared_server or shared_ui; the
+    controller stops it); without xdist start() here and stop() after the session."""
     if XDIST_WORKER:
         # the workers' temp folders are folders of the controller's (xdist: basetemp/popen-gwN)
-        yield harness.shared_server(tmp_path_factory.getbasetemp().parent / "mlflow-server.json", start)
+        yield shared(tmp_path_factory.getbasetemp().parent / state, start)
         return
-    server = start()
-    yield server
-    server.stop()
+    process = start()
+    yield process
+    process.stop()
 
 
 @pytest.fixture(scope="session")
@@ -49,12 +56,7 @@ def mlflow_ui(tmp_path_factory) -> ReadmeUi:
     def start() -> ReadmeUi:
         return ReadmeUi(tmp_path_factory.mktemp("ui")).start()
 
-    if XDIST_WORKER:
-        yield harness.shared_ui(tmp_path_factory.getbasetemp().parent / "mlflow-ui.json", start)
-        return
-    ui = start()
-    yield ui
-    ui.stop()
+    yield from once_per_session(tmp_path_factory, "mlflow-ui.json", start, harness.shared_ui)
 
 
 @pytest.fixture
