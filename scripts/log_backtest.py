@@ -3682,7 +3682,12 @@ def draw_monthly_heatmap(column: Column, req: Request, folder: Path) -> None:
         grid[years.index(int(period[:4])), int(period[5:]) - 1] = value
     finite = grid[np.isfinite(grid)]
     scale = float(np.max(np.abs(finite))) if finite.size and np.max(np.abs(finite)) > 0 else 0.01
-    figure = Figure(figsize=(9, 1.2 + 0.32 * len(years)), dpi=90)
+    height = 1.2 + 0.32 * len(years)
+    figure = Figure(figsize=(9, height), dpi=90)
+    # Fixed margins in inches (year labels left, the colorbar's labels right, title, month labels) instead of
+    # tight_layout(), which draws the whole figure once more to measure it: with its ~240 labels that was a
+    # third of the heatmap's time, paid once per sweep child (bench/RESULTS.md).
+    figure.subplots_adjust(left=0.5 / 9, right=1 - 0.65 / 9, bottom=0.3 / height, top=1 - 0.35 / height)
     ax = figure.add_subplot()
     image = ax.imshow(grid, cmap="RdYlGn", vmin=-scale, vmax=scale, aspect="auto")
     ax.set_xticks(
@@ -3698,7 +3703,6 @@ def draw_monthly_heatmap(column: Column, req: Request, folder: Path) -> None:
     figure.colorbar(image, ax=ax, fraction=0.03, pad=0.02, format=PercentFormatter(1.0)).ax.tick_params(
         labelsize=7
     )
-    figure.tight_layout()
     (folder / "periods").mkdir(parents=True, exist_ok=True)
     figure.savefig(folder / "periods" / "monthly_returns.png")
 
