@@ -3165,7 +3165,17 @@ def import_quantstats(req: Request | None = None):
         import quantstats as qs
         import quantstats.plots
         import quantstats.reports  # noqa: F401
+    qs.utils.group_returns = grouped_returns
     return qs
+
+
+def grouped_returns(returns, groupby, compounded: bool = False):
+    """quantstats.utils.group_returns, vectorised: QuantStats 0.0.86 compounds each group with
+    `groupby(...).apply(stats.comp)`, one Python call per month or year, ~3,400 calls and a fifth of its HTML
+    report's CPU for 20 years of daily bars (bench/RESULTS.md). The same product of (1 + r) per group, taken by
+    pandas in one pass (its own test: tests/test_log_backtest.py); the sum when not compounded, as there."""
+    grouped = (returns + 1 if compounded else returns).groupby(groupby)
+    return grouped.prod() - 1 if compounded else grouped.sum()
 
 
 Z05 = -1.6448536269514729  # statistics.NormalDist().inv_cdf(0.05), scipy.stats.norm.ppf(0.05)

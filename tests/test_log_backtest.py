@@ -257,6 +257,30 @@ def test_vectorised_drawdown_details_matches_quantstats(scripts, seed):
     np.testing.assert_allclose(ours["max drawdown"], theirs["max drawdown"], rtol=1e-12)
 
 
+@pytest.mark.parametrize("compounded", [True, False])
+def test_grouped_returns_is_quantstats_group_returns(scripts, compounded):
+    """The vectorised replacement the tearsheet's QuantStats uses: QuantStats 0.0.86's own definition, applied
+    group by group (comp: the product of 1 + r, less 1; or the sum), on a Series and a DataFrame, daily and
+    hourly bars, with gaps and NaNs."""
+    rng = np.random.default_rng(8)
+    for index in (
+        pd.bdate_range("2015-01-01", periods=900),
+        pd.date_range("2024-01-01", periods=3000, freq="h"),
+    ):
+        frame = pd.DataFrame(
+            rng.normal(0, 0.01, (len(index), 2)), index=index.as_unit("ns"), columns=["a", "b"]
+        )
+        frame.iloc[::37, 0] = np.nan
+        for data in (frame["a"], frame):
+            for by in (data.index.year, [data.index.year, data.index.month], data.index.strftime("%Y-%m-01")):
+                want = data.groupby(by).apply(
+                    (lambda x: (x + 1).prod(axis=0) - 1) if compounded else (lambda x: x.sum(axis=0))
+                )
+                got = scripts.log_backtest.grouped_returns(data, by, compounded)
+                pd.testing.assert_index_equal(got.index, want.index)
+                np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), rtol=1e-13, atol=1e-16)
+
+
 def test_undefined_metrics_are_nan_never_zero(scripts):
     lb = scripts.log_backtest
     rng = np.random.default_rng(7)
