@@ -4338,8 +4338,7 @@ def each_column(work, jobs: list[Job], req: Request, done: str) -> list:
 def worker_processes(req: Request, plan: Plan) -> int:
     """How many worker processes to start (0: every call runs in this process).
 
-    A single run: its metrics in one worker and its tearsheet in another while this process imports mlflow
-    and then writes. A sweep: one worker per further core, each with a share of the columns, this process
+    A single run: its figures in one worker while this process prepares, imports mlflow and writes. A sweep: one worker per further core, each with a share of the columns, this process
     with a share of its own (bench/RESULTS.md). Workers are forked: they inherit the loaded modules and
     start in milliseconds. Fork is safe only on Linux (on macOS a process that loaded system frameworks,
     as numpy does, can crash or hang in a forked child: Python defaults to spawn there); a host that imported
@@ -5111,8 +5110,10 @@ def remove_stale_folders() -> None:
 # ---- a single run: one column, no parent ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class SingleRun(Family):
-    """One column, one run: its metrics prepared in one worker and its tearsheet drawn in another while this
-    process imports mlflow; write_run awaits the tearsheet after the metrics land."""
+    """One column, one run: its figures (tearsheet, heatmap) drawn in one worker while this process prepares
+    the metrics, imports mlflow and writes; write_run awaits the figures after the metrics land. (A second
+    worker for the metrics made three busy processes on two cores, and at 1 M bars a third copy of the
+    data's pages: bench/RESULTS.md.)"""
 
     drawing: object  # a future of draw_tearsheet (the tearsheet and the heatmap), None in a dry run
 
@@ -5120,17 +5121,16 @@ class SingleRun(Family):
 
     @classmethod
     def workers(cls, req: Request, jobs: list[Job], cores: int) -> int:
-        return min(cores, 1 + req.tearsheet)
+        return 1
 
     @classmethod
     def start(cls, plan: Plan, req: Request, pool, tmp: Path) -> Callable[[], Family]:
         jobs = plan.jobs
         [job] = jobs
-        prepared = pool.submit(prepare_column, job, req)
         drawing = None if req.dry_run else pool.submit(draw_tearsheet, job, req)  # the heatmap, at least
+        prep = prepare_column(job, req)
 
         def finish() -> SingleRun:
-            prep = awaited(prepared)
             return cls([jobs], [prep], prep.fingerprint, prep.run_name, prep.warnings, drawing)
 
         return finish

@@ -797,8 +797,8 @@ def test_worker_pool_results_and_failures(scripts, capsys, processes):
 
 def test_workers_fork_only_on_linux_with_cores_to_spare(scripts, monkeypatch, tmp_path):
     """The choice of worker processes: none where fork is unsafe (not Linux), on one core, in a dry run, or
-    in a host that imported mlflow; else the metrics and the tearsheet of a single run in two, and a sweep's
-    columns shared with one worker per further core."""
+    in a host that imported mlflow; else one for a single run's figures (with or without the tearsheet: its
+    metrics are this process's), and a sweep's columns shared with one worker per further core."""
     import sys
     import types
 
@@ -810,7 +810,7 @@ def test_workers_fork_only_on_linux_with_cores_to_spare(scripts, monkeypatch, tm
     monkeypatch.delitem(sys.modules, "mlflow", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     monkeypatch.setattr(sys, "platform", "linux")
-    assert lb.worker_processes(req, one) == 2
+    assert lb.worker_processes(req, one) == 1
     assert lb.worker_processes(req, ten) == 3
     assert lb.worker_processes(dataclasses.replace(req, tearsheet=False), one) == 1
     assert lb.worker_processes(dataclasses.replace(req, dry_run=True), ten) == 0
