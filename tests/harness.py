@@ -25,6 +25,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -570,6 +571,56 @@ class Result:
 
     def json(self):
         return json.loads(self.stdout)
+
+
+@dataclass(frozen=True)
+class ProcessState:
+    """What a script's main() may change in the process that calls it, and the in-process runner restores
+    after every call: the environment (the scripts setdefault MLflow's HTTP limits, its log level and
+    MPLBACKEND), the folder, the signal handlers, sys.stdout/sys.stderr, the loggers' levels the scripts set,
+    MLflow's global tracking URI (mlflow.set_tracking_uri, which also sets MLFLOW_TRACKING_URI)."""
+
+    environ: dict[str, str]
+    cwd: str
+    handlers: dict[int, object]
+    streams: tuple
+    levels: dict[str, int]
+    tracking_uri: str | None
+
+    LOGGERS: ClassVar[tuple[str, ...]] = ("mlflow", "alembic", "urllib3", "sqlalchemy")
+
+    @classmethod
+    def now(cls) -> ProcessState:
+        import logging
+
+        from mlflow.tracking._tracking_service import utils
+
+        return cls(
+            environ=dict(os.environ),
+            cwd=os.getcwd(),
+            handlers={s: signal.getsignal(s) for s in STOP_SIGNALS},
+            streams=(sys.stdout, sys.stderr),
+            levels={name: logging.getLogger(name).level for name in cls.LOGGERS},
+            tracking_uri=utils._tracking_uri,  # private: MLflow has no getter for the unresolved value
+        )
+
+    def restore(self) -> None:
+        import logging
+
+        from mlflow.tracking._tracking_service import utils
+
+        utils._tracking_uri = self.tracking_uri
+        os.environ.clear()
+        os.environ.update(self.environ)
+        os.chdir(self.cwd)
+        for signum, handler in self.handlers.items():
+            signal.signal(signum, handler)
+        sys.stdout, sys.stderr = self.streams
+        for name, level in self.levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def run_script(

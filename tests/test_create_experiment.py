@@ -13,9 +13,9 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def test_create_then_idempotent_with_description_and_tags(client_for, store):
+def test_create_then_idempotent_with_description_and_tags(client_for, store, run_in_process):
     name = unique("momentum")
-    first = run_script(
+    first = run_in_process(
         "create_experiment",
         "--name",
         name,
@@ -38,7 +38,7 @@ def test_create_then_idempotent_with_description_and_tags(client_for, store):
         assert out["url"] is None
 
     # Second call: same experiment, not created again; new tags (JSON and KEY=VALUE) applied and reported.
-    second = run_script(
+    second = run_in_process(
         "create_experiment", "--name", name, "--tags", '{"asset_class": "equity"}', "--tag", "team=macro",
         env=store,
     )  # fmt: skip
@@ -53,17 +53,17 @@ def test_create_then_idempotent_with_description_and_tags(client_for, store):
     assert stored.tags["team"] == "macro" and stored.tags["asset_class"] == "equity"
 
 
-def test_deleted_experiment_needs_restore(client_for, store):
+def test_deleted_experiment_needs_restore(client_for, store, run_in_process):
     name = unique("deleted")
     client = client_for(store)
     experiment_id = client.create_experiment(name)
     client.delete_experiment(experiment_id)
 
-    refused = run_script("create_experiment", "--name", name, env=store)
+    refused = run_script("create_experiment", "--name", name, env=store)  # exit 3 as a process
     assert_clean_error(refused, 3, "--restore", "deleted")
     assert client.get_experiment(experiment_id).lifecycle_stage == "deleted"
 
-    restored = run_script(
+    restored = run_in_process(
         "create_experiment", "--name", name, "--restore", "--description", "back", env=store
     )
     assert restored.returncode == 0, restored.stderr

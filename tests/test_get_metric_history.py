@@ -311,12 +311,14 @@ def test_bulk_fetch_with_truncation_and_fallback_equals_the_client(server_seeded
 # ---------------------------------------------------------------- what log_backtest writes
 
 
-def test_log_backtest_equity_and_drawdown_come_back_with_the_bars_dates(tmp_path, call, client_for):
+def test_log_backtest_equity_and_drawdown_come_back_with_the_bars_dates(
+    tmp_path, call, client_for, run_in_process
+):
     """A real log_backtest run: every bar (756 < its 5,000-point cap) with its own date; equity is the growth
     of 1.0 and drawdown its distance below the running peak, computed here from the returns file."""
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     source = DATA / "example_returns.csv"
-    logged = run_script(
+    logged = run_in_process(
         "log_backtest", "--returns", str(source), "--no-tearsheet", "--experiment", "lb", env=env
     )
     assert logged.returncode == 0, logged.stderr

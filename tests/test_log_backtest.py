@@ -615,16 +615,16 @@ def test_single_histories_and_artifacts(client_for, single, tmp_path):
     assert saved.iloc[:, 0].tolist() == source.iloc[:, 0].tolist()  # dates as dates, no "+00:00"
 
 
-def test_dedupe_then_force(client_for, single):
+def test_dedupe_then_force(client_for, single, run_in_process):
     env, folder, args = single["env"], single["folder"], single["args"]
-    again = run_script("log_backtest", *args, "--no-tearsheet", env=env, cwd=folder)
+    again = run_in_process("log_backtest", *args, "--no-tearsheet", env=env, cwd=folder)
     assert again.returncode == 0, again.stderr
     out = again.json()
     assert out["deduplicated"] is True
     assert out["run_id"] == single["out"]["run_id"]
     assert out["artifacts"] == []
     assert "--force" in again.stderr
-    forced = run_script("log_backtest", *args, "--no-tearsheet", "--force", env=env, cwd=folder)
+    forced = run_in_process("log_backtest", *args, "--no-tearsheet", "--force", env=env, cwd=folder)
     assert forced.returncode == 0, forced.stderr
     assert forced.json()["deduplicated"] is False
     assert forced.json()["run_id"] != single["out"]["run_id"]

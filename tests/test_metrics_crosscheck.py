@@ -557,9 +557,9 @@ def test_benchmark_of_another_frequency_is_refused_or_resampled(scripts):
 
 
 # ---- end to end: a logged run's numbers agree with its own histories ------------------------------------------
-def test_logged_runs_max_drawdown_is_the_minimum_of_their_drawdown_history(tmp_path, local_store, client_for):
-    from harness import run_script
-
+def test_logged_runs_max_drawdown_is_the_minimum_of_their_drawdown_history(
+    tmp_path, local_store, client_for, run_in_process
+):
     values = np.zeros(300)
     values[::5] = 0.002
     values[100] = 1.0  # one +100 % bar
@@ -571,8 +571,8 @@ def test_logged_runs_max_drawdown_is_the_minimum_of_their_drawdown_history(tmp_p
     frame.to_csv(path, index=False)
     client = None
     for extra in ([], ["--simple"]):
-        result = run_script("log_backtest", "--returns", str(path), "--no-tearsheet", "--force", *extra,
-                            env=local_store)  # fmt: skip
+        result = run_in_process("log_backtest", "--returns", str(path), "--no-tearsheet", "--force", *extra,
+                                env=local_store)  # fmt: skip
         assert result.returncode == 0, result.stderr
         out = result.json()
         client = client or client_for(local_store)

@@ -291,7 +291,7 @@ def test_database_read_equals_search_runs(local_store, scripts):
         assert direct and sorted(direct, key=lambda t: t.run_id) == sorted(searched, key=lambda t: t.run_id)
 
 
-def test_deflate_reads_what_log_backtest_logged(local_store, tmp_path, query):
+def test_deflate_reads_what_log_backtest_logged(local_store, tmp_path, query, run_in_process):
     """A real 4-column sweep from log_backtest: its children are the trials, the parent is not; skew and
     (excess) kurtosis are the children's logged values."""
     rng = np.random.default_rng(5)
@@ -300,8 +300,8 @@ def test_deflate_reads_what_log_backtest_logged(local_store, tmp_path, query):
     frame.index.name = "date"
     frame.to_csv(tmp_path / "sweep.csv")
     name = f"deflate-lb-{uuid.uuid4().hex[:8]}"
-    done = run_script("log_backtest", "--returns", str(tmp_path / "sweep.csv"), "--experiment", name,
-                      "--no-tearsheet", env=local_store)  # fmt: skip
+    done = run_in_process("log_backtest", "--returns", str(tmp_path / "sweep.csv"), "--experiment", name,
+                          "--no-tearsheet", env=local_store)  # fmt: skip
     assert done.returncode == 0, done.stderr
     sweep = done.json()
     code, out, err = query(local_store, "deflate", "--experiment", name)
@@ -353,15 +353,15 @@ def sweep_frame(seed: int, columns: int = 6, bars: int = 1000) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def logged_sweep(tmp_path_factory):
+def logged_sweep(tmp_path_factory, run_in_process):
     """One real sweep in a local store, as a user runs it (the parent's statistics and artifacts)."""
     folder = tmp_path_factory.mktemp("overfit-sweep")
     frame = sweep_frame(21)
     frame.to_csv(folder / "grid.csv")
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
     name = f"sweep-{uuid.uuid4().hex[:8]}"
-    done = run_script("log_backtest", "--returns", "grid.csv", "--experiment", name, "--no-tearsheet",
-                      env=env, cwd=folder)  # fmt: skip
+    done = run_in_process("log_backtest", "--returns", "grid.csv", "--experiment", name, "--no-tearsheet",
+                          env=env, cwd=folder)  # fmt: skip
     assert done.returncode == 0, done.stderr
     return {"folder": folder, "env": env, "experiment": name, "frame": frame, "out": done.json()}
 
@@ -411,7 +411,7 @@ def test_sweep_parent_summarises_the_search(logged_sweep, scripts, query, tmp_pa
     )
 
 
-def test_best_by_follows_the_metric_direction(tmp_path):
+def test_best_by_follows_the_metric_direction(tmp_path, run_in_process):
     frame = sweep_frame(4, columns=5, bars=300)
     frame.to_csv(tmp_path / "grid.csv")
     stats_of = {
@@ -421,7 +421,7 @@ def test_best_by_follows_the_metric_direction(tmp_path):
         .idxmax(),  # closest to 0
     }
     for metric, expected in stats_of.items():
-        done = run_script(
+        done = run_in_process(
             "log_backtest", "--returns", str(tmp_path / "grid.csv"), "--dry-run", "--best-by", metric
         )
         assert done.returncode == 0, done.stderr
@@ -429,13 +429,13 @@ def test_best_by_follows_the_metric_direction(tmp_path):
         assert out["best_by"] == metric and out["best_column"] == expected, metric
 
 
-def segment_metrics(path: Path, extra: tuple[str, ...] = ()) -> dict:
-    done = run_script("log_backtest", "--returns", str(path), "--dry-run", "--no-tearsheet", *extra)
+def segment_metrics(run_in_process, path: Path, extra: tuple[str, ...] = ()) -> dict:
+    done = run_in_process("log_backtest", "--returns", str(path), "--dry-run", "--no-tearsheet", *extra)
     assert done.returncode == 0, done.stderr
     return done.json()
 
 
-def test_out_of_sample_metrics_equal_each_segment_alone(tmp_path):
+def test_out_of_sample_metrics_equal_each_segment_alone(tmp_path, run_in_process):
     """is_<m> and oos_<m> are the whole-series computation run on each segment alone (its own file)."""
     frame = sweep_frame(8, columns=1, bars=700)[["edge"]]
     frame.to_csv(tmp_path / "all.csv")
@@ -443,11 +443,11 @@ def test_out_of_sample_metrics_equal_each_segment_alone(tmp_path):
     frame.iloc[:cut].to_csv(tmp_path / "is.csv")
     frame.iloc[cut:].to_csv(tmp_path / "oos.csv")
     rf = ("--rf", "0.02")
-    split = segment_metrics(tmp_path / "all.csv", ("--oos-start", "2017-06-01", *rf))
-    whole = segment_metrics(tmp_path / "all.csv", rf)
+    split = segment_metrics(run_in_process, tmp_path / "all.csv", ("--oos-start", "2017-06-01", *rf))
+    whole = segment_metrics(run_in_process, tmp_path / "all.csv", rf)
     alone = {
-        "is_": segment_metrics(tmp_path / "is.csv", rf),
-        "oos_": segment_metrics(tmp_path / "oos.csv", rf),
+        "is_": segment_metrics(run_in_process, tmp_path / "is.csv", rf),
+        "oos_": segment_metrics(run_in_process, tmp_path / "oos.csv", rf),
     }
     names = ("sharpe", "sortino", "cagr", "volatility", "max_drawdown", "calmar", "total_return", "win_rate")
     assert {k: v for k, v in split["metrics"].items() if k in whole["metrics"]} == whole["metrics"]
@@ -458,7 +458,9 @@ def test_out_of_sample_metrics_equal_each_segment_alone(tmp_path):
                 prefix + name
             )
     # A fraction of the bars splits the same way.
-    fraction = segment_metrics(tmp_path / "all.csv", ("--oos-start", f"{cut / len(frame)}", *rf))
+    fraction = segment_metrics(
+        run_in_process, tmp_path / "all.csv", ("--oos-start", f"{cut / len(frame)}", *rf)
+    )
     assert fraction["metrics"]["oos_sharpe"] == split["metrics"]["oos_sharpe"]
 
 

@@ -743,7 +743,7 @@ def test_lockfile_pins_the_light_mlflow_client():
 
 
 @pytest.fixture(scope="module")
-def logged_sweep(tmp_path_factory):
+def logged_sweep(tmp_path_factory, run_in_process):
     """One `log_backtest.py` sweep (3 columns from tests/data/example_returns.csv) on a fresh local store."""
     root = tmp_path_factory.mktemp("qe-logged")
     rows = (ROOT / "tests" / "data" / "example_returns.csv").read_text().splitlines()[1:]
@@ -754,7 +754,7 @@ def logged_sweep(tmp_path_factory):
         lines.append(f"{date},{x},{x * 0.5 + 0.0001},{-x * 0.3 + 0.0002}")
     (root / "sweep.csv").write_text("\n".join(lines) + "\n")
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
-    result = run_script(
+    result = run_in_process(
         "log_backtest", "--returns", str(root / "sweep.csv"), "--experiment", "logged", "--no-tearsheet", env=env,
         cwd=root,
     )  # fmt: skip

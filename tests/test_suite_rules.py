@@ -95,3 +95,24 @@ def test_the_fault_test_with_a_server_of_its_own_is_marked():
 
     assert harness.starts_a_server(test)
     assert not harness.starts_a_server(harness.run_script)
+
+
+def test_in_process_runs_leave_the_test_process_as_they_found_it(run_in_process, tmp_path):
+    """run_in_process puts back what main() changes (conftest.ProcessState): the environment (the scripts
+    setdefault MLflow's HTTP limits and log level), the folder, MLflow's tracking URI, the signal handlers,
+    sys.stdout/sys.stderr; a failing call reports its exit code and one error line like a process."""
+    import signal
+
+    from mlflow.tracking._tracking_service import utils
+
+    before = (dict(os.environ), os.getcwd(), utils._tracking_uri, signal.getsignal(signal.SIGTERM))
+    streams = (sys.stdout, sys.stderr)
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    made = run_in_process("create_experiment", "--name", "restored", env=env, cwd=tmp_path)
+    assert made.returncode == 0 and made.json()["name"] == "restored", made.stderr
+    assert (tmp_path / "mlflow.db").exists()
+    refused = run_in_process("create_experiment", "--name", "", env=env, cwd=tmp_path)
+    assert refused.returncode == 2 and refused.stderr.startswith("error: "), refused.stderr
+    after = (dict(os.environ), os.getcwd(), utils._tracking_uri, signal.getsignal(signal.SIGTERM))
+    assert after == before and (sys.stdout, sys.stderr) == streams
+    assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ or "MLFLOW_HTTP_REQUEST_TIMEOUT" in before[0]
