@@ -4338,8 +4338,9 @@ def each_column(work, jobs: list[Job], req: Request, done: str) -> list:
 def worker_processes(req: Request, plan: Plan) -> int:
     """How many worker processes to start (0: every call runs in this process).
 
-    A single run: its figures in one worker while this process prepares, imports mlflow and writes. A sweep: one worker per further core, each with a share of the columns, this process
-    with a share of its own (bench/RESULTS.md). Workers are forked: they inherit the loaded modules and
+    A single run: its figures in one worker while this process prepares, imports mlflow and writes. A sweep:
+    one worker per further core, each with a share of the columns, this process with a share of its own
+    (bench/RESULTS.md). Workers are forked: they inherit the loaded modules and
     start in milliseconds. Fork is safe only on Linux (on macOS a process that loaded system frameworks,
     as numpy does, can crash or hang in a forked child: Python defaults to spawn there); a host that imported
     mlflow before calling main() must not hand its MLflow state to children; a dry run writes nothing for
