@@ -308,7 +308,27 @@ def store_lock_path(db: Path, kind: str) -> Path:
 def connect(tracking_uri: str, debug: bool = False, writes: bool = True):
     """Configure bounded HTTP retries and quiet logging, then return an MlflowClient (imports mlflow).
     A local store: read commands (writes=False) need it to exist and work when it is read-only; writes need
-    it writable (checked here, before MLflow logs pages about a read-only database)."""
+    it writable (checked here, before MLflow logs pages about a read-only database).
+
+    `import mlflow` and the SQL store's set-up add ~170,000 long-lived objects (modules, classes, SQLAlchemy's
+    mappers) to the heap. CPython's collector would sweep the growing heap three times meanwhile and then
+    again on every full collection while the run is written (0.08-0.18 s each, ~0.6 s of a 3 s log:
+    bench/RESULTS.md). So it is paused here and what exists afterwards is frozen (gc.freeze: left out of
+    later collections, still freed by reference counting); new objects are collected as usual."""
+    import gc
+
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return open_client(tracking_uri, debug, writes)
+    finally:
+        gc.freeze()
+        if collecting:
+            gc.enable()
+
+
+def open_client(tracking_uri: str, debug: bool, writes: bool):
+    """connect() without its handling of the collector."""
     local = tracking_uri.startswith("sqlite:///") and ":memory:" not in tracking_uri
     db = Path(tracking_uri[len("sqlite:///") :].split("?")[0]) if local else None
     if db is not None and not writes and not db.exists():

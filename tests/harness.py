@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gc
 import inspect
 import json
 import os
@@ -578,7 +579,9 @@ class ProcessState:
     """What a script's main() may change in the process that calls it, and the in-process runner restores
     after every call: the environment (the scripts setdefault MLflow's HTTP limits, its log level and
     MPLBACKEND), the folder, the signal handlers, sys.stdout/sys.stderr, the loggers' levels the scripts set,
-    MLflow's global tracking URI (mlflow.set_tracking_uri, which also sets MLFLOW_TRACKING_URI)."""
+    MLflow's global tracking URI (mlflow.set_tracking_uri, which also sets MLFLOW_TRACKING_URI), and the
+    objects connect() froze out of the collector (gc.freeze: a test process that kept them frozen would never
+    collect the garbage cycles alive at each call)."""
 
     environ: dict[str, str]
     cwd: str
@@ -618,6 +621,7 @@ class ProcessState:
         sys.stdout, sys.stderr = self.streams
         for name, level in self.levels.items():
             logging.getLogger(name).setLevel(level)
+        gc.unfreeze()
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

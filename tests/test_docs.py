@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from harness import DATA, OUTPUTS, ROOT, clean_env, require_tool, run_script
+from harness import DATA, OUTPUTS, ROOT, clean_env, require_tool
 
 DOC_FILES = [ROOT / "SKILL.md", ROOT / "README.md", *sorted((ROOT / "references").glob("*.md"))]
 BLOCK = re.compile(
@@ -96,8 +96,10 @@ def sample_files(folder: Path) -> None:
     )
 
 
-def seed(env: dict[str, str], folder: Path) -> dict[str, str]:
-    """The docs' world: experiment `backtests` with two runs, experiment `sweeps` with one sweep."""
+def seed(run_in_process, env: dict[str, str], folder: Path) -> dict[str, str]:
+    """The docs' world: experiment `backtests` with two runs, experiment `sweeps` with one sweep. Logged in
+    this process (in the docs' folder, so the git commit is recorded as a process would): the documented
+    commands that run against it are the processes under test."""
     ids = {}
     for key, args in (
         ("<RUN_ID>", ["--returns", "returns.csv", "--run-name", "returns"]),
@@ -106,7 +108,7 @@ def seed(env: dict[str, str], folder: Path) -> dict[str, str]:
     ):
         if key != "<PARENT_RUN_ID>":
             args = [*args, "--experiment", "backtests", "--no-tearsheet"]
-        result = run_script("log_backtest", *args, env=env, cwd=folder)
+        result = run_in_process("log_backtest", *args, env=env, cwd=folder)
         assert result.returncode == 0, result.stderr
         out = result.json()
         ids[key] = out.get("parent_run_id") or out["run_id"]
@@ -114,7 +116,7 @@ def seed(env: dict[str, str], folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def docs_world(tmp_path_factory, mlflow_server):
+def docs_world(tmp_path_factory, mlflow_server, run_in_process):
     folder = tmp_path_factory.mktemp("docs") / "mlflow-python"
     folder.mkdir()
     for item in ("scripts", "references", "SKILL.md", "README.md", ".mise.toml", ".env.local.example"):
@@ -136,8 +138,8 @@ def docs_world(tmp_path_factory, mlflow_server):
     code = {"<COMMIT_PREFIX>": commit[:8]}
     return {
         "folder": folder,
-        "local": (local, {**seed(local, folder), **code}),
-        "server": (mise_env, {**seed(mlflow_server.env(server_user), folder), **code}),
+        "local": (local, {**seed(run_in_process, local, folder), **code}),
+        "server": (mise_env, {**seed(run_in_process, mlflow_server.env(server_user), folder), **code}),
     }
 
 

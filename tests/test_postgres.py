@@ -133,48 +133,49 @@ def test_log_single_and_sweep_complete(logged, tmp_path, client_for):
         assert max(m.value for m in points) == pytest.approx(np.cumprod(1 + frame[child["run_name"]]).max())
 
 
-def test_every_query_subcommand(logged, client_for):
+def test_every_query_subcommand(logged, client_for, run_in_process):
     env, experiment, sweep = logged["env"], logged["experiment"], logged["sweep"]
     client = client_for(env)
     expected = {r.info.run_id: r for r in client.search_runs([logged["single"]["experiment_id"]])}
     assert len(expected) == 2 + len(COLUMNS)  # the single run, the sweep's parent and its children
 
     # --with-counts: COUNT(*) ... GROUP BY through the store's session (direct) or paging (server)
-    listed = ok(run_script("query_experiments", "experiments", "--filter", f"name = '{experiment}'",
-                           "--with-counts", env=env))  # fmt: skip
+    listed = ok(run_in_process("query_experiments", "experiments", "--filter", f"name = '{experiment}'",
+                               "--with-counts", env=env))  # fmt: skip
     assert [(e["name"], e["run_count"]) for e in listed] == [(experiment, len(expected))]
 
     # A sweep parent summarises the search (best_sharpe, deflated_sharpe_ratio): it has no sharpe of its own.
     sharpe = {i: r.data.metrics["sharpe"] for i, r in expected.items() if "sharpe" in r.data.metrics}
     assert len(sharpe) == len(expected) - 1
     for direction, reverse in (("DESC", True), ("ASC", False)):
-        runs = ok(run_script("query_experiments", "runs", "--experiment", experiment, "--order-by",
-                             f"metrics.sharpe {direction}", env=env))  # fmt: skip
+        runs = ok(run_in_process("query_experiments", "runs", "--experiment", experiment, "--order-by",
+                                 f"metrics.sharpe {direction}", env=env))  # fmt: skip
         got = [r["metrics"].get("sharpe") for r in runs]
         assert len(got) == len(expected)
         assert got[: len(sharpe)] == sorted(sharpe.values(), reverse=reverse)
         assert got[len(sharpe) :] == [None]  # the store sorts a run without the metric last either way
-    top = ok(run_script("query_experiments", "runs", "--experiment", experiment, "--order-by",
-                        "metrics.sharpe DESC", "--max-results", "2", "--top-level", env=env))  # fmt: skip
+    top = ok(run_in_process("query_experiments", "runs", "--experiment", experiment, "--order-by",
+                            "metrics.sharpe DESC", "--max-results", "2", "--top-level", env=env))  # fmt: skip
     top_level = [i for i, r in expected.items() if "mlflow.parentRunId" not in r.data.tags]
     assert [r["run_id"] for r in top] == sorted(top_level, key=lambda i: (i not in sharpe, -sharpe.get(i, 0)))
-    kids = ok(run_script("query_experiments", "runs", "--experiment", experiment, "--filter",
-                         "params.kind = 'sweep' and metrics.sharpe > -100", "--parent-run-id",
-                         sweep["parent_run_id"], env=env))  # fmt: skip
+    kids = ok(run_in_process("query_experiments", "runs", "--experiment", experiment, "--filter",
+                             "params.kind = 'sweep' and metrics.sharpe > -100", "--parent-run-id",
+                             sweep["parent_run_id"], env=env))  # fmt: skip
     assert {r["run_id"] for r in kids} == {r["run_id"] for r in sweep["runs"]}
 
-    shown = ok(run_script("query_experiments", "run", "--run-id", sweep["runs"][0]["run_id"], env=env))
+    shown = ok(run_in_process("query_experiments", "run", "--run-id", sweep["runs"][0]["run_id"],
+                              env=env))  # fmt: skip
     assert shown["parent"]["run_id"] == sweep["parent_run_id"] and shown["experiment_name"] == experiment
     assert {a["path"] for a in shown["artifacts"]} == {
         "metrics.json", "periods/", "returns.csv", "periods/monthly_returns.png",
     } | {f"periods/{kind}.csv" for kind in ("year", "quarter", "month", "stress")}  # fmt: skip
 
     ids = [a for r in sweep["runs"] for a in ("--run-id", r["run_id"])]
-    compared = ok(run_script("query_experiments", "compare", *ids, "--metrics", "sharpe", env=env))
+    compared = ok(run_in_process("query_experiments", "compare", *ids, "--metrics", "sharpe", env=env))
     assert compared["metrics"][0]["best"] == [sweep["best_run_id"]]
 
-    groups = ok(run_script("query_experiments", "group", "--experiment", experiment, "--by", "params.kind",
-                           "--metric", "sharpe", "--agg", "mean,count", env=env))  # fmt: skip
+    groups = ok(run_in_process("query_experiments", "group", "--experiment", experiment, "--by",
+                               "params.kind", "--metric", "sharpe", "--agg", "mean,count", env=env))  # fmt: skip
     for row in groups:
         values = [s for i, s in sharpe.items() if expected[i].data.params.get("kind") == row["params.kind"]]
         assert row["count"] == len(values)
@@ -182,12 +183,13 @@ def test_every_query_subcommand(logged, client_for):
     assert sum(row["count"] for row in groups) == len(sharpe)
 
 
-def test_history_bulk_and_summary(logged, tmp_path, client_for):
+def test_history_bulk_and_summary(logged, tmp_path, client_for, run_in_process):
     env, sweep = logged["env"], logged["sweep"]
     client = client_for(env)
     out = tmp_path / "history.parquet"
-    written = ok(run_script("get_metric_history", "--experiment", logged["experiment"], "--metrics",
-                            "equity,drawdown", "--output", str(out), "--max-runs", "10", env=env))  # fmt: skip
+    written = ok(run_in_process("get_metric_history", "--experiment", logged["experiment"], "--metrics",
+                                "equity,drawdown", "--output", str(out), "--max-runs", "10",
+                                env=env))  # fmt: skip
     frame = pd.read_parquet(out)
     # the single run and the sweep's children carry histories; the parent has none
     assert written["points"] == len(frame) == (1 + len(COLUMNS)) * 2 * N_BARS
@@ -196,8 +198,8 @@ def test_history_bulk_and_summary(logged, tmp_path, client_for):
         mine = frame[(frame.run_id == child["run_id"]) & (frame.metric == "drawdown")].sort_values("step")
         assert list(mine["step"]) == [m.step for m in truth]
         np.testing.assert_array_equal(mine["value"].to_numpy(), [m.value for m in truth])
-    summary = ok(run_script("get_metric_history", "--run-id", logged["single"]["run_id"], "--metrics",
-                            "equity", "--summary", env=env))  # fmt: skip
+    summary = ok(run_in_process("get_metric_history", "--run-id", logged["single"]["run_id"], "--metrics",
+                                "equity", "--summary", env=env))  # fmt: skip
     assert summary[0]["points"] == N_BARS and summary[0]["run_id"] == logged["single"]["run_id"]
 
 

@@ -100,7 +100,9 @@ def test_the_fault_test_with_a_server_of_its_own_is_marked():
 def test_in_process_runs_leave_the_test_process_as_they_found_it(run_in_process, tmp_path):
     """run_in_process puts back what main() changes (conftest.ProcessState): the environment (the scripts
     setdefault MLflow's HTTP limits and log level), the folder, MLflow's tracking URI, the signal handlers,
-    sys.stdout/sys.stderr; a failing call reports its exit code and one error line like a process."""
+    sys.stdout/sys.stderr, the collector (connect() freezes the heap: thawed again); a failing call reports its
+    exit code and one error line like a process."""
+    import gc
     import signal
 
     from mlflow.tracking._tracking_service import utils
@@ -115,4 +117,5 @@ def test_in_process_runs_leave_the_test_process_as_they_found_it(run_in_process,
     assert refused.returncode == 2 and refused.stderr.startswith("error: "), refused.stderr
     after = (dict(os.environ), os.getcwd(), utils._tracking_uri, signal.getsignal(signal.SIGTERM))
     assert after == before and (sys.stdout, sys.stderr) == streams
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
     assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ or "MLFLOW_HTTP_REQUEST_TIMEOUT" in before[0]
