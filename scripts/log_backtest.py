@@ -37,6 +37,7 @@ A sweep prints {"parent_run_id", ..., "runs": [...]} where each run carries its 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -3185,8 +3186,124 @@ def import_quantstats(req: Request | None = None):
         import quantstats as qs
         import quantstats.plots
         import quantstats.reports  # noqa: F401
-    qs.utils.group_returns = grouped_returns
     return qs
+
+
+@contextlib.contextmanager
+def quantstats_sped_up(qs):
+    """Inside this block QuantStats' report (0.0.86) does less work for the same result: where it recomputes
+    with slow pandas patterns, the same values computed faster, and no figure rendered twice. Each
+    replacement says what it replaces and has a test against QuantStats' own function
+    (tests/test_log_backtest.py); the report's file is byte-identical with and without them. Outside the
+    block QuantStats and matplotlib are their own again (a host process that called main() keeps its
+    libraries as they were). A module that imported a name (`from .._compat import safe_resample`) holds its
+    own reference: each is replaced."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    upstream = qs.stats.drawdown_details
+    replacements = [
+        (qs.utils, "group_returns", grouped_returns),
+        (qs.stats, "drawdown_details", lambda drawdown: episode_details(drawdown, upstream)),
+        *(
+            (module, "safe_resample", resampler_of(module.safe_resample, qs.stats.comp))
+            for module in (
+                qs.stats,
+                sys.modules["quantstats._plotting.core"],
+                sys.modules["quantstats._plotting.wrappers"],
+            )
+        ),
+        (FigureCanvasAgg, "draw_idle", no_redraw),
+    ]
+    saved = [(owner, name, vars(owner).get(name)) for owner, name, _ in replacements]
+    try:
+        for owner, name, value in replacements:
+            setattr(owner, name, value)
+        yield
+    finally:
+        for owner, name, value in saved:
+            if value is None:
+                delattr(owner, name)  # FigureCanvasAgg inherits draw_idle from FigureCanvasBase
+            else:
+                setattr(owner, name, value)
+
+
+def no_redraw(canvas, *args, **kwargs) -> None:
+    """FigureCanvasAgg.draw_idle inside quantstats_sped_up: matplotlib.pyplot.savefig (3.x) ends with
+    `fig.canvas.draw_idle()` ("Need this if 'transparent=True', to reset colors": for a figure on screen);
+    on the Agg canvas of a headless process that renders the whole figure once more, after its SVG is
+    written, for nobody to see. QuantStats saves each of its report's ~12 figures through pyplot.savefig
+    and closes it: ~1/6 of the report's CPU (bench/RESULTS.md)."""
+
+
+def episode_details(drawdown, upstream):
+    """quantstats.stats.drawdown_details (0.0.86) with its per-episode loop in numpy: QuantStats slices the
+    series by label and takes a pandas quantile for each drawdown episode (~560 episodes in 20 years of daily
+    bars, ~1 ms each, three calls per report: its drawdown table, the longest-drawdowns plot and the metrics'
+    drawdown rows). The same episodes by QuantStats' own rules, the same columns, dtypes and strings
+    (tests/test_log_backtest.py compares frames exactly): an episode starts at a nonzero bar after a zero
+    one and ends at the nonzero bar before a zero; a series that starts in a drawdown gets its first bar as
+    a start only when some episode ends before the first start (and none at all when no start follows),
+    one still open ends at the last bar; "99% max drawdown" is the episode's minimum over the bars whose
+    depth is below the episode's 0.99 quantile of depth. Anything unusual (NaN, an index that is not sorted
+    unique timestamps) goes to `upstream`, QuantStats' own function."""
+    import numpy as np
+    import pandas as pd
+
+    if isinstance(drawdown, pd.DataFrame):
+        from quantstats._compat import safe_concat
+
+        return safe_concat(
+            {col: episode_details(drawdown[col], upstream) for col in drawdown.columns}, axis=1
+        )
+    columns = ("start", "valley", "end", "days", "max drawdown", "99% max drawdown")
+    index = drawdown.index
+    values = drawdown.to_numpy(dtype=float)
+    if (
+        not isinstance(index, pd.DatetimeIndex) or not index.is_monotonic_increasing or not index.is_unique
+        or np.isnan(values).any() or len(values) < 2
+    ):  # fmt: skip
+        return upstream(drawdown)
+    zero = values == 0
+    starts = list(np.flatnonzero(~zero[1:] & zero[:-1]) + 1)
+    ends = list(np.flatnonzero(~zero[:-1] & zero[1:]))
+    if not starts:
+        return pd.DataFrame(index=[], columns=columns)
+    if ends and starts[0] > ends[0]:
+        starts.insert(0, 0)
+    if not ends or starts[-1] > ends[-1]:
+        ends.append(len(values) - 1)
+    rows = []
+    for start, end in zip(starts, ends[: len(starts)], strict=True):
+        episode = values[start : end + 1]
+        depth = -episode
+        kept = episode[depth < np.quantile(depth, 0.99)]
+        rows.append(
+            (
+                index[start], index[start + int(np.argmin(episode))], index[end], (index[end] - index[start]).days + 1,
+                episode.min() * 100, kept.min() * 100 if kept.size else np.nan,
+            )
+        )  # fmt: skip
+    df = pd.DataFrame(data=rows, columns=columns)
+    df["days"] = df["days"].astype(int)
+    df["max drawdown"] = df["max drawdown"].astype(float)
+    df["99% max drawdown"] = df["99% max drawdown"].astype(float)
+    for name in ("start", "end", "valley"):
+        df[name] = df[name].dt.strftime("%Y-%m-%d")
+    return df
+
+
+def resampler_of(upstream, comp):
+    """quantstats._compat.safe_resample (0.0.86), with its `resample(...).apply(qs.stats.comp)` (one Python
+    call per week, month, quarter or year: ~1,600 calls, ~6 % of the report's CPU for 20 years of daily
+    bars) taken as pandas' one-pass product of (1 + r) per bin, less 1, as grouped_returns does; every other
+    aggregation is QuantStats' own (its test: tests/test_log_backtest.py)."""
+
+    def safe_resample(data, freq, func_name=None, **kwargs):
+        if func_name is comp and not kwargs:
+            return upstream(data + 1, freq, "prod") - 1
+        return upstream(data, freq, func_name, **kwargs)
+
+    return safe_resample
 
 
 def grouped_returns(returns, groupby, compounded: bool = False):
@@ -3946,7 +4063,10 @@ def write_tearsheet(
     logging.getLogger("matplotlib").setLevel(logging.ERROR)
     import matplotlib.pyplot as plt
 
-    with warnings.catch_warnings(), np.errstate(all="ignore"), contextlib.redirect_stdout(io.StringIO()):
+    with (
+        warnings.catch_warnings(), np.errstate(all="ignore"), contextlib.redirect_stdout(io.StringIO()),
+        quantstats_sped_up(qs),
+    ):  # fmt: skip
         warnings.simplefilter("ignore")
         kwargs = {"strategy_title": strategy}
         if benchmark is not None:

@@ -3,11 +3,14 @@ dedupe, dry run, and a server that dies mid-run. Data is generated here with fix
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import math
 import os
 import uuid
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -279,6 +282,98 @@ def test_grouped_returns_is_quantstats_group_returns(scripts, compounded):
                 got = scripts.log_backtest.grouped_returns(data, by, compounded)
                 pd.testing.assert_index_equal(got.index, want.index)
                 np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), rtol=1e-13, atol=1e-16)
+
+
+def drawdown_cases() -> dict[str, pd.Series]:
+    """Drawdown series (QuantStats' own to_drawdown_series) that exercise every rule of its episode finder."""
+    qs = qs_module()
+    rng = np.random.default_rng(11)
+    days = pd.bdate_range("2016-01-01", periods=1500).as_unit("ns")
+    plain = pd.Series(rng.normal(0.0004, 0.01, len(days)), index=days)
+    opens_down = plain.copy()
+    opens_down.iloc[:5] = -0.01  # starts in a drawdown, later episodes too
+    hours = pd.date_range("2024-01-01", periods=2000, freq="h").as_unit("ns")
+    cases = {
+        "daily": plain,
+        "starts in a drawdown": opens_down,
+        "never recovers": pd.Series(-0.001, index=days[:300]),
+        "starts down, recovers, nothing after": pd.Series([-0.01, 0.02] + [0.001] * 50, index=days[:52]),
+        "ends in a drawdown": plain.iloc[:400] - 0.002,
+        "hourly bars": pd.Series(rng.normal(0, 0.003, len(hours)), index=hours),
+    }
+    return {name: qs.stats.to_drawdown_series(r) for name, r in cases.items()}
+
+
+@pytest.mark.parametrize("case", list(drawdown_cases()))
+def test_episode_details_is_quantstats_drawdown_details(scripts, case):
+    """The tearsheet's replacement for qs.stats.drawdown_details gives QuantStats' own frame, exactly (dates as
+    strings, days, max and 99% max drawdown; single-bar episodes have no 99% figure), also for a DataFrame."""
+    qs = qs_module()
+    dd = drawdown_cases()[case]
+    ours = scripts.log_backtest.episode_details(dd, qs.stats.drawdown_details)
+    theirs = qs.stats.drawdown_details(dd)
+    empty = case in ("never recovers", "starts down, recovers, nothing after")
+    assert len(theirs) == 0 if empty else len(theirs) > 0
+    assert case != "ends in a drawdown" or dd.iloc[-1] < 0
+    pd.testing.assert_frame_equal(ours, theirs, check_exact=True)
+    frame = pd.DataFrame({"returns": dd, "benchmark": dd.shift(3).fillna(0)})
+    pd.testing.assert_frame_equal(
+        scripts.log_backtest.episode_details(frame, qs.stats.drawdown_details),
+        qs.stats.drawdown_details(frame),
+        check_exact=True,
+    )
+
+
+def test_resampler_is_quantstats_safe_resample(scripts):
+    """The tearsheet's safe_resample: QuantStats' own `resample(...).apply(comp)` as one product per bin, on
+    a Series and a DataFrame with NaNs, at every frequency its report uses; other aggregations are its own."""
+    qs = qs_module()
+    from quantstats._compat import safe_resample
+
+    ours = scripts.log_backtest.resampler_of(safe_resample, qs.stats.comp)
+    rng = np.random.default_rng(12)
+    index = pd.bdate_range("2012-01-02", periods=2600).as_unit("ns")
+    frame = pd.DataFrame(rng.normal(0.0004, 0.01, (len(index), 2)), index=index, columns=["a", "b"])
+    frame.iloc[::29, 1] = np.nan
+    for data in (frame["a"], frame["b"], frame):
+        for freq in ("W-MON", "ME", "QE", "YE"):
+            want, got = safe_resample(data, freq, qs.stats.comp), ours(data, freq, qs.stats.comp)
+            pd.testing.assert_index_equal(got.index, want.index)
+            np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), rtol=1e-13, atol=1e-16)
+            for other in ("last", np.sum):
+                same = ours(data, freq, other).equals(safe_resample(data, freq, other))
+                assert same, (freq, other)
+
+
+def test_quantstats_sped_up_draws_the_same_tearsheet(scripts, tmp_path, monkeypatch):
+    """QuantStats' whole HTML report (tables and SVG figures, with a benchmark) is byte-identical inside
+    quantstats_sped_up and outside it, and the block leaves QuantStats and matplotlib as they were."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    lb = scripts.log_backtest
+    qs = lb.import_quantstats()
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")  # the SVGs' date, and their ids from a fixed salt
+    rng = np.random.default_rng(13)
+    index = pd.bdate_range("2019-01-01", periods=900).as_unit("ns")
+    r = pd.Series(rng.normal(0.0005, 0.01, len(index)), index=index, name="strategy")
+    b = pd.Series(rng.normal(0.0003, 0.009, len(index)), index=index, name="market")
+    before = (qs.stats.drawdown_details, qs.utils.group_returns, qs.stats.safe_resample)
+
+    def report(path, sped_up: bool) -> bytes:
+        with (
+            matplotlib.rc_context({"svg.hashsalt": "test"}),
+            lb.quantstats_sped_up(qs) if sped_up else contextlib.nullcontext(),
+            contextlib.redirect_stdout(io.StringIO()),
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore")
+            qs.reports.html(r, benchmark=b, rf=0.01, output=str(path), benchmark_title="market")
+        return path.read_bytes()
+
+    assert report(tmp_path / "sped_up.html", True) == report(tmp_path / "own.html", False)
+    assert (qs.stats.drawdown_details, qs.utils.group_returns, qs.stats.safe_resample) == before
+    assert "draw_idle" not in vars(FigureCanvasAgg)
 
 
 def test_undefined_metrics_are_nan_never_zero(scripts):
