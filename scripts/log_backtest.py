@@ -3181,12 +3181,44 @@ def import_quantstats(req: Request | None = None):
     if req and "quantstats" not in sys.modules:
         phase(req, "importing quantstats")
     os.environ.setdefault("MPLBACKEND", "Agg")
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with (
+        warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()),
+        without_yfinance() if "quantstats" not in sys.modules else contextlib.nullcontext(),
+    ):  # fmt: skip
         warnings.simplefilter("ignore")
         import quantstats as qs
         import quantstats.plots
         import quantstats.reports  # noqa: F401
     return qs
+
+
+@contextlib.contextmanager
+def without_yfinance():
+    """QuantStats 0.0.86 imports yfinance when it loads (quantstats/_compat.py: `import yfinance as yf`), for
+    its downloads of a ticker's returns, which the tearsheet never asks for (write_tearsheet passes series,
+    never a ticker string). The import costs ~0.3 CPU-s (requests, curl_cffi, ...) on the figures' critical
+    path (bench/RESULTS.md). While QuantStats loads, `yfinance` is a placeholder whose download refuses;
+    afterwards sys.modules is as before, so a host process's own `import yfinance` is the real one. A
+    host that imported yfinance already keeps it (QuantStats then takes that one)."""
+    import types
+
+    if "yfinance" in sys.modules:
+        yield
+        return
+    placeholder = types.ModuleType(
+        "yfinance", "log_backtest's stand-in: QuantStats' ticker downloads are off"
+    )
+
+    def download(*args, **kwargs):
+        raise RuntimeError("log_backtest draws tearsheets from series only: QuantStats' downloads are off")
+
+    placeholder.download = placeholder.set_config = download
+    sys.modules["yfinance"] = placeholder
+    try:
+        yield
+    finally:
+        if sys.modules.get("yfinance") is placeholder:
+            del sys.modules["yfinance"]
 
 
 @contextlib.contextmanager
