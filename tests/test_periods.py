@@ -183,12 +183,9 @@ def test_period_prefix_is_refused(scripts, capsys, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def logged(tmp_path_factory, scripts):
-    """A daily single run with a benchmark and a user window, and a not-compounded hourly sweep of 3."""
-    import contextlib
-    import io
-
-    lb = scripts.log_backtest
+def logged(tmp_path_factory, run_in_process):
+    """A daily single run with a benchmark and a user window, and a not-compounded hourly sweep of 3, logged
+    in this process without a tearsheet (a tearsheet next to the heatmap: test_log_backtest's `single`)."""
     folder = tmp_path_factory.mktemp("periods")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     r, _ = series("daily", 5)
@@ -203,13 +200,12 @@ def logged(tmp_path_factory, scripts):
     for name, args in {
         "single": ["--returns", str(folder / "daily.csv"), "--benchmark", str(folder / "spy.csv"),
                    "--period", "taper=2011-06-01:2011-06-30", "--run-name", "daily"],
-        "sweep": ["--returns", str(folder / "hourly.csv"), "--simple", "--no-tearsheet", "--run-name", "hourly"],
+        "sweep": ["--returns", str(folder / "hourly.csv"), "--simple", "--run-name", "hourly"],
     }.items():  # fmt: skip
-        buffer = io.StringIO()
-        with contextlib.redirect_stdout(buffer):
-            code = lb.main([*args, "--experiment", "periods", "--tracking-uri", uri, "--format", "json"])
-        assert code == 0
-        outs[name] = json.loads(buffer.getvalue())
+        done = run_in_process("log_backtest", *args, "--no-tearsheet", "--experiment", "periods",
+                              "--tracking-uri", uri, "--format", "json", cwd=folder)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        outs[name] = done.json()
     return {"folder": folder, "uri": uri, "env": {"MLFLOW_TRACKING_URI": uri}, "r": r, "b": b,
             "frame": frame, **outs}  # fmt: skip
 

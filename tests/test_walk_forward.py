@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from harness import MLFLOW_ENV_VARS, run_script
+from harness import run_script
 
 UNITS = {"y": "years", "m": "months", "w": "weeks", "d": "days"}  # the calendar units, as pandas names them
 BOUNDS = ("train_start", "train_end", "test_start", "test_end")
@@ -259,21 +259,16 @@ def assert_output_matches(out: dict, frame: pd.DataFrame, ref: Reference) -> Non
 
 
 @pytest.fixture
-def lb(scripts, capsys, monkeypatch, tmp_path):
+def lb(run_in_process, tmp_path):
     """log_backtest.main() in this process (JSON, no tearsheet) with a local store in tmp_path/store;
     -> (exit code, parsed output or stdout text, stderr). lb.db: the store file."""
     db = tmp_path / "store" / "mlflow.db"
     db.parent.mkdir()
-    for key in MLFLOW_ENV_VARS:
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
 
-    def call(path: Path, *argv: str):
-        code = scripts.log_backtest.main(
-            ["--returns", str(path), "--no-tearsheet", "--format", "json", *argv]
-        )
-        out, err = capsys.readouterr()
-        return code, (json.loads(out) if code == 0 else out), err
+    def call(path: Path, *argv: str, cwd: Path | None = None):
+        done = run_in_process("log_backtest", "--returns", str(path), "--no-tearsheet", "--format", "json",
+                              *argv, env={"MLFLOW_TRACKING_URI": f"sqlite:///{db}"}, cwd=cwd)  # fmt: skip
+        return done.returncode, (done.json() if done.returncode == 0 else done.stdout), done.stderr
 
     call.db = db
     return call
@@ -461,14 +456,15 @@ LOGGED = Spec("2y", "6m", embargo="1w")
 
 
 @pytest.fixture(scope="module")
-def logged(tmp_path_factory):
-    """One walk-forward logged as a user runs it, into a local store: 3 columns, 6 folds, the last partial."""
+def logged(tmp_path_factory, run_in_process):
+    """One walk-forward logged as a user runs it, into a local store: 3 columns, 6 folds, the last partial.
+    In this process (its folds serial); the walk-forward through the tracking server below is a process."""
     folder = tmp_path_factory.mktemp("walk-forward")
     csv_of(DAYS, folder)
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
     experiment = f"wf-{uuid.uuid4().hex[:8]}"
-    done = run_script("log_backtest", "--returns", "grid.csv", "--experiment", experiment, "--no-tearsheet",
-                      *LOGGED.argv(), env=env, cwd=folder)  # fmt: skip
+    done = run_in_process("log_backtest", "--returns", "grid.csv", "--experiment", experiment,
+                          "--no-tearsheet", *LOGGED.argv(), env=env, cwd=folder)  # fmt: skip
     assert done.returncode == 0, done.stderr
     ref = reference(DAYS, LOGGED, DAILY)
     assert ref.folds[-1].partial and len({f.chosen for f in ref.folds}) > 1  # the data exercises both
@@ -604,13 +600,13 @@ def test_deflate_counts_a_walk_forward_once_and_its_folds_not_at_all(logged, que
     assert got["n_bars"] == int(best.data.params["oos_n_bars"])
 
 
-def test_the_duplicate_check_covers_every_walk_forward_setting(logged, lb, monkeypatch):
+def test_the_duplicate_check_covers_every_walk_forward_setting(logged, lb):
     """The same file and settings again: the logged walk-forward is returned, nothing new written. Each
     other setting is another walk-forward: another fingerprint (what the duplicate check looks for)."""
-    monkeypatch.chdir(logged["folder"])  # where it was logged: the code version (git) is fingerprinted too
     path = logged["folder"] / "grid.csv"
     where = ("--experiment", logged["experiment"], "--tracking-uri", logged["env"]["MLFLOW_TRACKING_URI"])
-    code, again, err = lb(path, *LOGGED.argv(), *where)
+    # where it was logged: the code version (git) is fingerprinted too
+    code, again, err = lb(path, *LOGGED.argv(), *where, cwd=logged["folder"])
     assert code == 0, err
     assert again["deduplicated"] is True and again["parent_run_id"] == logged["out"]["parent_run_id"]
     assert [f["run_id"] for f in again["folds"]] == [f["run_id"] for f in logged["out"]["folds"]]
@@ -619,7 +615,7 @@ def test_the_duplicate_check_covers_every_walk_forward_setting(logged, lb, monke
                 Spec("2y", "6m", embargo="1w", best_by="max_drawdown")]  # fmt: skip
     prints = []
     for spec in variants:
-        code, out, err = lb(path, *spec.argv(), "--dry-run")
+        code, out, err = lb(path, *spec.argv(), "--dry-run", cwd=logged["folder"])
         assert code == 0, err
         prints.append(out["fingerprint"])
     assert prints[0] == logged["out"]["fingerprint"]
