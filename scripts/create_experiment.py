@@ -279,19 +279,23 @@ def store_lock_path(db: Path, kind: str) -> Path:
 def connect(tracking_uri: str, debug: bool = False, writes: bool = True):
     """Configure bounded HTTP retries and quiet logging, then return an MlflowClient (imports mlflow).
     A local store: read commands (writes=False) need it to exist and work when it is read-only; writes need
-    it writable (checked here, before MLflow logs pages about a read-only database).
+    it writable (checked here, before MLflow logs pages about a read-only database)."""
+    return kept_from_collector(open_client, tracking_uri, debug, writes)
 
-    `import mlflow` and the SQL store's set-up add ~170,000 long-lived objects (modules, classes, SQLAlchemy's
-    mappers) to the heap. CPython's collector would sweep the growing heap three times meanwhile and then
+
+def kept_from_collector(load, *args):
+    """load(*args) with CPython's collector paused, then every object alive frozen (gc.freeze: left out of
+    later collections, still freed by reference counting; new objects are collected as usual) -> its result.
+    For big imports: `import mlflow` and the SQL store's set-up add ~170,000 long-lived objects (modules,
+    classes, SQLAlchemy's mappers), and the collector would sweep the growing heap three times meanwhile and
     again on every full collection while the run is written (0.08-0.18 s each, ~0.6 s of a 3 s log:
-    bench/RESULTS.md). So it is paused here and what exists afterwards is frozen (gc.freeze: left out of
-    later collections, still freed by reference counting); new objects are collected as usual."""
+    bench/RESULTS.md)."""
     import gc
 
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return open_client(tracking_uri, debug, writes)
+        return load(*args)
     finally:
         gc.freeze()
         if collecting:

@@ -292,19 +292,23 @@ def store_lock_path(db: Path, kind: str) -> Path:
 def connect(tracking_uri: str, debug: bool = False, writes: bool = True):
     """Configure bounded HTTP retries and quiet logging, then return an MlflowClient (imports mlflow).
     A local store: read commands (writes=False) need it to exist and work when it is read-only; writes need
-    it writable (checked here, before MLflow logs pages about a read-only database).
+    it writable (checked here, before MLflow logs pages about a read-only database)."""
+    return kept_from_collector(open_client, tracking_uri, debug, writes)
 
-    `import mlflow` and the SQL store's set-up add ~170,000 long-lived objects (modules, classes, SQLAlchemy's
-    mappers) to the heap. CPython's collector would sweep the growing heap three times meanwhile and then
+
+def kept_from_collector(load, *args):
+    """load(*args) with CPython's collector paused, then every object alive frozen (gc.freeze: left out of
+    later collections, still freed by reference counting; new objects are collected as usual) -> its result.
+    For big imports: `import mlflow` and the SQL store's set-up add ~170,000 long-lived objects (modules,
+    classes, SQLAlchemy's mappers), and the collector would sweep the growing heap three times meanwhile and
     again on every full collection while the run is written (0.08-0.18 s each, ~0.6 s of a 3 s log:
-    bench/RESULTS.md). So it is paused here and what exists afterwards is frozen (gc.freeze: left out of
-    later collections, still freed by reference counting); new objects are collected as usual."""
+    bench/RESULTS.md)."""
     import gc
 
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return open_client(tracking_uri, debug, writes)
+        return load(*args)
     finally:
         gc.freeze()
         if collecting:
@@ -3181,12 +3185,48 @@ def import_quantstats(req: Request | None = None):
     if req and "quantstats" not in sys.modules:
         phase(req, "importing quantstats")
     os.environ.setdefault("MPLBACKEND", "Agg")
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        import quantstats as qs
-        import quantstats.plots
-        import quantstats.reports  # noqa: F401
-    return qs
+
+    def load():  # ~100,000 objects (scipy, matplotlib, seaborn): 4 full sweeps, ~0.36 s, without this
+        with (
+            warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()),
+            without_yfinance() if "quantstats" not in sys.modules else contextlib.nullcontext(),
+        ):  # fmt: skip
+            warnings.simplefilter("ignore")
+            import quantstats as qs
+            import quantstats.plots
+            import quantstats.reports  # noqa: F401
+        return qs
+
+    return kept_from_collector(load)
+
+
+@contextlib.contextmanager
+def without_yfinance():
+    """QuantStats 0.0.86 imports yfinance when it loads (quantstats/_compat.py: `import yfinance as yf`), for
+    its downloads of a ticker's returns, which the tearsheet never asks for (write_tearsheet passes series,
+    never a ticker string). The import costs ~0.3 CPU-s (requests, curl_cffi, ...) on the figures' critical
+    path (bench/RESULTS.md). While QuantStats loads, `yfinance` is a placeholder whose download refuses;
+    afterwards sys.modules is as before, so a host process's own `import yfinance` is the real one. A
+    host that imported yfinance already keeps it (QuantStats then takes that one)."""
+    import types
+
+    if "yfinance" in sys.modules:
+        yield
+        return
+    placeholder = types.ModuleType(
+        "yfinance", "log_backtest's stand-in: QuantStats' ticker downloads are off"
+    )
+
+    def download(*args, **kwargs):
+        raise RuntimeError("log_backtest draws tearsheets from series only: QuantStats' downloads are off")
+
+    placeholder.download = placeholder.set_config = download
+    sys.modules["yfinance"] = placeholder
+    try:
+        yield
+    finally:
+        if sys.modules.get("yfinance") is placeholder:
+            del sys.modules["yfinance"]
 
 
 @contextlib.contextmanager
@@ -4563,9 +4603,13 @@ def worker_pool(processes: int) -> WorkerPool | InlineExecutor:
 def worker_started(parent: int) -> None:
     """A worker's first act: die with its parent, even one killed by SIGKILL that can clean nothing up."""
     import ctypes
+    import gc
     import signal
 
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (linux/prctl.h): workers fork on Linux only
+    # What the worker inherited is alive in the parent anyway: frozen, the worker's collections sweep only its
+    # own objects and never write to the inherited pages (CPython's gc.freeze advice for forked workers).
+    gc.freeze()
     # A signal to the whole group (Ctrl-C at a terminal) reaches the workers too: each stops at its next
     # stop_point, marks the child it writes FAILED and hands Stopped back to the parent (no traceback).
     SIGNALS.received, SIGNALS.armed = None, True

@@ -376,6 +376,34 @@ def test_quantstats_sped_up_draws_the_same_tearsheet(scripts, tmp_path, monkeypa
     assert "draw_idle" not in vars(FigureCanvasAgg)
 
 
+def test_quantstats_loads_without_yfinance_and_leaves_it_importable(scripts):
+    """import_quantstats in a fresh interpreter: QuantStats' yfinance is the placeholder (its download
+    refuses), nothing of the real yfinance was loaded, and the process's own `import yfinance` afterwards is
+    the real package."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import importlib.util, sys
+        spec = importlib.util.spec_from_file_location("lb", {str(scripts.log_backtest.__file__)!r})
+        lb = sys.modules["lb"] = importlib.util.module_from_spec(spec); spec.loader.exec_module(lb)
+        qs = lb.import_quantstats()
+        import quantstats._compat as compat
+        assert "yfinance" not in sys.modules and not any(m.startswith("yfinance.") for m in sys.modules)
+        try:
+            compat.yf.download("SPY")
+        except RuntimeError as exc:
+            print("refused:", exc)
+        import yfinance
+        print("real:", hasattr(yfinance, "Ticker"), compat.yf is not yfinance)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "refused: log_backtest draws tearsheets from series only" in out.stdout
+    assert "real: True True" in out.stdout
+
+
 def test_undefined_metrics_are_nan_never_zero(scripts):
     lb = scripts.log_backtest
     rng = np.random.default_rng(7)
