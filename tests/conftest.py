@@ -7,6 +7,8 @@ import contextlib
 import importlib.util
 import io
 import os
+import shutil
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -63,11 +65,40 @@ def mlflow_ui(tmp_path_factory) -> ReadmeUi:
     yield from once_per_session(tmp_path_factory, "mlflow-ui.json", start, harness.shared_ui)
 
 
+@pytest.fixture(scope="session")
+def migrated_store(tmp_path_factory):
+    """migrated_store(path) -> the sqlite URI of a new store at path: a copy of one store MLflow migrated once
+    per session (xdist worker), ~1-2 CPU-s of migrations less for every store a test makes. The template has
+    no Default experiment: MLflow creates it when it first opens a store without one (SqlAlchemyStore's
+    __init__), so the copy's is made by its first user, with that user's artifact root, as in a new store
+    (tests/test_suite_rules.py checks that a copy matches a new store). A test of what a script does to a
+    store that does not exist yet makes no copy."""
+    from mlflow import MlflowClient
+
+    template = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{template}").search_experiments()  # the migrations
+    with contextlib.closing(sqlite3.connect(template)) as db, db:
+        db.execute("DELETE FROM experiments WHERE experiment_id = 0")
+
+    def copy(path: Path) -> str:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(template, path)
+        return f"sqlite:///{path}"
+
+    return copy
+
+
 @pytest.fixture
-def local_store(tmp_path) -> dict[str, str]:
-    """Environment for a script on a fresh embedded sqlite store in this test's own folder."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    return {"MLFLOW_TRACKING_URI": uri}
+def local_store(tmp_path, migrated_store) -> dict[str, str]:
+    """Environment for a script on a new embedded sqlite store in this test's own folder (migrated_store)."""
+    return {"MLFLOW_TRACKING_URI": migrated_store(tmp_path / "mlflow.db")}
+
+
+@pytest.fixture
+def no_store_yet(tmp_path) -> dict[str, str]:
+    """Environment for a script on an embedded sqlite store that does not exist yet, in this test's own folder:
+    for refusals that must not create it."""
+    return {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
 
 
 @pytest.fixture(params=["local", "server"])

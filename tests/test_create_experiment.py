@@ -106,8 +106,8 @@ def test_embedded_default_store_when_nothing_configured(tmp_path):
         (["--name", "x", "--format", "xml"], "invalid choice"),
     ],
 )
-def test_bad_input_is_exit_2_and_writes_nothing(local_store, tmp_path, args, needle):
-    result = run_script("create_experiment", *args, env=local_store)
+def test_bad_input_is_exit_2_and_writes_nothing(no_store_yet, tmp_path, args, needle):
+    result = run_script("create_experiment", *args, env=no_store_yet)
     assert_clean_error(result, 2, needle)
     assert not (tmp_path / "mlflow.db").exists()  # validation happens before the store is touched
 

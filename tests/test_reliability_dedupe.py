@@ -4,7 +4,6 @@ earlier run, and its output shows the values that run holds, not the ones just c
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
@@ -26,24 +25,21 @@ def git(folder: Path, *args: str) -> None:
 
 
 @pytest.fixture
-def lb(scripts, capsys, tmp_path, monkeypatch):
-    """log_backtest.main() in this process, in tmp_path (no git repository) on a store there; -> output."""
-    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_TOKEN"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.chdir(tmp_path)
+def lb(run_in_process, migrated_store, tmp_path, monkeypatch):
+    """log_backtest.main() in this process, in tmp_path (no git repository) on a store there; -> output.
+    The test's own MlflowClient() finds that store through MLFLOW_TRACKING_URI."""
+    uri = migrated_store(tmp_path / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     daily(1, ("strategy",)).to_csv(tmp_path / "single.csv", index=False)
     daily(2, ("fast", "medium", "slow")).to_csv(tmp_path / "sweep.csv", index=False)
     for seed, name in ((3, "bench_a.csv"), (4, "bench_b.csv")):
         daily(seed, ("benchmark",)).to_csv(tmp_path / name, index=False)
 
     def call(*argv: str) -> dict:
-        code = scripts.log_backtest.main(
-            [*argv, "--no-tearsheet", "--format", "json", "--experiment", "dedupe"]
-        )
-        out, err = capsys.readouterr()
-        assert code == 0, err
-        return json.loads(out)
+        done = run_in_process("log_backtest", *argv, "--no-tearsheet", "--format", "json", "--experiment",
+                              "dedupe", env={"MLFLOW_TRACKING_URI": uri}, cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.json()
 
     return call
 

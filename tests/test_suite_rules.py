@@ -4,6 +4,7 @@ the static check cannot see fails its test instead of quietly starting a server.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -119,3 +120,37 @@ def test_in_process_runs_leave_the_test_process_as_they_found_it(run_in_process,
     assert after == before and (sys.stdout, sys.stderr) == streams
     assert gc.get_freeze_count() == 0 and gc.isenabled()
     assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ or "MLFLOW_HTTP_REQUEST_TIMEOUT" in before[0]
+
+
+def test_a_copy_of_the_migrated_store_is_a_new_store(migrated_store, run_in_process, tmp_path):
+    """conftest.migrated_store: a copy holds what a store MLflow makes at that place holds once a script has
+    used it (the same tables, migrations, workspace; the Default experiment and a new one with artifact roots
+    of the copy's user, not of the template's folder)."""
+    import sqlite3
+
+    stores = {"new": tmp_path / "new" / "mlflow.db", "copy": tmp_path / "copy" / "mlflow.db"}
+    stores["new"].parent.mkdir()
+    migrated_store(stores["copy"])
+    seen = {}
+    for kind, path in stores.items():
+        env = {"MLFLOW_TRACKING_URI": f"sqlite:///{path}"}
+        made = run_in_process("create_experiment", "--name", "first", env=env, cwd=path.parent)
+        assert made.returncode == 0 and made.json()["experiment_id"] == "1", made.stderr
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            seen[kind] = {
+                # the order of a table's constraints varies between two migrations (alembic's batch copies)
+                "schema": {
+                    (kind, name): sorted(line.strip(" ,") for line in (sql or "").splitlines())
+                    for kind, name, sql in db.execute("SELECT type, name, sql FROM sqlite_master")
+                },
+                "alembic": db.execute("SELECT * FROM alembic_version").fetchall(),
+                "workspaces": db.execute("SELECT * FROM workspaces").fetchall(),
+                "experiments": [
+                    (i, name, location.replace(str(path.parent), "<folder>"), stage)
+                    for i, name, location, stage in db.execute(
+                        "SELECT experiment_id, name, artifact_location, lifecycle_stage FROM experiments"
+                    )
+                ],
+            }
+    assert seen["copy"] == seen["new"]
+    assert [e[2] for e in seen["new"]["experiments"]] == ["<folder>/mlruns/0", "<folder>/mlruns/1"]
