@@ -4473,10 +4473,11 @@ def prepare_column(job: Job, req: Request) -> Prepared:
     )  # fmt: skip
 
 
-def draw_tearsheet(job: Job, req: Request) -> str | None:
+def draw_tearsheet(job: Job, req: Request, shared_heatmap: bool = False) -> str | None:
     """The job's figures, drawn in a worker: QuantStats' report as tearsheet.html (unless --no-tearsheet) and
     the monthly returns heatmap (always, issue 23); a warning when the report was drawn from daily returns
-    (or on a synthetic calendar)."""
+    (or on a synthetic calendar). shared_heatmap: the heatmap goes to whichever of this worker and the
+    process that writes the run asks first (claim_heatmap; heatmap_while_waiting)."""
     job.folder.mkdir(parents=True, exist_ok=True)
     note = None
     if req.tearsheet:
@@ -4486,9 +4487,35 @@ def draw_tearsheet(job: Job, req: Request) -> str | None:
             job.column, job.folder / "tearsheet.html", req.rf, periods, req.compounded, job.run_name
         )
         phase(req, f"{job.run_name}: tearsheet")
-    draw_monthly_heatmap(job.column, req, job.folder)
-    phase(req, f"{job.run_name}: monthly returns heatmap")
+    if not shared_heatmap or claim_heatmap(job):
+        draw_monthly_heatmap(job.column, req, job.folder)
+        phase(req, f"{job.run_name}: monthly returns heatmap")
     return f"{job.run_name}: {note}" if note else None
+
+
+def claim_heatmap(job: Job) -> bool:
+    """True for the first of the two processes sharing a single run's heatmap to ask: an exclusive create of
+    a marker beside the run's folder (not in it: the folder is uploaded), atomic on a local filesystem."""
+    job.folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(
+            os.open(job.folder.parent / f"{job.folder.name}.heatmap", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        )
+    except FileExistsError:
+        return False
+    return True
+
+
+def heatmap_while_waiting(job: Job, req: Request, report) -> str | None:
+    """A single run's figures as write_run awaits them, once the run's metrics have landed: the tearsheet's
+    worker (draw_tearsheet, shared_heatmap) is usually still drawing QuantStats' report (~2.5 CPU-s) while
+    this process has nothing left to do but wait, so this process draws the heatmap meanwhile (~0.7 CPU-s
+    with matplotlib's import) and the worker skips it; when the report is already done (a slow store: the
+    worker had time for both), or the worker got to it first, it stays the worker's. -> the report's note."""
+    if not report.done() and claim_heatmap(job):
+        draw_monthly_heatmap(job.column, req, job.folder)
+        phase(req, f"{job.run_name}: monthly returns heatmap (while the tearsheet is drawn)")
+    return awaited(report)
 
 
 def figures_drawn(req: Request) -> str:
@@ -5296,11 +5323,12 @@ def remove_stale_folders() -> None:
 @dataclass(frozen=True)
 class SingleRun(Family):
     """One column, one run: its figures (tearsheet, heatmap) drawn in one worker while this process prepares
-    the metrics, imports mlflow and writes; write_run awaits the figures after the metrics land. (A second
+    the metrics, imports mlflow and writes; write_run awaits the figures after the metrics land (with a
+    tearsheet, this process draws the heatmap then if the worker is still busy: heatmap_while_waiting). (A second
     worker for the metrics made three busy processes on two cores, and at 1 M bars a third copy of the
     data's pages: bench/RESULTS.md.)"""
 
-    drawing: object  # a future of draw_tearsheet (the tearsheet and the heatmap), None in a dry run
+    drawing: object  # a future of the figures (draw_tearsheet; heatmap_while_waiting), None in a dry run
 
     has_parent: ClassVar[bool] = False
 
@@ -5312,7 +5340,14 @@ class SingleRun(Family):
     def start(cls, plan: Plan, req: Request, pool, tmp: Path) -> Callable[[], Family]:
         jobs = plan.jobs
         [job] = jobs
-        drawing = None if req.dry_run else pool.submit(draw_tearsheet, job, req)  # the heatmap, at least
+        if req.dry_run:
+            drawing = None
+        elif (
+            req.tearsheet and pool.processes
+        ):  # the heatmap to whichever is free first (heatmap_while_waiting)
+            drawing = Deferred(heatmap_while_waiting, (job, req, pool.submit(draw_tearsheet, job, req, True)))
+        else:
+            drawing = pool.submit(draw_tearsheet, job, req)  # the heatmap, at least
         prep = prepare_column(job, req)
 
         def finish() -> SingleRun:

@@ -404,6 +404,31 @@ def test_quantstats_loads_without_yfinance_and_leaves_it_importable(scripts):
     assert "real: True True" in out.stdout
 
 
+def test_a_single_runs_heatmap_is_drawn_once_by_whichever_is_free(scripts, tmp_path, capsys):
+    """With a tearsheet, a single run's heatmap is drawn by this process while the worker still draws
+    QuantStats' report (the worker then skips it), or by the worker when its report was done first (this
+    process then draws nothing); both figures are in the run's folder, the claim's marker is not."""
+    lb = scripts.log_backtest
+    daily_frame(21, n=800).to_csv(tmp_path / "r.csv", index=False)
+    req = lb.build_request(lb.build_parser().parse_args(["--returns", str(tmp_path / "r.csv"), "--debug"]))
+    [job] = lb.plan(lb.load_all(req), req, tmp_path / "work").jobs
+    with lb.WorkerPool(1) as pool:
+        report = pool.submit(lb.draw_tearsheet, job, req, True)
+        assert lb.heatmap_while_waiting(job, req, report) is None
+    assert "monthly returns heatmap (while the tearsheet is drawn)" in capsys.readouterr().err
+    assert {"tearsheet.html", "periods/monthly_returns.png"} <= set(lb.artifact_names(job.folder))
+    assert not [p for p in job.folder.rglob("*") if p.name.endswith(".heatmap")]
+    again = dataclasses.replace(job, folder=tmp_path / "work" / "again")
+    with lb.WorkerPool(1) as pool:
+        report = pool.submit(lb.draw_tearsheet, again, req, True)
+        report.result()
+        png = again.folder / "periods" / "monthly_returns.png"
+        drawn = png.stat().st_mtime_ns
+        lb.heatmap_while_waiting(again, req, report)
+    assert png.stat().st_mtime_ns == drawn
+    assert "while the tearsheet is drawn" not in capsys.readouterr().err
+
+
 def test_undefined_metrics_are_nan_never_zero(scripts):
     lb = scripts.log_backtest
     rng = np.random.default_rng(7)
