@@ -464,15 +464,14 @@ def test_out_of_sample_metrics_equal_each_segment_alone(tmp_path, run_in_process
     assert fraction["metrics"]["oos_sharpe"] == split["metrics"]["oos_sharpe"]
 
 
-@pytest.mark.slow  # 25-60 s on a busy 2-core machine: not in the inner loop (issue 26)
-def test_out_of_sample_run_and_sweep_in_a_store(local_store, tmp_path, scripts):
+def test_out_of_sample_run_and_sweep_in_a_store(local_store, tmp_path, run_in_process):
     from mlflow import MlflowClient
 
     frame = sweep_frame(12, columns=5, bars=800)
     frame.to_csv(tmp_path / "grid.csv")
     frame[["edge"]].to_csv(tmp_path / "one.csv")
-    done = run_script("log_backtest", "--returns", str(tmp_path / "one.csv"), "--oos-start", "0.75",
-                      "--no-tearsheet", env=local_store)  # fmt: skip
+    done = run_in_process("log_backtest", "--returns", str(tmp_path / "one.csv"), "--oos-start", "0.75",
+                          "--no-tearsheet", env=local_store)  # fmt: skip
     assert done.returncode == 0, done.stderr
     client = MlflowClient(local_store["MLFLOW_TRACKING_URI"])
     run = client.get_run(done.json()["run_id"])
@@ -485,8 +484,8 @@ def test_out_of_sample_run_and_sweep_in_a_store(local_store, tmp_path, scripts):
     assert f"- sharpe: **{sharpe[0]:.3f}** in-sample · **{sharpe[1]:.3f}** out-of-sample" in description
     assert "**Out-of-sample** from" in description
 
-    done = run_script("log_backtest", "--returns", str(tmp_path / "grid.csv"), "--oos-start", "0.75",
-                      "--best-by", "sortino", "--no-tearsheet", env=local_store)  # fmt: skip
+    done = run_in_process("log_backtest", "--returns", str(tmp_path / "grid.csv"), "--oos-start", "0.75",
+                          "--best-by", "sortino", "--no-tearsheet", env=local_store)  # fmt: skip
     assert done.returncode == 0, done.stderr
     out = done.json()
     children = {r["run_name"]: client.get_run(r["run_id"]).data.metrics for r in out["runs"]}
