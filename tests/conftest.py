@@ -193,6 +193,18 @@ def query(run_in_process):
     return run
 
 
+@pytest.fixture
+def log_main(run_in_process):
+    """log_backtest.main(argv) in this process (run_in_process, no store settings); -> (exit code, stdout,
+    stderr). For refusals and dry runs."""
+
+    def run(*argv: str):
+        result = run_in_process("log_backtest", *argv)
+        return result.returncode, result.stdout, result.stderr
+
+    return run
+
+
 @pytest.fixture(scope="session", autouse=True)
 def secret_scan(tmp_path_factory):
     """When the session (or xdist worker) ends: no secret the suite made (server passwords, canaries) may

@@ -70,10 +70,10 @@ def seed(client) -> dict:
 
 
 @pytest.fixture(scope="module")
-def local_seeded(tmp_path_factory):
+def local_seeded(tmp_path_factory, migrated_store):
     from mlflow import MlflowClient
 
-    uri = f"sqlite:///{tmp_path_factory.mktemp('gmh') / 'mlflow.db'}"
+    uri = migrated_store(tmp_path_factory.mktemp("gmh") / "mlflow.db")
     return {**seed(MlflowClient(uri)), "env": {"MLFLOW_TRACKING_URI": uri}, "kind": "local"}
 
 
@@ -89,18 +89,12 @@ def seeded(request):
 
 
 @pytest.fixture
-def call(scripts, capsys, monkeypatch):
-    """Run main(argv) in this process with an environment; returns (exit code, stdout, stderr)."""
+def call(run_in_process):
+    """Run main(argv) in this process with an environment (run_in_process); returns (exit code, stdout, stderr)."""
 
     def run(env: dict, *argv: str):
-        with monkeypatch.context() as patch:
-            for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-                patch.delenv(key, raising=False)
-            for key, value in env.items():
-                patch.setenv(key, value)
-            code = scripts.get_metric_history.main(list(argv))
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
+        done = run_in_process("get_metric_history", *argv, env=env)
+        return done.returncode, done.stdout, done.stderr
 
     return run
 

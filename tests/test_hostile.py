@@ -99,23 +99,6 @@ def test_log_backtest_stores_hostile_names_params_and_tags_faithfully(hostile_ru
     assert headline.startswith("Sharpe ") and rest.startswith("## " + HOSTILE_VALUES["shell"])
 
 
-@pytest.fixture
-def in_process(monkeypatch):
-    """Run a script's main() in this process with an environment that is restored afterwards."""
-
-    def use(env: dict[str, str]) -> None:
-        for key in (
-            "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
-            "MLFLOW_HTTP_REQUEST_TIMEOUT",
-            "MLFLOW_TRACKING_TOKEN",
-        ):
-            monkeypatch.delenv(key, raising=False)
-        for key, value in env.items():
-            monkeypatch.setenv(key, value)
-
-    return use
-
-
 HOSTILE_FILTERS = [
     # (filter, True when it must find the hostile run)
     ("params.shell = '" + HOSTILE_VALUES["shell"] + "'", True),
@@ -138,17 +121,16 @@ HOSTILE_FILTERS = [
     (s, f, m) for s in ("query_experiments", "get_metric_history") for f, m in HOSTILE_FILTERS
 ])  # fmt: skip
 def test_hostile_filters_are_answered_or_refused_never_crash(
-    hostile_run, mlflow_server, scripts, capsys, in_process, script, flt, finds
+    hostile_run, mlflow_server, run_in_process, script, flt, finds
 ):
-    in_process(hostile_run["env"])
     experiment = hostile_run["experiment"]
     if script == "query_experiments":
         # --max-chars 0: the run's 6 kB param and 8 kB tag exceed the default 8,000-character bound
         argv = ["runs", "--experiment", experiment, "--filter", flt, "--format", "json", "--max-chars", "0"]
     else:
         argv = ["--experiment", experiment, "--filter", flt, "--metrics", "equity", "--format", "json"]
-    code = getattr(scripts, script).main(argv)
-    out, err = capsys.readouterr()
+    done = run_in_process(script, *argv, env=hostile_run["env"])
+    code, out, err = done.returncode, done.stdout, done.stderr
     assert code in (0, 2, 3), (code, err)  # 3: get_metric_history found no run matching
     assert "Traceback" not in err
     if code != 0:
@@ -164,17 +146,18 @@ def test_hostile_filters_are_answered_or_refused_never_crash(
 
 
 @pytest.mark.server
-def test_hostile_experiment_names_are_found_by_exact_name(hostile_run, scripts, capsys, in_process):
+def test_hostile_experiment_names_are_found_by_exact_name(hostile_run, run_in_process):
     """Lookups by a name full of quotes and unicode (experiments --filter, runs --experiment)."""
-    in_process(hostile_run["env"])
-    code = scripts.query_experiments.main(["experiments", "--filter", "name LIKE '%ünïcødé 🚀%'"])
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    assert hostile_run["experiment"] in [e["name"] for e in json.loads(out)]
-    code = scripts.get_metric_history.main(["--experiment", hostile_run["experiment"], "--metrics", "equity"])
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    assert {row["run_id"] for row in json.loads(out)} == {hostile_run["out"]["run_id"]}
+    env = hostile_run["env"]
+    found = run_in_process(
+        "query_experiments", "experiments", "--filter", "name LIKE '%ünïcødé 🚀%'", env=env
+    )
+    assert found.returncode == 0, found.stderr
+    assert hostile_run["experiment"] in [e["name"] for e in found.json()]
+    history = run_in_process("get_metric_history", "--experiment", hostile_run["experiment"], "--metrics",
+                             "equity", env=env)  # fmt: skip
+    assert history.returncode == 0, history.stderr
+    assert {row["run_id"] for row in history.json()} == {hostile_run["out"]["run_id"]}
 
 
 @pytest.mark.parametrize(
@@ -193,25 +176,22 @@ def test_hostile_experiment_names_are_found_by_exact_name(hostile_run, scripts, 
     ],
 )
 def test_log_backtest_refuses_hostile_arguments_before_writing(
-    scripts, capsys, tmp_path, in_process, args, needle
+    no_store_yet, tmp_path, run_in_process, args, needle
 ):
-    in_process({"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
-    code = scripts.log_backtest.main(["--returns", str(DATA / "example_returns.csv"), *args])
-    out, err = capsys.readouterr()
+    done = run_in_process(
+        "log_backtest", "--returns", str(DATA / "example_returns.csv"), *args, env=no_store_yet
+    )
+    code, out, err = done.returncode, done.stdout, done.stderr
     assert code == 2 and out == "" and err.count("error: ") == 1 and needle.lower() in err.lower(), err
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.server
-def test_log_backtest_10kb_experiment_name_stored_faithfully_or_refused(
-    mlflow_server, scripts, capsys, in_process
-):
-    in_process(mlflow_server.env(mlflow_server.alice))
+def test_log_backtest_10kb_experiment_name_stored_faithfully_or_refused(mlflow_server, run_in_process):
     name = "ünï'" + "e" * 10_000 + uuid.uuid4().hex[:6]
-    code = scripts.log_backtest.main(
-        ["--returns", str(DATA / "example_returns.csv"), "--no-tearsheet", "--experiment", name]
-    )
-    out, err = capsys.readouterr()
+    done = run_in_process("log_backtest", "--returns", str(DATA / "example_returns.csv"), "--no-tearsheet",
+                          "--experiment", name, env=mlflow_server.env(mlflow_server.alice))  # fmt: skip
+    code, out, err = done.returncode, done.stdout, done.stderr
     assert code in (0, 2), (code, err[:300])
     client = mlflow_server.client(mlflow_server.alice)
     stored = client.get_experiment_by_name(name)

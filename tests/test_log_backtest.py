@@ -494,12 +494,6 @@ def write(tmp_path, name: str, text: str):
     return str(path)
 
 
-def run_main(scripts, capsys, *argv) -> tuple[int, str, str]:
-    code = scripts.log_backtest.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def good_csv(tmp_path, rows=30, name="r.csv") -> str:
     frame = daily_frame(9, n=rows)
     path = tmp_path / name
@@ -529,7 +523,7 @@ INVALID = {
 
 
 @pytest.mark.parametrize("case", sorted(INVALID))
-def test_invalid_returns_file_is_exit_2(scripts, capsys, tmp_path, case):
+def test_invalid_returns_file_is_exit_2(log_main, tmp_path, case):
     content, needle = INVALID[case]
     if content is None:
         path = str(tmp_path / "nope.csv")
@@ -537,7 +531,7 @@ def test_invalid_returns_file_is_exit_2(scripts, capsys, tmp_path, case):
         path = str(tmp_path)
     else:
         path = write(tmp_path, "in.csv", content)
-    code, out, err = run_main(scripts, capsys, "--returns", path, "--dry-run")
+    code, out, err = log_main("--returns", path, "--dry-run")
     assert code == 2
     assert out == ""
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
@@ -562,38 +556,34 @@ def test_invalid_returns_file_is_exit_2(scripts, capsys, tmp_path, case):
         (["--column", "nope"], "not a column"),
     ],
 )
-def test_invalid_arguments_are_exit_2(scripts, capsys, tmp_path, extra, needle):
-    code, out, err = run_main(scripts, capsys, "--returns", good_csv(tmp_path), "--dry-run", *extra)
+def test_invalid_arguments_are_exit_2(log_main, tmp_path, extra, needle):
+    code, out, err = log_main("--returns", good_csv(tmp_path), "--dry-run", *extra)
     assert code == 2, err
     assert out == "", err
     assert needle.lower() in err.lower(), err
     assert err.count("error: ") == 1, err
 
 
-def test_benchmark_problems_are_exit_2(scripts, capsys, tmp_path):
+def test_benchmark_problems_are_exit_2(log_main, tmp_path):
     returns = good_csv(tmp_path)
     far = daily_frame(10, n=30, start="1990-01-01")
     far.to_csv(tmp_path / "far.csv", index=False)
-    code, _, err = run_main(
-        scripts, capsys, "--returns", returns, "--benchmark", str(tmp_path / "far.csv"), "--dry-run"
-    )
+    code, _, err = log_main("--returns", returns, "--benchmark", str(tmp_path / "far.csv"), "--dry-run")
     assert code == 2
     assert "common" in err
     two = daily_frame(10, n=30, columns=("a", "b"))
     two.to_csv(tmp_path / "two.csv", index=False)
-    code, _, err = run_main(
-        scripts, capsys, "--returns", returns, "--benchmark", str(tmp_path / "two.csv"), "--dry-run"
-    )
+    code, _, err = log_main("--returns", returns, "--benchmark", str(tmp_path / "two.csv"), "--dry-run")
     assert code == 2
     assert "--benchmark-column" in err
 
 
-def test_unsorted_nan_rows_and_time_zones_are_fixed_with_warnings(scripts, capsys, tmp_path):
+def test_unsorted_nan_rows_and_time_zones_are_fixed_with_warnings(log_main, tmp_path):
     text = (
         "timestamp,r\n2024-01-03T00:00:00+01:00,0.01\n2024-01-01T23:00:00-01:00,0.02\n"
         "2024-01-04T00:00:00Z,\n2024-01-05T00:00:00Z,-0.01\n2024-01-08T00:00:00Z,0.005\n"
     )
-    code, out, err = run_main(scripts, capsys, "--returns", write(tmp_path, "tz.csv", text), "--dry-run")
+    code, out, err = log_main("--returns", write(tmp_path, "tz.csv", text), "--dry-run")
     assert code == 0, err
     data = json.loads(out)
     assert data["n_bars"] == 4
@@ -606,10 +596,10 @@ def test_unsorted_nan_rows_and_time_zones_are_fixed_with_warnings(scripts, capsy
     assert "Traceback" not in err
 
 
-def test_bare_numbers_with_periods_per_year(scripts, capsys, tmp_path):
+def test_bare_numbers_with_periods_per_year(log_main, tmp_path):
     values = "\n".join(f"{v:.6f}" for v in np.random.default_rng(11).normal(0.001, 0.02, 60))
     path = write(tmp_path, "bare.csv", "r\n" + values + "\n")
-    code, out, err = run_main(scripts, capsys, "--returns", path, "--periods-per-year", "12", "--dry-run")
+    code, out, err = log_main("--returns", path, "--periods-per-year", "12", "--dry-run")
     assert code == 0, err
     data = json.loads(out)
     assert data["periods_per_year"] == 12
@@ -862,11 +852,10 @@ def test_sweep_dedupe(sweep):
 
 
 def test_sweep_in_helper_processes_logs_what_one_process_logs(
-    client_for, sweep, scripts, capsys, tmp_path, monkeypatch
+    run_in_process, client_for, sweep, scripts, tmp_path
 ):
     """The CLI splits a sweep's columns across processes (one per core); main() called in a process that
     already imported mlflow does all of it itself. Both must log the same runs."""
-    monkeypatch.chdir(sweep["folder"])  # where the CLI ran: the code version (git) is in the fingerprint
     if (os.cpu_count() or 1) > 1:
         assert "in 1 helper process" in sweep["result"].stderr, sweep["result"].stderr
     server = client_for(sweep["env"])
@@ -875,11 +864,11 @@ def test_sweep_in_helper_processes_logs_what_one_process_logs(
     # this pytest process imported mlflow: inline
     assert lb.worker_processes(req, lb.Plan(lb.Sweep, [None, None])) == 0
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.chdir(sweep["folder"])  # where the CLI ran: the same code version (none: no git repository)
-    code, out, err = run_main(
-        scripts, capsys, "--returns", str(sweep["folder"] / "grid.csv"), "--experiment", "one-process",
-        "--param", "grid=v1", "--no-tearsheet", "--tracking-uri", uri,
-    )  # fmt: skip
+    # in the folder the CLI ran in: the code version (git; none there) is in the fingerprint
+    done = run_in_process("log_backtest", "--returns", str(sweep["folder"] / "grid.csv"), "--experiment",
+                          "one-process", "--param", "grid=v1", "--no-tearsheet", "--tracking-uri", uri,
+                          cwd=sweep["folder"])  # fmt: skip
+    code, out, err = done.returncode, done.stdout, done.stderr
     assert code == 0, err
     assert "helper process" not in err
     local = client_for({"MLFLOW_TRACKING_URI": uri})
@@ -972,12 +961,12 @@ def test_workers_fork_only_on_linux_with_cores_to_spare(scripts, monkeypatch, tm
     assert lb.worker_processes(req, ten) == 0
 
 
-def test_debug_in_process_prints_phase_timings(scripts, capsys, tmp_path):
+def test_debug_in_process_prints_phase_timings(log_main, tmp_path):
     """--debug is read from the arguments of this call, not from the process's sys.argv."""
-    code, _, err = run_main(scripts, capsys, "--returns", good_csv(tmp_path), "--dry-run", "--debug")
+    code, _, err = log_main("--returns", good_csv(tmp_path), "--dry-run", "--debug")
     assert code == 0, err
     assert "s data loaded and validated" in err
-    code, _, err = run_main(scripts, capsys, "--returns", good_csv(tmp_path), "--dry-run")
+    code, _, err = log_main("--returns", good_csv(tmp_path), "--dry-run")
     assert code == 0, err
     assert "debug:" not in err
 
@@ -1031,14 +1020,13 @@ def git(folder, *args: str) -> str:
     return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def test_code_version_tags_and_code_artifacts(scripts, client_for, tmp_path, monkeypatch, capsys):
+def test_code_version_tags_and_code_artifacts(run_in_process, client_for, tmp_path):
     """The git repository holding the current folder (or --code-dir) is recorded: commit, branch, remote
     without its credentials, dirty or not; --code files ride along as artifacts; package versions as tags.
     Outside git: no git tags and no error. A missing --code file is exit 2 before anything is written."""
     import importlib.metadata
     import platform
 
-    lb = scripts.log_backtest
     repo = tmp_path / "strategy"
     repo.mkdir()
     git(repo, "init", "-q", "-b", "research")
@@ -1050,14 +1038,12 @@ def test_code_version_tags_and_code_artifacts(scripts, client_for, tmp_path, mon
     git(repo, "remote", "add", "origin", f"https://quant:{canary}@git.example.com/desk/strategy.git")
     commit = git(repo, "rev-parse", "HEAD")
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    monkeypatch.chdir(repo)
+    folder = repo  # where the user runs log_backtest
 
     def log(*argv: str):
-        capsys.readouterr()
-        code = lb.main(["--returns", "returns.csv", "--no-tearsheet", "--force", *argv])
-        out, err = capsys.readouterr()
-        return code, out, err
+        done = run_in_process("log_backtest", "--returns", "returns.csv", "--no-tearsheet", "--force", *argv,
+                              env={"MLFLOW_TRACKING_URI": store}, cwd=folder)  # fmt: skip
+        return done.returncode, done.stdout, done.stderr
 
     code, out, err = log("--code", "signal.py")  # returns.csv and mlflow.db are untracked: still clean
     assert code == 0, err
@@ -1075,9 +1061,10 @@ def test_code_version_tags_and_code_artifacts(scripts, client_for, tmp_path, mon
     assert tags["backtest.version.python"] == platform.python_version()
     for package in ("quantstats", "pandas", "numpy", "mlflow"):
         assert tags[f"backtest.version.{package}"] == importlib.metadata.version(package)
-    capsys.readouterr()
-    assert scripts.query_experiments.main(["run", "--run-id", got["run_id"]]) == 0
-    assert json.loads(capsys.readouterr().out)["git"] == got["git"]  # what query_experiments shows of it
+    shown = run_in_process(
+        "query_experiments", "run", "--run-id", got["run_id"], env={"MLFLOW_TRACKING_URI": store}
+    )
+    assert shown.returncode == 0 and shown.json()["git"] == got["git"], shown.stderr  # what it shows of it
     local = client.download_artifacts(got["run_id"], "code", str(tmp_path / "down"))
     assert (tmp_path / "down" / "code" / "signal.py").read_text() == "LOOKBACK = 20\n", local
 
@@ -1093,7 +1080,7 @@ def test_code_version_tags_and_code_artifacts(scripts, client_for, tmp_path, mon
     elsewhere = tmp_path / "not-git"  # outside any repository: no git tags, no error
     elsewhere.mkdir()
     daily_frame(22, n=300).to_csv(elsewhere / "returns.csv", index=False)
-    monkeypatch.chdir(elsewhere)
+    folder = elsewhere
     code, out, err = log()
     assert code == 0 and json.loads(out)["git"] is None and err == "", err
     tags = client.get_run(json.loads(out)["run_id"]).data.tags

@@ -136,12 +136,6 @@ def test_segment_without_spread_is_undefined(scripts):
 # ---------------------------------------------------------------- bad input
 
 
-def run_main(scripts, capsys, *argv) -> tuple[int, str, str]:
-    code = scripts.log_backtest.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.mark.parametrize(
     "window, needle",
     [
@@ -152,29 +146,29 @@ def run_main(scripts, capsys, *argv) -> tuple[int, str, str]:
         ("gfc=2008-01-01:2008-12-31", "already taken"),
     ],
 )
-def test_bad_period_is_exit_2_and_nothing_written(scripts, capsys, tmp_path, window, needle):
+def test_bad_period_is_exit_2_and_nothing_written(log_main, tmp_path, window, needle):
     r, _ = series("daily", 3)
     r.rename_axis("date").to_csv(tmp_path / "r.csv")
     db = tmp_path / "mlflow.db"
-    code, out, err = run_main(scripts, capsys, "--returns", str(tmp_path / "r.csv"), "--period", window,
+    code, out, err = log_main("--returns", str(tmp_path / "r.csv"), "--period", window,
                               "--tracking-uri", f"sqlite:///{db}")  # fmt: skip
     assert code == 2 and out == "" and needle.lower() in err.lower() and "Traceback" not in err
     assert not db.exists()
 
 
-def test_duplicate_user_period_is_exit_2(scripts, capsys, tmp_path):
+def test_duplicate_user_period_is_exit_2(log_main, tmp_path):
     r, _ = series("daily", 3)
     r.rename_axis("date").to_csv(tmp_path / "r.csv")
-    code, _, err = run_main(scripts, capsys, "--returns", str(tmp_path / "r.csv"), "--dry-run",
+    code, _, err = log_main("--returns", str(tmp_path / "r.csv"), "--dry-run",
                             "--period", "a=2008-01-01:2008-02-01", "--period", "a=2009-01-01:2009-02-01")  # fmt: skip
     assert code == 2 and "already taken" in err
 
 
-def test_period_prefix_is_refused(scripts, capsys, tmp_path):
+def test_period_prefix_is_refused(log_main, tmp_path):
     """--perio is no abbreviation of --period (nor --period of --periods-per-year)."""
     r, _ = series("daily", 3)
     r.rename_axis("date").to_csv(tmp_path / "r.csv")
-    code, _, err = run_main(scripts, capsys, "--returns", str(tmp_path / "r.csv"), "--dry-run",
+    code, _, err = log_main("--returns", str(tmp_path / "r.csv"), "--dry-run",
                             "--perio", "a=2008-01-01:2008-02-01")  # fmt: skip
     assert code == 2 and "--perio" in err
 
@@ -302,10 +296,10 @@ def test_the_heatmap_is_drawn_without_a_tearsheet_by_a_worker(logged, tmp_path):
         assert "monthly returns heatmap" in done.stderr  # the phase line of the drawing
 
 
-def test_window_outside_the_data_is_a_warning(scripts, capsys, tmp_path):
+def test_window_outside_the_data_is_a_warning(log_main, tmp_path):
     r, _ = series("daily", 3)
     r.rename_axis("date").to_csv(tmp_path / "r.csv")
-    code, out, err = run_main(scripts, capsys, "--returns", str(tmp_path / "r.csv"), "--dry-run", "--format",
+    code, out, err = log_main("--returns", str(tmp_path / "r.csv"), "--dry-run", "--format",
                               "json", "--period", "old=1990-01-01:1990-12-31")  # fmt: skip
     assert code == 0 and "'old' lies outside the data" in err
     got = json.loads(out)
@@ -410,7 +404,7 @@ def test_query_periods_bad_input_is_exit_2(logged, query, argv, needle):
     assert code == 2 and out == "" and needle in err and "Traceback" not in err
 
 
-def test_query_periods_through_the_server(mlflow_server, scripts, capsys, query, tmp_path, monkeypatch):
+def test_query_periods_through_the_server(log_main, mlflow_server, query, tmp_path, monkeypatch):
     """Once through the basic-auth server with proxied artifacts: log, then read the periods back."""
     env = mlflow_server.env()
     r, _ = series("daily", 9)
@@ -418,7 +412,7 @@ def test_query_periods_through_the_server(mlflow_server, scripts, capsys, query,
     experiment = f"periods-server-{tmp_path.name}"
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    code, out, err = run_main(scripts, capsys, "--returns", str(tmp_path / "r.csv"), "--experiment", experiment,
+    code, out, err = log_main("--returns", str(tmp_path / "r.csv"), "--experiment", experiment,
                               "--no-tearsheet", "--format", "json")  # fmt: skip
     assert code == 0, err
     got = ok(query(env, "periods", "--experiment", experiment, "--format", "json"))

@@ -12,20 +12,19 @@ from harness import assert_clean_error, run_script
 
 
 @pytest.fixture
-def lb(scripts, capsys, tmp_path, monkeypatch):
-    """log_backtest.main() in this process on a store in tmp_path/store; returns (code, out, err)."""
+def lb(run_in_process, tmp_path):
+    """log_backtest.main() in this process (run_in_process) on a store in tmp_path/store that does not exist
+    yet (refusals must not create it); returns (code, out, err). lb.store, lb.env: its folder, its environment."""
     store = tmp_path / "store"
     store.mkdir()
-    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_TOKEN"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}"}
 
     def call(*argv: str):
-        code = scripts.log_backtest.main([*argv, "--no-tearsheet", "--format", "json"])
-        out, err = capsys.readouterr()
-        return code, (json.loads(out) if code == 0 and out else out), err
+        done = run_in_process("log_backtest", *argv, "--no-tearsheet", "--format", "json", env=env)
+        code, out = done.returncode, done.stdout
+        return code, (json.loads(out) if code == 0 and out else out), done.stderr
 
-    call.store = store
+    call.store, call.env = store, env
     return call
 
 
@@ -94,7 +93,7 @@ def test_pre_1970_bars_are_logged_with_real_dates_in_params(lb, tmp_path, client
     code, out, err = lb("--returns", write(tmp_path / "old.csv", "date,returns", rows), "--experiment", "old")
     assert code == 0, err
     assert out["start"] == "1965-01-04" and any("1970" in w for w in out["warnings"]), out["warnings"]
-    client = client_for({"MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]})
+    client = client_for(lb.env)
     run = client.get_run(out["run_id"])
     assert run.info.status == "FINISHED" and run.data.params["start"] == "1965-01-04"
     history = client.get_metric_history(out["run_id"], "equity")

@@ -4,7 +4,6 @@ in the user's folder."""
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import pytest
@@ -20,17 +19,12 @@ ARGS = {
 
 
 @pytest.fixture
-def call(scripts, capsys, monkeypatch, tmp_path):
+def call(run_in_process, tmp_path):
     """SCRIPT.main(ARGS + --tracking-uri URI) in this process, in an empty folder -> (code, out, err)."""
-    monkeypatch.chdir(tmp_path)
-    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN"):
-        monkeypatch.delenv(key, raising=False)
 
     def run(name: str, uri: str):
-        capsys.readouterr()
-        code = getattr(scripts, name).main([*ARGS[name], "--tracking-uri", uri])
-        out, err = capsys.readouterr()
-        return code, out, err
+        done = run_in_process(name, *ARGS[name], "--tracking-uri", uri, cwd=tmp_path)
+        return done.returncode, done.stdout, done.stderr
 
     return run
 
@@ -132,20 +126,17 @@ def test_databricks_without_credentials_is_exit_4_naming_what_to_set(tmp_path):
         assert_clean_error(result, 4, "DATABRICKS_HOST", "DATABRICKS_TOKEN", "databrickscfg")
 
 
-def test_a_local_store_leaves_no_lock_files_in_the_users_folder(scripts, tmp_path, monkeypatch, capsys):
+def test_a_local_store_leaves_no_lock_files_in_the_users_folder(run_in_process, tmp_path):
     """mlflow.db.lock and mlflow.db.fingerprints.lock were left untracked in the research repository; they
     live in the user's cache folder now, and are still taken (tests/test_reliability_concurrency.py races
     on them)."""
     repo, cache = tmp_path / "research", tmp_path / "cache"
     repo.mkdir()
     (repo / "returns.csv").write_text((DATA / "example_returns.csv").read_text())
-    monkeypatch.chdir(repo)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
-    code = scripts.log_backtest.main(["--returns", "returns.csv", "--no-tearsheet", "--format", "json"])
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    assert json.loads(out)["tracking_uri"] == f"sqlite:///{repo / 'mlflow.db'}"
+    done = run_in_process("log_backtest", "--returns", "returns.csv", "--no-tearsheet", "--format", "json",
+                          env={"XDG_CACHE_HOME": str(cache)}, cwd=repo)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.json()["tracking_uri"] == f"sqlite:///{repo / 'mlflow.db'}"
     assert sorted(p.name for p in repo.iterdir()) == ["mlflow.db", "mlruns", "returns.csv"]
     locks = sorted(p.name.rsplit(".", 2)[1] for p in (cache / "mlflow-python" / "locks").iterdir())
     assert locks == ["fingerprints", "open"], locks
