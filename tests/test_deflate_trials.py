@@ -12,7 +12,6 @@ import uuid
 import numpy as np
 import pandas as pd
 import pytest
-from harness import run_script
 from scipy import stats
 
 
@@ -256,8 +255,7 @@ def test_deleted_and_repeated_trials_over_http(mlflow_server, query):
     assert over_http == direct and direct["n_trials"] == 4 and direct["excluded"]["same_series"] == 2
 
 
-@pytest.mark.slow  # 25-60 s on a busy 2-core machine: not in the inner loop (issue 26)
-def test_relogged_series_count_once(local_store, tmp_path, query):
+def test_relogged_series_count_once(local_store, tmp_path, query, run_in_process):
     """Through log_backtest: a sweep, then the same file again with a hold-out (--force, --oos-start): the
     dataset digest is the return series alone, so deflate still counts 3 trials."""
     rng = np.random.default_rng(7)
@@ -267,8 +265,8 @@ def test_relogged_series_count_once(local_store, tmp_path, query):
     frame.to_csv(tmp_path / "sweep.csv")
     name = f"relog-{uuid.uuid4().hex[:8]}"
     common = ("--returns", str(tmp_path / "sweep.csv"), "--experiment", name, "--no-tearsheet")
-    assert run_script("log_backtest", *common, env=local_store).returncode == 0
-    again = run_script("log_backtest", *common, "--force", "--oos-start", "2020-01-01", env=local_store)
+    assert run_in_process("log_backtest", *common, env=local_store).returncode == 0
+    again = run_in_process("log_backtest", *common, "--force", "--oos-start", "2020-01-01", env=local_store)
     assert again.returncode == 0, again.stderr
     got, _ = deflate(query, local_store, name)
     assert (

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from harness import run_script
 
 DAY_MS = 86_400_000
 SELECTORS = ("--filter", "--status", "--older-than", "--duplicates", "--all")
@@ -319,12 +318,11 @@ def test_ui_prints_the_command_and_the_runs_view_link(local, query):
     assert "uvx --from 'mlflow==3.17.2' mlflow ui --backend-store-uri sqlite:///mlflow.db" in readme
 
 
-@pytest.mark.slow  # 25-60 s on a busy 2-core machine: not in the inner loop (issue 26)
-def test_relogging_a_deleted_backtest_logs_a_new_run(tmp_path):
+def test_relogging_a_deleted_backtest_logs_a_new_run(local_store, tmp_path, run_in_process):
     (tmp_path / "returns.csv").write_text(
         "date,ret\n" + "".join(f"2020-01-{d:02d},{(-1) ** d * 0.001 * d}\n" for d in range(1, 29))
     )
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    env = local_store
     args = (
         "--returns",
         "returns.csv",
@@ -334,15 +332,15 @@ def test_relogging_a_deleted_backtest_logs_a_new_run(tmp_path):
         "--periods-per-year",
         "252",
     )
-    first = run_script("log_backtest", *args, env=env, cwd=tmp_path)
+    first = run_in_process("log_backtest", *args, env=env, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    again = run_script("log_backtest", *args, env=env, cwd=tmp_path)
+    again = run_in_process("log_backtest", *args, env=env, cwd=tmp_path)
     assert again.json()["run_id"] == first.json()["run_id"] and again.json().get("deduplicated") is True
-    deleted = run_script(
+    deleted = run_in_process(
         "query_experiments", "delete", "--run-id", first.json()["run_id"], "--yes", env=env, cwd=tmp_path
     )
     assert deleted.returncode == 0 and deleted.json()["deleted"] == 1, deleted.stderr
-    relogged = run_script("log_backtest", *args, env=env, cwd=tmp_path)
+    relogged = run_in_process("log_backtest", *args, env=env, cwd=tmp_path)
     assert relogged.returncode == 0, relogged.stderr
     assert relogged.json()["run_id"] != first.json()["run_id"] and not relogged.json().get("deduplicated")
 

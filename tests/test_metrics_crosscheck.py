@@ -582,12 +582,11 @@ def test_logged_runs_max_drawdown_is_the_minimum_of_their_drawdown_history(
         assert -0.2 < logged["max_drawdown"] < 0
 
 
-def test_cli_refuses_a_mixed_frequency_benchmark_and_resamples_on_request(scripts, capsys, tmp_path):
+def test_cli_refuses_a_mixed_frequency_benchmark_and_resamples_on_request(log_main, tmp_path):
     import csv
     import io
     import json
 
-    lb = scripts.log_backtest
     case = CASES["eurusd_hourly"]
     hourly = tmp_path / "hourly.csv"
     pd.DataFrame({"timestamp": case.r.index.strftime("%Y-%m-%dT%H:%M:%SZ"), "s": case.r.to_numpy()}).to_csv(
@@ -599,19 +598,16 @@ def test_cli_refuses_a_mixed_frequency_benchmark_and_resamples_on_request(script
         daily, index=False
     )
     argv = ["--returns", str(hourly), "--benchmark", str(daily), "--dry-run", "--no-tearsheet"]
-    code = lb.main(argv)
-    out, err = capsys.readouterr()
+    code, out, err = log_main(*argv)
     assert code == 2 and out == "" and err.count("error: ") == 1 and "Traceback" not in err
     assert "60min" in err and "daily" in err and "--resample-to-benchmark" in err
-    code = lb.main([*argv, "--resample-to-benchmark"])
-    out, err = capsys.readouterr()
+    code, out, err = log_main(*argv, "--resample-to-benchmark")
     assert code == 0, err
     data = json.loads(out)
     assert data["frequency"].startswith("daily") and data["n_bars"] == data["benchmark"]["common_bars"]
     assert any("--resample-to-benchmark" in w for w in data["warnings"])
     # --format csv, as the README promises for every script: key,value rows with exact numbers
-    code = lb.main([*argv, "--resample-to-benchmark", "--format", "csv"])
-    out, err = capsys.readouterr()
+    code, out, err = log_main(*argv, "--resample-to-benchmark", "--format", "csv")
     assert code == 0, err
     rows = {row["key"]: row["value"] for row in csv.DictReader(io.StringIO(out))}
     assert float(rows["metrics.sharpe"]) == data["metrics"]["sharpe"]

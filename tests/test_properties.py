@@ -313,20 +313,16 @@ def test_generated_files_end_to_end_leave_no_run_on_failure(lb, tmp_path, case):
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
-def test_timestamps_outside_pandas_range_are_exit_2(scripts, tmp_path):
+def test_timestamps_outside_pandas_range_are_exit_2(log_main, tmp_path):
     """pandas holds nanosecond timestamps from 1677 to 2262: a date outside is bad input (exit 2), not an
     unexpected error (exit 1)."""
     for text in ("date,r\n2300-01-02,0.01\n2300-01-03,0.02\n2300-01-04,-0.01\n",
                  "date,r\n1500-01-02,0.01\n1500-01-03,0.02\n1500-01-04,-0.01\n"):  # fmt: skip
         path = tmp_path / "far.csv"
         path.write_text(text)
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = scripts.log_backtest.main(["--returns", str(path), "--dry-run"])
-        assert code == 2, (code, err.getvalue())
-        assert out.getvalue() == "", (code, err.getvalue())
-        assert err.getvalue().startswith("error: "), err.getvalue()
-        assert "timestamp" in err.getvalue(), err.getvalue()
+        code, out, err = log_main("--returns", str(path), "--dry-run")
+        assert code == 2 and out == "", (code, err)
+        assert err.startswith("error: ") and "timestamp" in err, err
 
 
 def test_returns_whose_equity_overflows_are_exit_2_never_inf_histories(lb, tmp_path):
