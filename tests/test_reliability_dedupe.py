@@ -25,11 +25,10 @@ def git(folder: Path, *args: str) -> None:
 
 
 @pytest.fixture
-def lb(run_in_process, migrated_store, tmp_path, monkeypatch):
+def lb(run_in_process, migrated_store, tmp_path):
     """log_backtest.main() in this process, in tmp_path (no git repository) on a store there; -> output.
-    The test's own MlflowClient() finds that store through MLFLOW_TRACKING_URI."""
+    lb.uri: that store."""
     uri = migrated_store(tmp_path / "mlflow.db")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     daily(1, ("strategy",)).to_csv(tmp_path / "single.csv", index=False)
     daily(2, ("fast", "medium", "slow")).to_csv(tmp_path / "sweep.csv", index=False)
     for seed, name in ((3, "bench_a.csv"), (4, "bench_b.csv")):
@@ -41,6 +40,7 @@ def lb(run_in_process, migrated_store, tmp_path, monkeypatch):
         assert done.returncode == 0, done.stderr
         return done.json()
 
+    call.uri = uri
     return call
 
 
@@ -83,7 +83,7 @@ def test_oos_start_relog_holds_the_split_metrics_it_prints(lb, scripts):
     assert out["deduplicated"] is False
     import mlflow
 
-    stored = mlflow.MlflowClient().get_run(out["run_id"]).data.metrics
+    stored = mlflow.MlflowClient(lb.uri).get_run(out["run_id"]).data.metrics
     split = {k: v for k, v in out["metrics"].items() if k.startswith(("is_", "oos_"))}
     assert split and all(stored[k] == v for k, v in split.items())
 
@@ -133,7 +133,7 @@ def test_a_deduplicated_output_shows_the_stored_values(lb):
     from mlflow.entities import Metric
 
     first = lb("--returns", "single.csv")
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient(lb.uri)
     stored_sharpe = first["metrics"]["sharpe"] + 1.0
     later = client.get_run(first["run_id"]).info.end_time + 1000
     client.log_batch(first["run_id"], metrics=[Metric("sharpe", stored_sharpe, later, 0)])
