@@ -194,6 +194,18 @@ def query(run_in_process):
 
 
 @pytest.fixture
+def connect(scripts):
+    """connect(name, uri) -> scripts/NAME.py's connect(uri) called in this process (its MlflowClient). What
+    connect() changes in the process (MLflow's global tracking URI, the heap it freezes) is put back when the
+    test ends (harness.ProcessState), as run_in_process does after each call."""
+    import mlflow  # noqa: F401 - ProcessState reads MLflow's state
+
+    before = harness.ProcessState.now()
+    yield lambda name, uri: getattr(scripts, name).connect(uri)
+    before.restore()
+
+
+@pytest.fixture
 def log_main(run_in_process):
     """log_backtest.main(argv) in this process (run_in_process, no store settings); -> (exit code, stdout,
     stderr). For refusals and dry runs."""

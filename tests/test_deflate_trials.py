@@ -206,7 +206,7 @@ def test_walk_forward_parent_is_one_trial_and_its_folds_none(local_store, query)
     assert row["count"] == 6 and row["max"] == 1.9  # the walk-forward parent aggregated by its oos_sharpe
 
 
-def test_private_filter_helper_is_checked_and_has_a_fallback(local_store, scripts, monkeypatch):
+def test_private_filter_helper_is_checked_and_has_a_fallback(local_store, scripts, monkeypatch, connect):
     """deflate reads a database store through MLflow's private _get_sqlalchemy_filter_clauses: this fails
     loudly when an MLflow upgrade changes it, and without it the public search_runs gives the same trials."""
     qe = scripts.query_experiments
@@ -215,7 +215,7 @@ def test_private_filter_helper_is_checked_and_has_a_fallback(local_store, script
     for i in range(4):
         seed.trial(f"t{i}", digest=f"{i % 3:016x}")
     seed.client.delete_run(next(iter(seed.trials)))
-    client = qe.connect(local_store["MLFLOW_TRACKING_URI"])
+    client = connect("query_experiments", local_store["MLFLOW_TRACKING_URI"])
     store = client._tracking_client.store
     ids = [seed.experiment_id]
     filter_string = qe.build_run_filter("metrics.sharpe > -100", "FINISHED", None, False)

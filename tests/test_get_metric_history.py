@@ -251,11 +251,13 @@ def test_plot_is_a_valid_png_with_one_line_per_run(server_seeded, call, tmp_path
 # ---------------------------------------------------------------- fetching
 
 
-def test_bulk_fetch_with_truncation_and_fallback_equals_the_client(server_seeded, scripts, monkeypatch):
+def test_bulk_fetch_with_truncation_and_fallback_equals_the_client(
+    server_seeded, scripts, monkeypatch, connect
+):
     """get-history-bulk responses are capped: a small cap forces the cut-response and one-run-alone paths;
     a missing endpoint forces the public get-history. Every path returns what MlflowClient returns."""
     module = scripts.get_metric_history
-    client = module.connect(server_seeded["env"]["MLFLOW_TRACKING_URI"])
+    client = connect("get_metric_history", server_seeded["env"]["MLFLOW_TRACKING_URI"])
     for key, value in server_seeded["env"].items():
         monkeypatch.setenv(key, value)
     uri = server_seeded["env"]["MLFLOW_TRACKING_URI"]

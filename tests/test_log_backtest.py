@@ -12,7 +12,6 @@ import os
 import uuid
 import warnings
 
-import harness
 import numpy as np
 import pandas as pd
 import pytest
@@ -984,7 +983,7 @@ def test_worker_pool_ends_a_task_nobody_waits_for(scripts):
     assert time.monotonic() - started < 20
 
 
-def test_a_failing_tearsheet_leaves_no_visible_run(scripts, tmp_path):
+def test_a_failing_tearsheet_leaves_no_visible_run(scripts, connect, tmp_path):
     """A single run's metrics are written while a helper draws its tearsheet; if the tearsheet then fails,
     the run is FAILED and deleted (out of sight), and the failure is the script's exit code."""
     lb = scripts.log_backtest
@@ -993,21 +992,17 @@ def test_a_failing_tearsheet_leaves_no_visible_run(scripts, tmp_path):
     req = lb.build_request(lb.build_parser().parse_args(["--returns", str(tmp_path / "s.csv")]))
     [job] = lb.plan(lb.load_all(req), req, tmp_path).jobs
     prep = lb.prepare_column(job, req)
-    before = harness.ProcessState.now()  # connect() sets MLflow's global tracking URI and freezes the heap
-    try:
-        client = lb.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
-        experiment_id = lb.ensure_experiment(client, "no-report")
+    client = connect("log_backtest", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = lb.ensure_experiment(client, "no-report")
 
-        def failing_tearsheet():
-            raise lb.CliError(lb.EXIT_UNEXPECTED, "QuantStats could not draw the report")
+    def failing_tearsheet():
+        raise lb.CliError(lb.EXIT_UNEXPECTED, "QuantStats could not draw the report")
 
-        with lb.worker_pool(0) as pool:
-            tearsheet = pool.submit(failing_tearsheet)
-            code = lb.run_cli(
-                lambda: lb.write_run(client, experiment_id, job, prep, req, tearsheet=tearsheet), debug=False
-            )
-    finally:
-        before.restore()
+    with lb.worker_pool(0) as pool:
+        tearsheet = pool.submit(failing_tearsheet)
+        code = lb.run_cli(
+            lambda: lb.write_run(client, experiment_id, job, prep, req, tearsheet=tearsheet), debug=False
+        )
     assert code == lb.EXIT_UNEXPECTED
     from mlflow.entities import ViewType
 

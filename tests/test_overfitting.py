@@ -277,12 +277,12 @@ def test_deflate_on_a_local_store(local_store, query):
     assert code == 2 and "--filter" in err
 
 
-def test_database_read_equals_search_runs(local_store, scripts):
+def test_database_read_equals_search_runs(local_store, scripts, connect):
     """deflate reads a database store's rows directly; the public search_runs path gives the same trials."""
     qe = scripts.query_experiments
     name = f"deflate-{uuid.uuid4().hex[:8]}"
     seed_trials(local_store["MLFLOW_TRACKING_URI"], name)
-    client = qe.connect(local_store["MLFLOW_TRACKING_URI"])
+    client = connect("query_experiments", local_store["MLFLOW_TRACKING_URI"])
     ids = [client.get_experiment_by_name(name).experiment_id]
     for user_filter in ("", "params.universe = 'sp500' and metrics.sharpe > 0.5"):
         filter_string = qe.build_run_filter(user_filter, "FINISHED", None, False)
