@@ -217,6 +217,21 @@ def log_main(run_in_process):
     return run
 
 
+@pytest.fixture(autouse=True)
+def no_global_tracking_uri():
+    """When a test ends, MLflow's global tracking URI (mlflow.set_tracking_uri; the scripts' connect() sets
+    it) is unset, as before it: a test that leaves it set sends every later MlflowClient() of its xdist worker
+    to its store. A leak is an error at teardown; run_in_process and `connect` put it back themselves."""
+    yield
+    if "mlflow" in sys.modules:
+        from mlflow.tracking._tracking_service import utils
+
+        leaked, utils._tracking_uri = utils._tracking_uri, None  # private: MLflow has no getter for it
+        assert leaked is None, (
+            f"the test left MLflow's global tracking URI set ({leaked}): use run_in_process or `connect`"
+        )
+
+
 @pytest.fixture(scope="session", autouse=True)
 def secret_scan(tmp_path_factory):
     """When the session (or xdist worker) ends: no secret the suite made (server passwords, canaries) may

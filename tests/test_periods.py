@@ -404,17 +404,15 @@ def test_query_periods_bad_input_is_exit_2(logged, query, argv, needle):
     assert code == 2 and out == "" and needle in err and "Traceback" not in err
 
 
-def test_query_periods_through_the_server(log_main, mlflow_server, query, tmp_path, monkeypatch):
+def test_query_periods_through_the_server(run_in_process, mlflow_server, query, tmp_path):
     """Once through the basic-auth server with proxied artifacts: log, then read the periods back."""
     env = mlflow_server.env()
     r, _ = series("daily", 9)
     r.rename_axis("date").to_csv(tmp_path / "r.csv", float_format="%.17g")
     experiment = f"periods-server-{tmp_path.name}"
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    code, out, err = log_main("--returns", str(tmp_path / "r.csv"), "--experiment", experiment,
-                              "--no-tearsheet", "--format", "json")  # fmt: skip
-    assert code == 0, err
+    done = run_in_process("log_backtest", "--returns", str(tmp_path / "r.csv"), "--experiment", experiment,
+                          "--no-tearsheet", "--format", "json", env=env, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
     got = ok(query(env, "periods", "--experiment", experiment, "--format", "json"))
     assert got["runs"][0]["values"] == pytest.approx(
         {str(y): total(x, True) for y, x in r.groupby(r.index.year)}, rel=1e-9
