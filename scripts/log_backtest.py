@@ -564,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
 
         req = build_request(build_parser().parse_args(argv))
         phase(req, "arguments checked")
+        if argv_given is None:  # this process is ours: a host that called main() keeps its allocators
+            allocators_that_give_back_memory()
         loaded = load_all(req)  # pandas from here on; every input error is still exit 2 with nothing written
         if req.oos:
             for column in loaded.columns:  # each side of the split needs bars: checked before any work
@@ -3026,6 +3028,23 @@ def load_all(req: Request) -> Loaded:
             column.benchmark_info = {"file": req.benchmark_path.name, "column": bench_name, **info}
         out.append(column)
     return Loaded(out, warnings)
+
+
+def allocators_that_give_back_memory() -> None:
+    """Before any data is read: freed large buffers go back to the OS instead of staying in this process's
+    heap (and in the RSS of every worker forked from it). glibc raises its mmap threshold to the size of
+    each large block freed (up to 32 MB), after which a 1 M-bar array (8 MB) comes from the heap and stays
+    there when freed, fragmented among small objects; a fixed threshold (mallopt) turns that off. pyarrow's
+    own allocator (mimalloc) keeps a Parquet read's buffers for reuse; with the system allocator they are
+    freed like the rest. Together, not either alone: 1 M bars + benchmark ~815 -> ~700 MB summed peak RSS,
+    for ~0.35 s more wall time (fresh pages instead of reused ones: bench/RESULTS.md); arrays below 1 MB
+    (20 years of daily bars) are not affected."""
+    import ctypes
+
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")  # read when pyarrow loads; the user's wins
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None) if sys.platform == "linux" else None
+    if mallopt is not None:  # glibc
+        mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD (malloc.h): 1 MB blocks and up mmap'd, unmapped when freed
 
 
 # ---- frequency ------------------------------------------------------------------------------------------

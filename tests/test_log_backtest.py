@@ -971,6 +971,39 @@ def test_debug_in_process_prints_phase_timings(log_main, tmp_path):
     assert "debug:" not in err
 
 
+@pytest.mark.parametrize("preset", [None, "mimalloc"])
+def test_a_process_of_its_own_reads_parquet_with_allocators_that_give_memory_back(preset):
+    """allocators_that_give_back_memory (bench/RESULTS.md: 1 M bars ~815 -> ~700 MB summed RSS): pyarrow,
+    loaded after it, allocates with the system allocator unless the user chose another, and glibc's mmap
+    threshold is fixed (a freed 8 MB array is unmapped, not kept in the heap)."""
+    import subprocess
+    import sys
+
+    from harness import SCRIPTS
+
+    probe = f"""
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("lb", {str(SCRIPTS / "log_backtest.py")!r})
+lb = importlib.util.module_from_spec(spec); sys.modules["lb"] = lb; spec.loader.exec_module(lb)
+lb.allocators_that_give_back_memory()
+import ctypes, numpy, pyarrow, resource
+def rss(): return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
+keep = []
+before = rss()
+for i in range(10):  # 8-12 MB arrays, each freed with a small block kept after it
+    block = numpy.ones(1_500_000 - 50_000 * i); keep.append(bytes(4096)); del block
+print(pyarrow.default_memory_pool().backend_name, (rss() - before) >> 20)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    if preset:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = preset
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    backend, grown_mb = out.stdout.split()
+    assert backend == (preset or "system")
+    # glibc's dynamic threshold alone keeps one freed array's 11 MB in the heap
+    assert int(grown_mb) < 4, out.stdout
+
+
 def test_worker_pool_ends_a_task_nobody_waits_for(scripts):
     """Leaving the pool ends a task still running (a duplicate's tearsheet), without waiting for it."""
     import time
