@@ -3,7 +3,7 @@
     uv run python bench/run.py                 # full run: medians of 3 alternating repetitions, writes RESULTS.md
     uv run python bench/run.py --quick         # tiny sizes, one repetition: checks every case runs (CI)
     uv run python bench/run.py --only sweep    # one case: help, log, sweep, walkforward, large, history, query,
-                                               # overfit, postgres
+                                               # overfit, postgres (RESULTS.md's table then holds those)
 
 Every command is run as a user runs it (`uv run scripts/x.py …`, `uv run bench/baseline_x.py …`), so
 interpreter start-up and imports count on both sides. Each run gets its own copy of a pre-migrated sqlite
@@ -576,20 +576,24 @@ def machine() -> str:
 WHY = {
     "--help": "argparse and the standard library only; mlflow, pandas and quantstats load when the work needs them",
     "daily, no tearsheet": "the metrics are QuantStats' definitions computed in one pass without importing "
-    "QuantStats (~0.02 CPU-s), in a worker process while this one imports mlflow; the rest is mlflow's import, "
-    "its SQLAlchemy store's start-up and ~110 us of store CPU per history point (10,000 points a run)",
-    "daily, with tearsheet": "QuantStats' report (its full import and ~13 plots, ~5 s of CPU) is drawn in a second "
-    "helper while the metrics and histories are written; it is the critical path, so the margin is thin",
-    "sweep 10 cols vs 10 baseline": "MLflow's SQLAlchemy store spends ~110 us of CPU a history point (~1.1 s a "
+    "QuantStats (~0.02 CPU-s) and the heatmap is drawn in a worker; what is left is one writer's critical path: "
+    "mlflow's import (~0.9 CPU-s, ~0.4 of it mlflow.genai, which MLflow's SQL store models import), the SQLAlchemy "
+    "store's start-up (~0.4 CPU-s) and ~75-110 us of store CPU per history point (10,000 points a run)",
+    "daily, with tearsheet": "QuantStats' report is drawn in a worker while this process writes (QuantStats "
+    "imported without yfinance, its episode tables and resampling replaced, no second render of each figure); "
+    "the heatmap goes to whichever process is free first",
+    "sweep 10 cols vs 10 baseline": "MLflow's SQLAlchemy store spends ~75-110 us of CPU a history point (~1 s a "
     "run of 10,000 points, the default 5,000 per series) turning them into ORM rows and latest-metric updates, "
-    "in batches of 1,000 (its limit), one transaction each; the columns are split over the 2 cores by worker "
-    "processes, which is the floor here. The baseline logs 30 metrics and no history",
+    "in batches of 1,000 (its limit); SQLite takes one writer at a time, so a second writing process buys "
+    "0.7-0.85x, not 0.5x: ~10 s for 10 such runs is the floor here. The baseline logs 30 metrics and no history",
     "per child run vs a sweep child": "a fold's run logs its test window (63 bars of history instead of a "
     "sweep child's 5,000 points) and the choice computes only the --best-by metric on each training window; "
     "the parent's stitched series is one more run of ~17 years",
-    "minute bars + benchmark: wall": "one vectorised pass for the metrics (0.65 CPU-s, QuantStats not imported); "
-    "the tearsheet is drawn from daily compounded returns; metrics and tearsheet in worker processes",
-    "peak RSS": "summed over the process tree, so pages forked workers share with the parent count twice",
+    "minute bars + benchmark: wall": "one vectorised pass for the metrics in this process (~0.65 CPU-s, "
+    "QuantStats not imported); the tearsheet, drawn from daily compounded returns, in a worker",
+    "peak RSS": "summed over the process tree, so the pages a forked worker inherits count twice; freed arrays go "
+    "back to the OS (glibc's mmap threshold fixed at 1 MB, pyarrow on the system allocator: "
+    "allocators_that_give_back_memory)",
     "runs (PostgreSQL server)": "one request: the filter, sort and limit run in PostgreSQL (ANALYZEd after the "
     "bulk load); the baseline pages every run of the experiment over HTTP, 1,000 a request, and sorts in pandas",
     "history": "the server spends ~28 us of CPU a point on every history endpoint (~14 CPU-s for 500,000 points, "
@@ -599,12 +603,16 @@ WHY = {
 }
 
 
-def write_results(path: Path, started: dt.datetime, seconds: float, loads: tuple[float, float]) -> None:
+def write_results(
+    path: Path, command: str, reps: int, started: dt.datetime, seconds: float, loads: tuple[float, float]
+) -> None:
+    """The head of RESULTS.md (this run's table and why each goal is met or not); the dated sections that
+    follow it, each a measurement of its own, are kept."""
     lines = [
         "# Benchmark results",
         "",
-        f"Date: {started:%Y-%m-%d %H:%M} UTC. Machine: {machine()}. Command: `uv run python bench/run.py` "
-        f"({seconds / 60:.1f} min). Times are medians of 3 alternating repetitions, each a whole command as a "
+        f"Date: {started:%Y-%m-%d %H:%M} UTC. Machine: {machine()}. Command: `{command}` "
+        f"({seconds / 60:.1f} min). Times are medians of {reps} alternating repetitions, each a whole command as a "
         "user runs it (`uv run …`), start-up and imports included. Both sides run from bytecode compiled at "
         "install (`uv sync --script … --compile-bytecode` for every environment). 1-minute load average "
         f"{loads[0]:.2f} at the start, {loads[1]:.2f} at the end. Peak RSS sums the process tree (pages a "
@@ -626,7 +634,10 @@ def write_results(path: Path, started: dt.datetime, seconds: float, loads: tuple
             continue
         reason = next((text for key, text in WHY.items() if key in row["case"]), "")
         lines.append(f"- {row['case']}: {verdict(row['met'], 'met', '**not met**')}. {reason}.")
-    path.write_text("\n".join(lines) + "\n")
+    old = path.read_text().splitlines() if path.exists() else []
+    goals = next((i for i, line in enumerate(old) if line.startswith("## Goals")), len(old))
+    kept = next((i for i in range(goals + 1, len(old)) if old[i].startswith("## ")), len(old))
+    path.write_text("\n".join([*lines, "", *old[kept:]]).rstrip("\n") + "\n")
 
 
 def main() -> int:
@@ -652,8 +663,9 @@ def main() -> int:
     seconds = time.monotonic() - clock
     goals = [r for r in ROWS if r["met"] is not None]
     print(f"{len(ROWS)} rows in {seconds:.0f} s; goals met: {sum(r['met'] for r in goals)}/{len(goals)}")
-    if not args.quick and not args.only:
-        write_results(args.results, started, seconds, (load_at_start, os.getloadavg()[0]))
+    if not args.quick:
+        command = " ".join(["uv run python bench/run.py", *sys.argv[1:]])
+        write_results(args.results, command, args.reps, started, seconds, (load_at_start, os.getloadavg()[0]))
         print(f"wrote {args.results}")
     (BENCH / "out").mkdir(exist_ok=True)
     (BENCH / "out" / "last.json").write_text(json.dumps(ROWS, indent=2))
