@@ -17,8 +17,25 @@ CALLS = {
 }
 
 
+def each_script_at_once(run_one) -> dict:
+    """run_one(name) for the four scripts at once, one thread each: these runs mostly wait (on a refused
+    connection's retries, a silent server's timeouts, a 503's backoff), so four at a time take about as long
+    as one. -> {name: what run_one returned}."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(CALLS)) as pool:
+        return dict(zip(CALLS, pool.map(run_one, CALLS), strict=True))
+
+
+@pytest.fixture(scope="module")
+def refused_processes():
+    """Each script as a process against a port nobody listens on, all four at once."""
+    uri = f"http://127.0.0.1:{free_port()}"
+    return each_script_at_once(lambda name: run_script(name, *CALLS[name], env={"MLFLOW_TRACKING_URI": uri}))
+
+
 @pytest.mark.parametrize("name", CALLS)
-def test_refused_port_is_exit_5_within_15_seconds(name, run_in_process):
+def test_refused_port_is_exit_5_within_15_seconds(name, run_in_process, refused_processes):
     """The 15 s are the script's own: timed in this process, from main() to its exit code, so that a busy
     machine's interpreter start and imports do not count (MLflow's own retry defaults take ~4 minutes). The
     process shows the exit status and the clean one-line error, within a bound a busy machine keeps."""
@@ -26,43 +43,62 @@ def test_refused_port_is_exit_5_within_15_seconds(name, run_in_process):
     inside = run_in_process(name, *CALLS[name], env={"MLFLOW_TRACKING_URI": uri})
     assert inside.returncode == 5 and "MLFLOW_TRACKING_URI" in inside.stderr, inside.stderr
     assert inside.seconds < 15, inside.seconds  # the contract
-    result = run_script(name, *CALLS[name], env={"MLFLOW_TRACKING_URI": uri})
+    result = refused_processes[name]
     assert_clean_error(result, 5, "MLFLOW_TRACKING_URI")
     assert result.seconds < 60, result.seconds  # start-up included: far below MLflow's 4 minutes still
 
 
-@pytest.mark.parametrize("name", CALLS)
-def test_hung_server_is_exit_5_within_the_configured_timeout(name):
-    """The server accepts and never answers. The user set a 2 s timeout and 1 retry: the client must give
-    up after 2 attempts of 2 s plus 1 s of backoff. Measured on the server side (first connection to exit),
-    so the script's start-up time does not count."""
-    server = BlackHoleServer()
-    try:
-        env = {
-            "MLFLOW_TRACKING_URI": server.url,
-            "MLFLOW_HTTP_REQUEST_TIMEOUT": "2",
-            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-        }
-        result = run_script(name, *CALLS[name], env=env)
-        import time
+@pytest.fixture(scope="module")
+def hung_processes():
+    """Each script as a process against its own server that accepts and never answers, all four at once.
+    The user set a 2 s timeout and 1 retry. -> {name: (result, accepted connection times, seconds from
+    the first connection to the exit)}."""
+    import time
 
-        waited = time.monotonic() - server.accepted[0]
-    finally:
-        server.close()
+    env = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "2", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
+
+    def run_one(name: str):
+        server = BlackHoleServer()
+        try:
+            result = run_script(name, *CALLS[name], env={**env, "MLFLOW_TRACKING_URI": server.url})
+            ended = time.monotonic()
+        finally:
+            server.close()
+        return result, server.accepted, ended - server.accepted[0] if server.accepted else None
+
+    return each_script_at_once(run_one)
+
+
+@pytest.mark.parametrize("name", CALLS)
+def test_hung_server_is_exit_5_within_the_configured_timeout(name, hung_processes):
+    """The client must give up after 2 attempts of 2 s plus 1 s of backoff. Measured on the server side
+    (first connection to exit), so the script's start-up time does not count."""
+    result, accepted, waited = hung_processes[name]
     assert_clean_error(result, 5, "MLFLOW_TRACKING_URI")
-    assert len(server.accepted) == 2, server.accepted  # the user's retry setting was respected
+    assert len(accepted) == 2, accepted  # the user's retry setting was respected
     assert waited < 2 * 2 + 1 + 3, waited  # + 3 s for the interpreter to report and exit
 
 
+@pytest.fixture(scope="module")
+def failing_processes():
+    """Each script as a process against its own server that answers every request with 503, all four at
+    once. -> {name: (result, the requests the server got)}."""
+
+    def run_one(name: str):
+        server = StatusServer(503)
+        try:
+            return run_script(name, *CALLS[name], env={"MLFLOW_TRACKING_URI": server.url}), server.requests
+        finally:
+            server.close()
+
+    return each_script_at_once(run_one)
+
+
 @pytest.mark.parametrize("name", CALLS)
-def test_5xx_is_retried_a_bounded_number_of_times_then_exit_5(name):
-    server = StatusServer(503)
-    try:
-        result = run_script(name, *CALLS[name], env={"MLFLOW_TRACKING_URI": server.url})
-    finally:
-        server.close()
+def test_5xx_is_retried_a_bounded_number_of_times_then_exit_5(name, failing_processes):
+    result, requests = failing_processes[name]
     assert_clean_error(result, 5, "MLFLOW_TRACKING_URI")
-    assert 1 <= len(server.requests) <= 3, server.requests  # 1 try + our default of 2 retries
+    assert 1 <= len(requests) <= 3, requests  # 1 try + our default of 2 retries
 
 
 @pytest.mark.server
