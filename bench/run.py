@@ -600,6 +600,9 @@ WHY = {
     ">= 7 s on 2 cores shared with the client); the script sends 26 bulk requests, each point once, and keeps "
     "both server workers ~93% busy",
     "top-20": "mlflow-skinny (import 1.4 s instead of 1.9 s) and the sort and limit run in the store",
+    "PBO, DSR and figure": "an upper bound, not the sweep's cost: PBO (12,870 CSCV combinations), the DSR, "
+    "cscv.csv and the PNG (matplotlib's import included) timed alone in one process against the whole sweep; "
+    "in a sweep the figure is drawn by a worker while the children are written (~0.5 CPU-s of 15-16, ~3 %)",
 }
 
 
