@@ -151,8 +151,8 @@ def scripts():
 def run_in_process(scripts):
     """run_in_process(name, *args, env=, cwd=) -> harness.Result: scripts/NAME.py's main(args) in this
     process, with the environment harness.run_script gives a process (harness.clean_env plus env) and cwd
-    (default: the repository), stdout and stderr captured; everything main() changed is put back afterwards
-    (ProcessState). For tests of what a script computes, writes and refuses: ~4-5 CPU-s less per call than
+    (default: a fresh folder, harness.default_cwd), stdout and stderr captured; everything main() changed is
+    put back afterwards (ProcessState). For tests of what a script computes, writes and refuses: ~4-5 CPU-s less per call than
     `uv run` (interpreter, imports, a store's start-up). What only a process shows stays with run_script:
     the real exit status, a clean stderr, signals, the worker processes (main() in a process that has
     imported mlflow forks none: log_backtest.worker_processes; mlflow is imported first here so that every
@@ -168,7 +168,7 @@ def run_in_process(scripts):
         try:
             os.environ.clear()
             os.environ.update(harness.clean_env(**(env or {})))
-            os.chdir(cwd or harness.ROOT)
+            os.chdir(cwd or harness.default_cwd())
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 try:
                     code = module.main(list(args))
@@ -230,6 +230,15 @@ def no_global_tracking_uri():
         assert leaked is None, (
             f"the test left MLflow's global tracking URI set ({leaked}): use run_in_process or `connect`"
         )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def scratch_folders(tmp_path_factory):
+    """The scripts a test runs without naming a folder run in fresh folders under this session's (this xdist
+    worker's) basetemp, which the secret scan reads (harness.SCRATCH)."""
+    harness.SCRATCH = tmp_path_factory.mktemp("cwd")
+    yield
+    harness.SCRATCH = None
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -625,6 +625,15 @@ class ProcessState:
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Under pytest (conftest.scratch_folders): the folder under the session's basetemp in which a script runs when
+# its test names none. A run writes relative to its folder (a new sqlite store's experiments keep their
+# artifacts in ./mlruns there): in the repository that was out of the tests' tmp folders and of the secret scan.
+SCRATCH: Path | None = None
+
+
+def default_cwd() -> Path:
+    """A fresh folder under SCRATCH for one run; the repository outside pytest."""
+    return Path(tempfile.mkdtemp(dir=SCRATCH)) if SCRATCH is not None else ROOT
 
 
 def run_script(
@@ -636,7 +645,7 @@ def run_script(
     started = time.monotonic()
     completed = subprocess.run(
         command,
-        cwd=cwd or ROOT,
+        cwd=cwd or default_cwd(),
         env=clean_env(**(env or {})),
         capture_output=True,
         text=True,

@@ -8,6 +8,7 @@ import contextlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import harness
 from harness import ROOT
@@ -59,6 +60,7 @@ def test_no_server(local_store):
 INNER_CONFTEST = f"""
 import importlib.util
 import sys
+from pathlib import Path
 
 sys.path.insert(0, {str(TESTS)!r})
 spec = importlib.util.spec_from_file_location("suite_conftest", {str(TESTS / "conftest.py")!r})
@@ -154,3 +156,18 @@ def test_a_copy_of_the_migrated_store_is_a_new_store(migrated_store, run_in_proc
             }
     assert seen["copy"] == seen["new"]
     assert [e[2] for e in seen["new"]["experiments"]] == ["<folder>/mlruns/0", "<folder>/mlruns/1"]
+
+
+def test_a_script_run_without_a_folder_writes_outside_the_repository(
+    run_in_process, tmp_path, tmp_path_factory
+):
+    """A new sqlite store keeps its experiments' artifacts in ./mlruns of the folder the script runs in: a
+    test that names no folder runs it in a fresh one under the session's basetemp (harness.default_cwd),
+    where the secret scan looks, not in the repository."""
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    made = run_in_process("create_experiment", "--name", "anywhere", env=env)
+    assert made.returncode == 0, made.stderr
+    location = Path(made.json()["artifact_location"].removeprefix("file://"))
+    assert location.is_relative_to(tmp_path_factory.getbasetemp()), location
+    assert not location.is_relative_to(ROOT), location
+    assert harness.default_cwd() != harness.default_cwd()  # a fresh folder for each run (run_script too)
