@@ -152,12 +152,12 @@ def run_in_process(scripts):
     """run_in_process(name, *args, env=, cwd=) -> harness.Result: scripts/NAME.py's main(args) in this
     process, with the environment harness.run_script gives a process (harness.clean_env plus env) and cwd
     (default: a fresh folder, harness.default_cwd), stdout and stderr captured; everything main() changed is
-    put back afterwards (ProcessState). For tests of what a script computes, writes and refuses: ~4-5 CPU-s less per call than
-    `uv run` (interpreter, imports, a store's start-up). What only a process shows stays with run_script:
-    the real exit status, a clean stderr, signals, the worker processes (main() in a process that has
-    imported mlflow forks none: log_backtest.worker_processes; mlflow is imported first here so that every
-    in-process run is serial), the PEP 723 environment. Session-scoped (it restores everything itself), so
-    that module fixtures can log with it too."""
+    put back afterwards (ProcessState). For tests of what a script computes, writes and refuses: ~4-5 CPU-s
+    less per call than `uv run` (interpreter, imports, a store's start-up). What only a process shows stays
+    with run_script: the real exit status, a clean stderr, signals, the worker processes (main() in a
+    process that has imported mlflow forks none: log_backtest.worker_processes; mlflow is imported first
+    here so that every in-process run is serial), the PEP 723 environment. Session-scoped (it restores
+    everything itself), so that module fixtures can log with it too."""
     import mlflow  # noqa: F401 - before main(): see the docstring
 
     def run(name: str, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Result:

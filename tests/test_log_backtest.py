@@ -972,7 +972,7 @@ def test_debug_in_process_prints_phase_timings(log_main, tmp_path):
 
 
 @pytest.mark.parametrize("preset", [None, "mimalloc"])
-def test_a_process_of_its_own_reads_parquet_with_allocators_that_give_memory_back(preset):
+def test_allocators_that_give_back_memory_set_pyarrow_and_glibc(preset):
     """allocators_that_give_back_memory (bench/RESULTS.md: 1 M bars ~815 -> ~700 MB summed RSS): pyarrow,
     loaded after it, allocates with the system allocator unless the user chose another, and glibc's mmap
     threshold is fixed (a freed 8 MB array is unmapped, not kept in the heap)."""

@@ -60,7 +60,6 @@ def test_no_server(local_store):
 INNER_CONFTEST = f"""
 import importlib.util
 import sys
-from pathlib import Path
 
 sys.path.insert(0, {str(TESTS)!r})
 spec = importlib.util.spec_from_file_location("suite_conftest", {str(TESTS / "conftest.py")!r})
